@@ -1,0 +1,55 @@
+"""Config: every setting of a proxy instance, as one frozen, validated value.
+
+This module owns defaults and validation. It knows nothing of sockets or
+argparse: the CLI turns flags into a Config, tests build one directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one proxy instance; times are in seconds."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Upstream: waiting for an origin to accept, then for each read from it.
+    connect_timeout: float = 10.0
+    timeout: float = 60.0
+    # Client side: how long a kept-alive client may sit between requests.
+    client_idle_timeout: float = 60.0
+    # A CONNECT tunnel with no bytes either way for this long is closed.
+    tunnel_idle_timeout: float = 600.0
+    # Upstream pool: idle connections kept per origin, and for how long.
+    pool_max_idle_per_origin: int = 32
+    pool_idle_timeout: float = 30.0
+    # How long SIGINT/SIGTERM waits for in-flight exchanges.
+    shutdown_grace: float = 5.0
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, not {self.port}")
+        for field in ("connect_timeout", "timeout", "client_idle_timeout",
+                      "tunnel_idle_timeout", "pool_idle_timeout"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"{field} must be positive")
+        if self.shutdown_grace < 0:
+            raise ValueError("shutdown_grace must not be negative")
+        if self.pool_max_idle_per_origin < 0:
+            raise ValueError("pool_max_idle_per_origin must not be negative")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

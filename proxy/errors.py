@@ -1,0 +1,71 @@
+"""The proxy's errors: each carries the HTTP status to answer with and a one-line reason.
+
+Low-level failures (socket errors, http.client exceptions) are translated into
+these where they happen, with ``raise ... from``, so the handler only ever has
+to turn a ProxyError into a response. ``kind`` is the RFC 9209 Proxy-Status
+error type, so a client (or a test) can tell a refused connection from a DNS
+failure without parsing prose.
+"""
+
+from __future__ import annotations
+
+import socket
+
+
+class ProxyError(Exception):
+    """A failure the proxy answers with an HTTP error status."""
+
+    status = 500
+    kind = "proxy_internal_error"
+
+    def __init__(self, reason: str, *, status: int | None = None, kind: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if status is not None:
+            self.status = status
+        if kind is not None:
+            self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.status} {self.kind}: {self.reason}>"
+
+
+class BadRequest(ProxyError):
+    """The client's message is malformed or unusable (400, or 414/431/501/505)."""
+
+    status = 400
+    kind = "http_request_error"
+
+
+class UpstreamError(ProxyError):
+    """The next hop could not be reached or sent something unusable (502)."""
+
+    status = 502
+    kind = "destination_unavailable"
+
+
+class UpstreamTimeout(ProxyError):
+    """The next hop did not connect or answer in time (504)."""
+
+    status = 504
+    kind = "connection_timeout"
+
+
+class Abort(Exception):
+    """Nothing more can be said to the client: its connection must just be closed.
+
+    Raised when the client has gone away, or when a response broke off after
+    its head was sent (the truncation must show as a closed connection).
+    """
+
+
+def connect_failure(exc: OSError, where: str) -> ProxyError:
+    """Translate a failure to open a connection to ``where`` into the status to answer with."""
+    if isinstance(exc, socket.gaierror):
+        return UpstreamError(f"cannot resolve {where}: {exc.strerror}", kind="dns_error")
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"timed out connecting to {where}", kind="connection_timeout")
+    if isinstance(exc, ConnectionRefusedError):
+        return UpstreamError(f"connection refused by {where}", kind="connection_refused")
+    return UpstreamError(f"cannot connect to {where}: {exc.strerror or exc}",
+                         kind="destination_unavailable")

@@ -1,0 +1,85 @@
+"""Flow records: one per exchange (or per tunnel), and the sinks that receive them.
+
+A Flow is what happened, in plain values: who asked, for what, what came back,
+how many bytes each way, how long it took, and why it failed if it did. It
+knows nothing about sockets; the handler fills one in and hands it to a sink.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger("fwdproxy.access")
+
+
+@dataclass
+class Flow:
+    """One exchange through the proxy: a forwarded request, a tunnel, or a local answer."""
+
+    kind: str  # "http", "tunnel" or "local"
+    client: str
+    method: str
+    url: str  # absolute URL, or host:port for a tunnel
+    status: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    started: float = field(default_factory=time.time)
+    duration_ms: float = 0.0
+    error: str = ""
+    upstream_reused: bool | None = None
+
+    def finish(self, start_monotonic: float) -> None:
+        self.duration_ms = round((time.monotonic() - start_monotonic) * 1000, 2)
+
+    def as_line(self) -> str:
+        text = (f"{self.client} {self.method} {self.url} {self.status} "
+                f"up={self.bytes_up} down={self.bytes_down} {self.duration_ms:.1f}ms")
+        return f"{text} error={self.error!r}" if self.error else text
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.as_line()}>"
+
+
+Sink = Callable[[Flow], None]
+
+
+def log_sink(fmt: str = "text") -> Sink:
+    """A sink writing one line per flow to the ``fwdproxy.access`` logger."""
+    render = Flow.as_json if fmt == "json" else Flow.as_line
+
+    def sink(flow: Flow) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s", render(flow))
+
+    return sink
+
+
+class FlowLog:
+    """Fans a finished flow out to every sink; a failing sink never breaks traffic."""
+
+    def __init__(self, sinks: list[Sink] | None = None) -> None:
+        self._sinks = list(sinks or [])
+        self._lock = threading.Lock()
+
+    def add(self, sink: Sink) -> None:
+        with self._lock:
+            self._sinks = [*self._sinks, sink]
+
+    def remove(self, sink: Sink) -> None:
+        with self._lock:
+            self._sinks = [s for s in self._sinks if s is not sink]
+
+    def emit(self, flow: Flow) -> None:
+        for sink in self._sinks:
+            try:
+                sink(flow)
+            except Exception:  # a sink's bug must not cost a client its response
+                logging.getLogger("fwdproxy").exception("flow sink %r failed", sink)

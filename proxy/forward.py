@@ -1,0 +1,357 @@
+"""Plain HTTP forwarding: one request, client -> origin and back, streamed both ways.
+
+This module owns one exchange on the forward path (RFC 9112 section 3.2.2):
+borrow a pooled connection, send the request in origin-form with hop-by-hop
+fields removed and Via added, stream the body up, read the response, stream
+it down with framing the client can trust, and give the connection back only
+if the exchange left it clean. It does not parse the client's head, decide
+policy or write error pages: the handler does that with what this raises.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BufferedReader
+
+from .chunked import LAST_CHUNK, encode_chunk, read_chunked
+from .errors import Abort, BadRequest, ProxyError, UpstreamError, UpstreamTimeout, connect_failure
+from .flows import Flow
+from .headers import Headers, content_length, end_to_end, is_chunked, keep_alive, parse_field
+from .pool import Pool, UpstreamConnection, UpstreamResponse, is_dropped
+from .target import Origin
+
+# Bodies up to this size are read whole and sent with their head in one write;
+# larger ones stream in pieces of up to STREAM_BUFFER bytes.
+SMALL_BODY = 65536
+STREAM_BUFFER = 262144
+# RFC 9110 section 9.2.2: only these may be retried on a fresh connection.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Fields the proxy sets itself on the way up (Host comes from the target).
+_REPLACED_UP = ("host", "content-length")
+_REPLACED_DOWN = ("content-length",)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass
+class Request:
+    """A parsed, validated request ready to go upstream."""
+
+    method: str
+    origin: Origin
+    path: str  # origin-form, exactly as received
+    version: str
+    headers: Headers
+    body_length: int | None  # None: chunked
+    via: str  # this proxy's Via entry, e.g. "1.1 fwdproxy"
+
+    @property
+    def url(self) -> str:
+        return f"{self.origin}{self.path if self.path != '*' else ''}"
+
+
+class Downstream:
+    """The client side of an exchange: its buffered reader and its raw socket."""
+
+    def __init__(self, rfile: BufferedReader, sock: socket.socket) -> None:
+        self.rfile = rfile
+        self.sock = sock
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:  # includes timeouts: a client that stops reading is gone
+            raise Abort(f"client stopped receiving: {exc}") from exc
+
+    def read_exact(self, n: int) -> bytes:
+        try:
+            data = self.rfile.read(n)
+        except OSError as exc:
+            raise BadRequest(f"request body not received: {exc}") from exc
+        if len(data) != n:
+            raise BadRequest(f"request body ended after {len(data)} of {n} bytes")
+        return data
+
+
+def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
+    """Carry one request to its origin and the response back; True if the client may send another."""
+    expects_continue = req.version == "HTTP/1.1" and "100-continue" in req.headers.tokens("expect")
+    body: bytes | None = b""
+    if req.body_length is None or req.body_length > SMALL_BODY or (expects_continue and req.body_length):
+        body = None  # streamed after the head
+    elif req.body_length:
+        body = client.read_exact(req.body_length)
+        flow.bytes_up = len(body)
+    # RFC 9110 section 9.2.2: a fresh connection is tried once more when a
+    # reused one turns out stale, for idempotent requests whose body we hold.
+    retry = body is not None and req.method in IDEMPOTENT
+    conn, reused = _acquire(pool, req.origin, fresh=False)
+    while True:
+        try:
+            resp, clean_upload = _send(conn, req, client, body, flow, expects_continue)
+            break
+        except _Stale as stale:
+            conn.close()
+            if not (reused and retry):
+                raise UpstreamError(f"{req.origin.authority} closed the connection without a response",
+                                    kind="connection_terminated") from stale.__cause__
+            conn, reused = _acquire(pool, req.origin, fresh=True)
+            retry = False
+        except BaseException:
+            conn.close()
+            raise
+    flow.upstream_reused = reused
+    try:
+        keep = _relay_response(resp, req, client, flow)
+    except BaseException:
+        conn.close()
+        raise
+    if resp.will_close or conn.sock is None or not clean_upload:
+        conn.close()
+    else:
+        conn.requests += 1
+        pool.release(conn)
+    return keep and clean_upload
+
+
+class _Stale(Exception):
+    """A connection failed before the origin sent a byte: safe to retry if idempotent."""
+
+
+def _acquire(pool: Pool, origin: Origin, *, fresh: bool) -> tuple[UpstreamConnection, bool]:
+    conn, reused = pool.acquire(origin, fresh=fresh)
+    if reused:
+        return conn, True
+    try:
+        conn.connect()
+    except OSError as exc:
+        raise connect_failure(exc, origin.authority) from exc
+    return conn, False
+
+
+def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: bytes | None,
+          flow: Flow, expects_continue: bool) -> tuple[UpstreamResponse, bool]:
+    """Send head and body, then read the response head. Returns it and whether the upload completed."""
+    try:
+        conn.putrequest(req.method, req.path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", req.origin.authority)
+        for name, value in end_to_end(req.headers, _REPLACED_UP):
+            conn.putheader(name, value)
+        conn.putheader("Via", req.via)
+        if req.body_length is None:
+            conn.putheader("Transfer-Encoding", "chunked")
+        elif req.body_length or "content-length" in req.headers:
+            conn.putheader("Content-Length", str(req.body_length))
+        conn.endheaders(body or None)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise _Stale() from exc
+    except (http.client.HTTPException, ValueError) as exc:
+        raise BadRequest(f"request cannot be forwarded: {exc}") from exc
+    except OSError as exc:
+        raise UpstreamError(f"cannot send to {req.origin.authority}: {exc}",
+                            kind="connection_terminated") from exc
+    clean_upload = True
+    if body is None:
+        if expects_continue:
+            client.send(_CONTINUE)
+        clean_upload = _stream_up(conn, req, client, flow)
+    return _read_head(conn, req, retry_safe=body is not None), clean_upload
+
+
+def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow: Flow) -> bool:
+    """Copy the request body to the origin; False if the origin stopped taking it.
+
+    An origin may answer early (413, 401) and close; its response is then
+    still read and relayed, and the client connection closed after it.
+    """
+    rfile = client.rfile
+    if req.body_length is None:
+        pieces = read_chunked(rfile.readline, rfile.read1, rfile.read)
+    else:
+        pieces = _read_length(rfile, req.body_length)
+    try:
+        for data in pieces:
+            flow.bytes_up += len(data)
+            conn.send(encode_chunk(data) if req.body_length is None else data)
+        if req.body_length is None:
+            conn.send(LAST_CHUNK)
+    except OSError as exc:
+        if isinstance(exc, TimeoutError) and not is_dropped(conn.sock):
+            raise UpstreamTimeout(f"{req.origin.authority} stopped reading the request body",
+                                  kind="connection_write_timeout") from exc
+        return False
+    return True
+
+
+def _read_length(rfile: BufferedReader, length: int) -> Iterator[bytes]:
+    remaining = length
+    while remaining:
+        try:
+            data = rfile.read1(min(remaining, STREAM_BUFFER))
+        except OSError as exc:
+            raise BadRequest(f"request body not received: {exc}") from exc
+        if not data:
+            raise BadRequest(f"request body ended after {length - remaining} of {length} bytes")
+        remaining -= len(data)
+        yield data
+
+
+def _read_head(conn: UpstreamConnection, req: Request, *, retry_safe: bool) -> UpstreamResponse:
+    where = req.origin.authority
+    try:
+        resp = conn.getresponse()
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"no response from {where} within {conn.read_timeout:g}s",
+                              kind="http_response_timeout") from exc
+    except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+        if retry_safe:
+            raise _Stale() from exc
+        raise UpstreamError(f"{where} closed the connection without a response",
+                            kind="connection_terminated") from exc
+    except (http.client.HTTPException, ValueError) as exc:
+        raise UpstreamError(f"malformed response from {where}: {type(exc).__name__}",
+                            kind="http_protocol_error") from exc
+    except OSError as exc:
+        raise UpstreamError(f"reading from {where} failed: {exc}", kind="connection_terminated") from exc
+    assert isinstance(resp, UpstreamResponse)
+    return resp
+
+
+def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow) -> bool:
+    """Write the response head and stream its body; True if the client connection stays usable."""
+    flow.status = resp.status
+    headers, length = _response_framing(resp, req)
+    client_keep = keep_alive(req.version, req.headers)
+    for status, reason, fields in resp.informational:
+        if req.version == "HTTP/1.1":
+            client.send(_head(status, reason, _checked(fields.items(), req), ()))
+    framing: list[tuple[str, str]] = []
+    chunked_down = False
+    if length is not None:
+        framing.append(("Content-Length", str(length)))
+    elif _has_body(resp, req):
+        if req.version == "HTTP/1.1":
+            framing.append(("Transfer-Encoding", "chunked"))
+            chunked_down = True
+        else:
+            client_keep = False  # HTTP/1.0 client: the body ends when we close
+    if req.version == "HTTP/1.1" and not client_keep:
+        framing.append(("Connection", "close"))
+    elif req.version == "HTTP/1.0" and client_keep:
+        framing.append(("Connection", "keep-alive"))
+    head = _head(resp.status, resp.reason, headers, [*framing, ("Via", _via(resp, req))])
+    if not _has_body(resp, req):
+        client.send(head)
+        resp.close()
+        return client_keep
+    if length is not None and length <= SMALL_BODY:
+        body = _read_upstream(resp, length, req)
+        flow.bytes_down = len(body)
+        client.send(head + body)
+        resp.close()
+        return client_keep
+    client.send(head)
+    _stream_down(resp, req, client, flow, chunked_down)
+    return client_keep
+
+
+def _has_body(resp: UpstreamResponse, req: Request) -> bool:
+    # RFC 9112 section 6.3 rules 1-2: HEAD, 1xx, 204 and 304 have no body.
+    return req.method != "HEAD" and resp.status not in (204, 304) and resp.status >= 200
+
+
+def _response_framing(resp: UpstreamResponse, req: Request) -> tuple[list[tuple[str, str]], int | None]:
+    """Validated end-to-end response fields, and the body length if known.
+
+    An origin's ambiguous framing is never relayed (RFC 9112 section 6.3 and
+    11.2): it is answered with 502, since a client might read it differently.
+    """
+    if resp.status == 101:
+        # Upgrade is hop-by-hop and was not forwarded, so a switch is a protocol error.
+        raise UpstreamError(f"{req.origin.authority} switched protocols unasked",
+                            kind="http_upgrade_failed")
+    headers = Headers(_checked(resp.getheaders(), req))
+    try:
+        chunked = is_chunked(headers)
+        length = content_length(headers)
+    except ProxyError as exc:
+        raise UpstreamError(f"unusable framing from {req.origin.authority}: {exc.reason}",
+                            kind="http_response_transfer_coding") from exc
+    if chunked and length is not None:
+        raise UpstreamError(f"{req.origin.authority} sent both Content-Length and Transfer-Encoding",
+                            kind="http_response_transfer_coding")
+    fields = end_to_end(headers, _REPLACED_DOWN)
+    if not _has_body(resp, req):
+        if length is not None and resp.status != 204 and resp.status >= 200:
+            fields.append(("Content-Length", str(length)))  # HEAD and 304 report the length
+        return fields, None
+    if length is not None and resp.length != length:
+        resp.length = length  # http.client reads "5, 5" as no length at all
+    return fields, None if chunked else length
+
+
+def _checked(items: object, req: Request) -> list[tuple[str, str]]:
+    """Response fields re-validated like request fields; folded or control-laden ones are refused."""
+    fields = []
+    for name, value in items:  # type: ignore[attr-defined]
+        try:
+            fields.append(parse_field(f"{name}:{value}".encode("latin-1")))
+        except (ProxyError, UnicodeEncodeError) as exc:
+            raise UpstreamError(f"malformed header from {req.origin.authority}",
+                                kind="http_protocol_error") from exc
+    return fields
+
+
+def _via(resp: UpstreamResponse, req: Request) -> str:
+    name = req.via.partition(" ")[2]
+    return f"{'1.0' if resp.version == 10 else '1.1'} {name}"
+
+
+def _head(status: int, reason: str, fields: list[tuple[str, str]], extra: object) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in fields]
+    lines += [f"{name}: {value}\r\n" for name, value in extra]  # type: ignore[attr-defined]
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def _read_upstream(resp: UpstreamResponse, n: int, req: Request) -> bytes:
+    try:
+        data = resp.read(n)
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"{req.origin.authority} stalled mid-body",
+                              kind="connection_read_timeout") from exc
+    except (http.client.HTTPException, OSError) as exc:
+        raise UpstreamError(f"{req.origin.authority} broke off the response body",
+                            kind="http_response_incomplete") from exc
+    if len(data) != n:
+        raise UpstreamError(f"{req.origin.authority} sent {len(data)} of {n} body bytes",
+                            kind="http_response_incomplete")
+    return data
+
+
+def _stream_down(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow,
+                 chunked: bool) -> None:
+    """Relay the body as it arrives. A truncated body aborts the client connection.
+
+    The head has gone out already, so a failure here cannot become an error
+    page; the client must instead see the connection end early (no final
+    chunk, fewer bytes than Content-Length), never a complete-looking response.
+    """
+    expected = resp.length
+    while True:
+        try:
+            data = resp.read1(STREAM_BUFFER)
+        except (TimeoutError, http.client.HTTPException, OSError) as exc:
+            raise Abort(f"{req.origin.authority} broke off the response body") from exc
+        if not data:
+            break
+        flow.bytes_down += len(data)
+        client.send(encode_chunk(data) if chunked else data)
+    if expected is not None and resp.length:
+        raise Abort(f"{req.origin.authority} closed after {flow.bytes_down} of {expected} bytes")
+    if chunked:
+        client.send(LAST_CHUNK)
+    resp.close()

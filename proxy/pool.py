@@ -1,0 +1,173 @@
+"""Upstream connections: an http.client connection per origin, pooled and kept alive.
+
+The pool owns idle connections keyed by origin (scheme, host, port), shared by
+every client of the proxy: reusing an origin connection across clients is what
+makes forwarding cheap. It knows nothing of clients or of the request being
+sent; the forward step borrows a connection and gives it back only if the
+exchange left it clean.
+
+The connect function is injected (``socket.create_connection`` by default) so
+tests can stand in for DNS, which a loopback server cannot.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .target import Origin
+
+ConnectFn = Callable[[tuple[str, int], float], socket.socket]
+
+
+class UpstreamResponse(http.client.HTTPResponse):
+    """An HTTPResponse that keeps interim 1xx responses instead of failing on them.
+
+    http.client skips 100 Continue but returns any other 1xx (103 Early Hints,
+    102 Processing) as if it were final, which would desynchronise the
+    connection. Here they are collected in ``informational`` so the proxy can
+    relay them (RFC 9110 section 15.2) and the final response is read next.
+    """
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.informational: list[tuple[int, str, http.client.HTTPMessage]] = []
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()
+            if status == 100 or status == 101 or not 100 <= status < 200:
+                return version, status, reason
+            if len(self.informational) >= 16:
+                raise http.client.HTTPException("too many 1xx responses")
+            self.informational.append((status, reason, http.client.parse_headers(self.fp)))
+
+
+class UpstreamConnection(http.client.HTTPConnection):
+    """An HTTPConnection with an injected connect function and split timeouts."""
+
+    response_class = UpstreamResponse
+
+    def __init__(self, origin: Origin, *, connect_timeout: float, read_timeout: float,
+                 connect: ConnectFn = socket.create_connection) -> None:
+        super().__init__(origin.host, origin.port, timeout=connect_timeout)
+        self.origin = origin
+        self.read_timeout = read_timeout
+        self.idle_since = 0.0
+        self.requests = 0
+        self._connect_fn = connect
+
+    def connect(self) -> None:
+        self.sock = self._connect_fn((self.host, self.port), self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(self.read_timeout)
+
+    def __repr__(self) -> str:
+        state = "CLOSED" if self.sock is None else "OPEN"
+        return f"<UpstreamConnection [{self.origin}, {state}, Request Count: {self.requests}]>"
+
+
+def is_dropped(sock: socket.socket | None) -> bool:
+    """True if an idle connection is unusable: closed by the peer, or holding stray bytes.
+
+    An idle HTTP/1.1 connection has nothing to read; anything readable is
+    either EOF (the origin timed it out) or garbage we must not take as the
+    next response. poll() rather than select(): descriptors may exceed 1024.
+    """
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class Pool:
+    """Idle upstream connections per origin, handed out most-recently-used first."""
+
+    def __init__(self, factory: Callable[[Origin], UpstreamConnection], *,
+                 max_idle_per_origin: int = 32, idle_timeout: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._factory = factory
+        self._max_idle = max_idle_per_origin
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        self._idle: dict[Origin, list[UpstreamConnection]] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
+        self.opened = 0
+        self.reused = 0
+
+    def acquire(self, origin: Origin, *, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
+        """A connection to origin and whether it was reused; a new one is not yet connected.
+
+        ``fresh`` skips the idle ones, for a retry after a reused one went stale.
+        """
+        now = self._clock()
+        stale: list[UpstreamConnection] = []
+        conn = None
+        with self._lock:
+            idle = None if fresh else self._idle.get(origin)
+            while idle:
+                candidate = idle.pop()
+                if now - candidate.idle_since < self._idle_timeout and not is_dropped(candidate.sock):
+                    conn = candidate
+                    self.reused += 1
+                    break
+                stale.append(candidate)
+            if conn is None:
+                self.opened += 1
+        for old in stale:
+            old.close()
+        if conn is not None:
+            return conn, True
+        return self._factory(origin), False
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Give back a connection whose last exchange completed cleanly."""
+        now = self._clock()
+        conn.idle_since = now
+        with self._lock:
+            idle = self._idle.setdefault(conn.origin, [])
+            keep = conn.sock is not None and len(idle) < self._max_idle
+            if keep:
+                idle.append(conn)
+            expired = self._sweep(now)
+        if not keep:
+            conn.close()
+        for old in expired:
+            old.close()
+
+    def _sweep(self, now: float) -> list[UpstreamConnection]:
+        """Take out connections idle too long, at most once a second (lock held)."""
+        if now < self._next_sweep:
+            return []
+        self._next_sweep = now + 1.0
+        expired = []
+        for origin, idle in list(self._idle.items()):
+            fresh = [c for c in idle if now - c.idle_since < self._idle_timeout]
+            expired += [c for c in idle if now - c.idle_since >= self._idle_timeout]
+            if fresh:
+                self._idle[origin] = fresh
+            else:
+                del self._idle[origin]
+        return expired
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return sum(len(idle) for idle in self._idle.values())
+
+    def close(self) -> None:
+        """Close every idle connection (in-flight ones are closed by their users)."""
+        with self._lock:
+            idle = [c for conns in self._idle.values() for c in conns]
+            self._idle.clear()
+        for conn in idle:
+            conn.close()
+
+    def __repr__(self) -> str:
+        return f"<Pool idle={self.idle_count()} opened={self.opened} reused={self.reused}>"

@@ -1,0 +1,156 @@
+"""ProxyServer: the listening socket, its threads, and what they share.
+
+The server owns the Config, the upstream Pool, the FlowLog and the set of live
+client connections and tunnels, so it can report status and shut down
+cleanly: stop accepting, let in-flight exchanges finish up to a deadline, then
+cut what is left. ``ThreadingHTTPServer`` alone does neither: its daemon
+threads are never joined and its sockets never closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .flows import FlowLog, Sink, log_sink
+from .handler import ProxyHandler
+from .headers import Limits
+from .pool import ConnectFn, Pool, UpstreamConnection
+from .target import Origin
+from .tunnel import Tunnel
+
+log = logging.getLogger("fwdproxy")
+
+
+class ProxyServer(ThreadingHTTPServer):
+    """A forward proxy on one listening socket; ``with ProxyServer(cfg) as s:`` runs it in the background."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, config: Config | None = None, *, connect: ConnectFn = socket.create_connection,
+                 sinks: list[Sink] | None = None) -> None:
+        self.config = config or Config()
+        self.connect = connect
+        self.limits = Limits()
+        self.via_name = "fwdproxy"
+        self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        super().__init__((self.config.host, self.config.port), ProxyHandler)
+        self.pool = Pool(self._new_connection, max_idle_per_origin=self.config.pool_max_idle_per_origin,
+                         idle_timeout=self.config.pool_idle_timeout)
+        self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
+        self.started = time.monotonic()
+        self.stopping = False
+        self._clients: set[ProxyHandler] = set()
+        self._tunnels: set[Tunnel] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls getfqdn(), a reverse DNS lookup we neither need nor want.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.config.host, self.server_address[1]
+
+    def _new_connection(self, origin: Origin) -> UpstreamConnection:
+        return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
+                                  read_timeout=self.config.timeout, connect=self.connect)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    # -- live connections --------------------------------------------------
+
+    def track(self, handler: ProxyHandler) -> None:
+        with self._lock:
+            self._clients.add(handler)
+
+    def untrack(self, handler: ProxyHandler) -> None:
+        with self._lock:
+            self._clients.discard(handler)
+
+    def tunnel_opened(self, tunnel: Tunnel) -> None:
+        with self._lock:
+            self._tunnels.add(tunnel)
+
+    def tunnel_closed(self, tunnel: Tunnel) -> None:
+        with self._lock:
+            self._tunnels.discard(tunnel)
+
+    def status(self) -> dict[str, Any]:
+        """What GET /healthz reports."""
+        with self._lock:
+            clients, tunnels = len(self._clients), len(self._tunnels)
+        return {"status": "stopping" if self.stopping else "ok", "version": __version__,
+                "uptime_s": round(time.monotonic() - self.started, 3),
+                "client_connections": clients, "tunnels": tunnels,
+                "upstream_idle": self.pool.idle_count(), "upstream_opened": self.pool.opened,
+                "upstream_reused": self.pool.reused}
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("unhandled error serving %s", client_address)
+
+    # -- life cycle --------------------------------------------------------
+
+    def start(self) -> ProxyServer:
+        """Serve on a background thread; returns self."""
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"fwdproxy-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight exchanges finish for up to ``grace`` seconds, close the rest."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.drain(self.config.shutdown_grace if grace is None else grace)
+
+    def drain(self, grace: float) -> None:
+        """After serve_forever has returned: finish in-flight work, then close everything."""
+        self.stopping = True
+        self.server_close()
+        deadline = time.monotonic() + grace
+        while True:
+            with self._lock:
+                clients = list(self._clients)
+            for handler in clients:
+                if not handler.busy:
+                    handler.close_now()  # idle keep-alive connection: nothing to wait for
+            busy = [h for h in clients if h.busy]
+            if not busy or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        for handler in clients:
+            handler.close_now()
+        with self._lock:
+            tunnels = list(self._tunnels)
+        for tunnel in tunnels:
+            tunnel.close()
+        self.pool.close()
+
+    def __enter__(self) -> ProxyServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop(grace=0)
+
+    def __repr__(self) -> str:
+        return f"<ProxyServer {self.url} clients={len(self._clients)} tunnels={len(self._tunnels)}>"
