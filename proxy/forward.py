@@ -103,17 +103,41 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
             conn.close()
             raise
     flow.upstream_reused = reused
+    lease = _Lease(pool, conn, resp, clean_upload)
     try:
-        keep = _relay_response(resp, req, client, flow)
-    except BaseException:
-        conn.close()
-        raise
-    if resp.will_close or conn.sock is None or not clean_upload:
-        conn.close()
-    else:
-        conn.requests += 1
-        pool.release(conn)
+        keep = _relay_response(resp, req, client, flow, lease)
+    finally:
+        lease.abandon()
     return keep and clean_upload
+
+
+class _Lease:
+    """A borrowed connection, given back as soon as its response is fully read.
+
+    Giving it back before the last write to the client matters: a client's
+    next request (or another client's) may arrive the moment that write lands,
+    and should find the connection idle in the pool rather than open a new one.
+    """
+
+    def __init__(self, pool: Pool, conn: UpstreamConnection, resp: UpstreamResponse,
+                 clean_upload: bool) -> None:
+        self.pool, self.conn, self.resp, self.clean_upload = pool, conn, resp, clean_upload
+        self.settled = False
+
+    def settle(self) -> None:
+        """The response was read to its end: pool the connection if it is reusable."""
+        self.settled = True
+        self.resp.close()
+        if self.resp.will_close or self.conn.sock is None or not self.clean_upload:
+            self.conn.close()
+        else:
+            self.conn.requests += 1
+            self.pool.release(self.conn)
+
+    def abandon(self) -> None:
+        """The exchange ended early: the connection's state is unknown, so it is closed."""
+        if not self.settled:
+            self.conn.close()
 
 
 class _Stale(Exception):
@@ -219,7 +243,8 @@ def _read_head(conn: UpstreamConnection, req: Request, *, retry_safe: bool) -> U
     return resp
 
 
-def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow) -> bool:
+def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow,
+                    lease: _Lease) -> bool:
     """Write the response head and stream its body; True if the client connection stays usable."""
     flow.status = resp.status
     headers, length = _response_framing(resp, req)
@@ -243,17 +268,20 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
         framing.append(("Connection", "keep-alive"))
     head = _head(resp.status, resp.reason, headers, [*framing, ("Via", _via(resp, req))])
     if not _has_body(resp, req):
+        lease.settle()
         client.send(head)
-        resp.close()
         return client_keep
     if length is not None and length <= SMALL_BODY:
         body = _read_upstream(resp, length, req)
         flow.bytes_down = len(body)
+        lease.settle()
         client.send(head + body)
-        resp.close()
         return client_keep
     client.send(head)
     _stream_down(resp, req, client, flow, chunked_down)
+    lease.settle()
+    if chunked_down:
+        client.send(LAST_CHUNK)
     return client_keep
 
 
@@ -352,6 +380,3 @@ def _stream_down(resp: UpstreamResponse, req: Request, client: Downstream, flow:
         client.send(encode_chunk(data) if chunked else data)
     if expected is not None and resp.length:
         raise Abort(f"{req.origin.authority} closed after {flow.bytes_down} of {expected} bytes")
-    if chunked:
-        client.send(LAST_CHUNK)
-    resp.close()

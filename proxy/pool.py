@@ -45,7 +45,7 @@ class UpstreamResponse(http.client.HTTPResponse):
                 return version, status, reason
             if len(self.informational) >= 16:
                 raise http.client.HTTPException("too many 1xx responses")
-            self.informational.append((status, reason, http.client.parse_headers(self.fp)))
+            self.informational.append((status, reason.strip(), http.client.parse_headers(self.fp)))
 
 
 class UpstreamConnection(http.client.HTTPConnection):

@@ -109,7 +109,7 @@ class ProxyServer(ThreadingHTTPServer):
 
     def start(self) -> ProxyServer:
         """Serve on a background thread; returns self."""
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"fwdproxy-{self.port}", daemon=True)
         self._thread.start()
         return self

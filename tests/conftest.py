@@ -1,0 +1,111 @@
+"""Fixtures: loopback origins (HTTP and HTTPS with a trustme CA) and proxies, all on port 0."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trustme
+
+from proxy import Config, Flow, ProxyServer
+from servers import OriginServer, RawOrigin
+
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+             "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Machines often preset proxy variables (or NO_PROXY=localhost); tests choose their own."""
+    for name in PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1", "::1").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+@pytest.fixture
+def origin() -> Iterator[OriginServer]:
+    with OriginServer() as server:
+        yield server
+
+
+@pytest.fixture
+def tls_origin(server_context: ssl.SSLContext) -> Iterator[OriginServer]:
+    with OriginServer(server_context) as server:
+        yield server
+
+
+@pytest.fixture
+def raw_origin() -> Iterator[Callable[..., RawOrigin]]:
+    made: list[RawOrigin] = []
+
+    def make(reply: bytes, then: str = "close") -> RawOrigin:
+        made.append(RawOrigin(reply, then))
+        return made[-1]
+
+    yield make
+    for raw in made:
+        raw.close()
+
+
+class RunningProxy:
+    """A started ProxyServer plus the flows it recorded."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.flows: list[Flow] = []
+        server.flows.add(self.flows.append)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.config.host, self.server.port
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[Callable[..., RunningProxy]]:
+    servers: list[ProxyServer] = []
+
+    def make(connect: Any = None, **settings: Any) -> RunningProxy:
+        kwargs = {"connect": connect} if connect else {}
+        server = ProxyServer(Config(port=0, **settings), sinks=[], **kwargs).start()
+        servers.append(server)
+        return RunningProxy(server)
+
+    yield make
+    for server in servers:
+        server.stop(grace=0)
+
+
+@pytest.fixture
+def proxy(proxy_factory: Callable[..., RunningProxy]) -> RunningProxy:
+    return proxy_factory()
