@@ -78,6 +78,11 @@ def parse_authority(target: str) -> tuple[str, int]:
     """Parse a CONNECT target, authority-form host:port (RFC 9112 section 3.2.3)."""
     if "@" in target or "/" in target:
         raise BadRequest(f"CONNECT target must be host:port, not {_short(target)}")
+    if target.count(":") > 1 and not target.startswith("["):
+        # Python 3.11's set_tunnel() sends IPv6 literals unbracketed ("::1:443").
+        # A CONNECT target always ends in a port, so the last colon is unambiguous.
+        literal, _, port = target.rpartition(":")
+        return _split_host_port(f"[{literal}]:{port}", None)
     return _split_host_port(target, None)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -80,7 +81,20 @@ class RunningProxy:
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.flows: list[Flow] = []
-        server.flows.add(self.flows.append)
+        self._changed = threading.Condition()
+        server.flows.add(self._record)
+
+    def _record(self, flow: Flow) -> None:
+        with self._changed:
+            self.flows.append(flow)
+            self._changed.notify_all()
+
+    def wait_flows(self, count: int, timeout: float = 10.0) -> list[Flow]:
+        """The flows once at least ``count`` have finished (tunnels finish after the client closes)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.flows) >= count, timeout):
+                raise AssertionError(f"expected {count} flows within {timeout}s, saw {self.flows}")
+            return list(self.flows)
 
     @property
     def url(self) -> str:

@@ -1,0 +1,191 @@
+"""CONNECT tunnels (RFC 9110 section 9.3.6): real TLS through the tunnel, early bytes, half-close, errors."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import subprocess
+
+import pytest
+import requests
+
+from servers import OriginServer
+from wire import echoed, read_response
+
+
+def connect(address, target: str, version: str = "HTTP/1.1", host: bool = True) -> socket.socket:
+    sock = socket.create_connection(address, timeout=10)
+    head = f"CONNECT {target} {version}\r\n" + (f"Host: {target}\r\n" if host else "") + "\r\n"
+    sock.sendall(head.encode())
+    return sock
+
+
+def read_head(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(1)
+        if not piece:
+            break
+        data += piece
+    return data
+
+
+def test_http_client_set_tunnel_with_verified_tls(proxy, tls_origin, client_context):
+    conn = http.client.HTTPSConnection(*proxy.address, timeout=10, context=client_context)
+    conn.set_tunnel("localhost", tls_origin.port)  # Python 3.11 sends CONNECT ... HTTP/1.0, no Host
+    for path in ("/echo", "/bytes/100000"):
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200
+    assert len(body) == 100000
+    conn.close()
+    assert tls_origin.connections == 1
+    (flow,) = proxy.wait_flows(1)
+    assert (flow.kind, flow.method, flow.status) == ("tunnel", "CONNECT", 200)
+    assert flow.url == f"localhost:{tls_origin.port}"
+    assert flow.bytes_down > 100000 and flow.bytes_up > 0
+
+
+def test_wrong_ca_fails_the_handshake(proxy, tls_origin):
+    """Negative control: the tunnel is blind, so TLS really is checked end to end."""
+    conn = http.client.HTTPSConnection(*proxy.address, timeout=10, context=ssl.create_default_context())
+    conn.set_tunnel("localhost", tls_origin.port)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        conn.request("GET", "/echo")
+    conn.close()
+
+
+def test_requests_https_through_the_tunnel(proxy, tls_origin, ca_file):
+    with requests.Session() as session:
+        r = session.post(tls_origin.url("/echo"), data=b"secret", proxies={"https": proxy.url},
+                         verify=ca_file, timeout=10)
+        assert r.status_code == 200 and r.json()["body"] == "secret"
+        assert proxy.server.status()["tunnels"] == 1  # open while the session keeps it
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_curl_through_the_proxy(proxy, origin, tls_origin, ca_file, scheme):
+    server = tls_origin if scheme == "https" else origin
+    out = subprocess.run(
+        ["curl", "-sS", "--fail", "--noproxy", "", "-x", proxy.url, "--cacert", ca_file,
+         server.url("/bytes/5000").replace("127.0.0.1", "localhost")],
+        capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (b"0123456789abcdef" * 313)[:5000]
+    assert proxy.wait_flows(1)[0].kind == ("tunnel" if scheme == "https" else "http")
+
+
+def test_curl_proxytunnel_for_plain_http(proxy, origin):
+    out = subprocess.run(["curl", "-sS", "--fail", "--noproxy", "", "-p", "-x", proxy.url,
+                          origin.url("/echo")], capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert proxy.wait_flows(1)[0].kind == "tunnel"
+
+
+def test_bytes_pipelined_behind_connect_are_not_lost(proxy, origin):
+    sock = socket.create_connection(proxy.address, timeout=10)
+    # CONNECT and the first request inside the tunnel in one write, before our 200.
+    sock.sendall(f"CONNECT {origin.authority} HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n"
+                 f"GET /echo HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode())
+    assert read_head(sock) == b"HTTP/1.1 200 Connection Established\r\n\r\n"
+    resp, body = read_response(sock)
+    assert resp.status == 200 and echoed(body)["target"] == "/echo"
+    sock.close()
+
+
+def test_http10_connect_without_host(proxy, origin):
+    sock = connect(proxy.address, origin.authority, version="HTTP/1.0", host=False)
+    assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+    sock.sendall(f"GET /bytes/4 HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode())
+    assert read_response(sock)[1] == b"0123"
+    sock.close()
+
+
+def test_half_close_lets_the_answer_through(proxy):
+    """The client shuts its sending side; bytes the target sends afterwards still arrive."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    sock = connect(proxy.address, f"127.0.0.1:{port}")
+    peer, _ = listener.accept()
+    assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+    sock.sendall(b"question")
+    sock.shutdown(socket.SHUT_WR)
+    received = b""
+    peer.settimeout(10)
+    while piece := peer.recv(100):
+        received += piece
+    assert received == b"question"  # EOF reached the target too
+    peer.sendall(b"answer after half-close")
+    peer.close()
+    data = b""
+    while piece := sock.recv(100):
+        data += piece
+    assert data == b"answer after half-close"
+    sock.close()
+    listener.close()
+
+
+def test_ipv6_literal_target(proxy):
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = listener.getsockname()[1]
+    sock = connect(proxy.address, f"[::1]:{port}")
+    peer, _ = listener.accept()
+    assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+    peer.sendall(b"hi")
+    assert sock.recv(10) == b"hi"
+    for s in (sock, peer, listener):
+        s.close()
+
+
+@pytest.mark.parametrize("target", ["example.test", "example.test:", "example.test:99999",
+                                    "http://example.test:80", "user@example.test:443", "[::1:443",
+                                    "exa mple.test:443"])
+def test_bad_connect_targets_get_400(proxy, target):
+    sock = socket.create_connection(proxy.address, timeout=10)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+    data = b""
+    while piece := sock.recv(4096):
+        data += piece
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert data.count(b"\n", data.index(b"\r\n\r\n") + 4) == 1  # a one-line reason
+    sock.close()
+
+
+def test_connect_refused_gets_502(proxy):
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    sock = connect(proxy.address, f"127.0.0.1:{port}")
+    data = sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert b"error=connection_refused" in data
+    assert data.endswith(f"fwdproxy: connection refused by 127.0.0.1:{port}\n".encode())
+    sock.close()
+
+
+def test_tunnel_does_not_disturb_other_clients(proxy, origin, tls_origin, client_context):
+    hold = connect(proxy.address, origin.authority)
+    assert read_head(hold).startswith(b"HTTP/1.1 200 ")
+    conn = http.client.HTTPConnection(*proxy.address, timeout=10)
+    conn.request("GET", origin.url("/bytes/3"))
+    assert conn.getresponse().read() == b"012"
+    conn.close()
+    hold.close()
+
+
+def test_tunnel_to_ipv6_origin_server_is_verified(proxy, server_context, client_context):
+    try:
+        server = OriginServer(server_context, host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with server:
+        conn = http.client.HTTPSConnection(*proxy.address, timeout=10, context=client_context)
+        conn.set_tunnel("::1", server.port)
+        conn.request("GET", "/bytes/10")
+        assert conn.getresponse().read() == b"0123456789"
+        conn.close()
