@@ -300,6 +300,11 @@ def _response_framing(resp: UpstreamResponse, req: Request) -> tuple[list[tuple[
         # Upgrade is hop-by-hop and was not forwarded, so a switch is a protocol error.
         raise UpstreamError(f"{req.origin.authority} switched protocols unasked",
                             kind="http_upgrade_failed")
+    if resp.msg.defects:
+        # http.client silently ends the head at a line without a colon, taking
+        # the rest as body; that is a malformed response, not a short head.
+        raise UpstreamError(f"malformed header section from {req.origin.authority}",
+                            kind="http_protocol_error")
     headers = Headers(_checked(resp.getheaders(), req))
     try:
         chunked = is_chunked(headers)

@@ -64,14 +64,18 @@ class _OriginHandler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks, total = [], 0
             while True:
                 size = int(self.rfile.readline().split(b";")[0], 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b""):
                         pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                    # Large uploads are counted, not kept: the test only needs the size.
+                    return b"".join(chunks) if total <= 1 << 20 else b"<%d bytes>" % total
+                data = self.rfile.read(size)
+                total += len(data)
+                if total <= 1 << 20:
+                    chunks.append(data)
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
         if length and self.headers.get("Expect", "").lower() == "100-continue":

@@ -1,0 +1,158 @@
+"""The command line as a user runs it: flags, the startup line, logs, health, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wire import through
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Running:
+    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", *flags], cwd=ROOT, text=True,
+                                     stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+        assert self.proc.stderr is not None
+        self.banner = self.proc.stderr.readline()
+        match = re.search(r"listening on http://([\d.]+):(\d+)", self.banner)
+        assert match, self.banner
+        self.address = (match.group(1), int(match.group(2)))
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=15)
+        return self.proc.returncode, err
+
+
+@pytest.fixture
+def running() -> Iterator[type[Running]]:
+    made: list[Running] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None) -> Running:
+        made.append(Running(*flags, env=env))
+        return made[-1]
+
+    yield start  # type: ignore[misc]
+    for r in made:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.communicate(timeout=10)
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, "-m", "proxy", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0
+    for flag in ("--host", "--port", "--timeout", "--connect-timeout", "--client-idle-timeout",
+                 "--tunnel-idle-timeout", "--log-level", "--log-format", "FWDPROXY_"):
+        assert flag in out.stdout
+
+
+def test_port_zero_prints_the_real_address_and_serves(running, origin):
+    proxy = running("--port", "0")
+    assert proxy.address[1] != 0
+    resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
+    assert body == b"01234"
+    code, err = proxy.stop()
+    assert code == 0
+    line = next(l for l in err.splitlines() if " GET " in l)
+    assert re.search(rf"127\.0\.0\.1:\d+ GET {re.escape(origin.url('/bytes/5'))} 200 up=0 down=5 [\d.]+ms$", line)
+
+
+def test_json_log_lines(running, origin):
+    proxy = running("--port", "0", "--log-format", "json")
+    through(proxy.address, "POST", origin.url("/echo"), body=b"abc")
+    code, err = proxy.stop()
+    records = [json.loads(l) for l in err.splitlines() if l.startswith("{") and '"kind"' in l]
+    assert len(records) == 1
+    assert records[0]["method"] == "POST" and records[0]["status"] == 200 and records[0]["bytes_up"] == 3
+
+
+def test_environment_variables_mirror_flags(running):
+    proxy = running(env={"FWDPROXY_PORT": "0", "FWDPROXY_LOG_LEVEL": "warning"})
+    assert proxy.address[1] != 0
+    code, err = proxy.stop()
+    assert code == 0 and "shutting down" not in err  # warning level hides info lines
+
+
+def test_health_endpoint(running):
+    proxy = running("--port", "0")
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        data = b""
+        while not data.endswith(b"}\n"):
+            data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"application/json" in head
+    status = json.loads(body)
+    assert status["status"] == "ok" and status["version"]
+    assert status["client_connections"] == 1 and status["tunnels"] == 0
+    assert status["uptime_s"] >= 0
+    proxy.stop()
+
+
+def test_other_origin_form_requests_get_a_hint(running):
+    proxy = running("--port", "0")
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(b"GET /index.html HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        data = sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert b"forward proxy" in data and b"CONNECT" in data
+    proxy.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_lets_the_in_flight_exchange_finish(running, origin, sig):
+    arrived, release = threading.Event(), threading.Event()
+
+    def slow(h, r):
+        arrived.set()
+        release.wait(10)
+        h.send_raw_head(200, [("Content-Length", "4")])
+        h.wfile.write(b"done")
+
+    origin.routes["/slow"] = slow
+    proxy = running("--port", "0")
+    conn = socket.create_connection(proxy.address, timeout=10)
+    conn.sendall(f"GET {origin.url('/slow')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert arrived.wait(10)  # the request is in flight at the origin
+    proxy.proc.send_signal(sig)
+    threading.Timer(0.3, release.set).start()
+    data = b""
+    while piece := conn.recv(4096):  # the proxy closes after the response: it is shutting down
+        data += piece
+    conn.close()
+    code, _ = proxy.stop(sig)
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"done")
+    assert code == 0
+    # And the listening socket is gone.
+    with pytest.raises(OSError):
+        socket.create_connection(proxy.address, timeout=2).close()
+
+
+def test_port_in_use_is_a_clear_error():
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    out = subprocess.run([sys.executable, "-m", "proxy", "--port", str(port)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    holder.close()
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+def test_invalid_flag_values_are_refused():
+    out = subprocess.run([sys.executable, "-m", "proxy", "--timeout", "-1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "timeout must be positive" in out.stderr

@@ -1,0 +1,77 @@
+"""Request targets (RFC 9112 section 3.2), as plain values."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.errors import BadRequest
+from proxy.target import Origin, parse_absolute, parse_authority
+
+
+@pytest.mark.parametrize("target,origin,path", [
+    ("http://example.test/a/b?c=d", Origin("http", "example.test", 80), "/a/b?c=d"),
+    ("HTTP://Example.TEST:8080", Origin("http", "example.test", 8080), "/"),
+    ("http://example.test?q", Origin("http", "example.test", 80), "/?q"),
+    ("http://example.test:/x", Origin("http", "example.test", 80), "/x"),
+    ("http://user:pw@example.test/x", Origin("http", "example.test", 80), "/x"),
+    ("http://a@b@example.test/x", Origin("http", "example.test", 80), "/x"),
+    ("http://example.test/x#frag", Origin("http", "example.test", 80), "/x"),
+    ("http://[::1]:8080/%7e%2F", Origin("http", "::1", 8080), "/%7e%2F"),
+    ("http://[0:0::1]/", Origin("http", "::1", 80), "/"),
+    ("http://127.0.0.1:1/", Origin("http", "127.0.0.1", 1), "/"),
+    ("http://under_score.test/", Origin("http", "under_score.test", 80), "/"),
+])
+def test_absolute_form(target, origin, path):
+    assert parse_absolute(target) == (origin, path)
+
+
+def test_options_with_empty_path_is_asterisk():
+    assert parse_absolute("http://example.test", "OPTIONS")[1] == "*"
+    assert parse_absolute("http://example.test/", "OPTIONS")[1] == "/"
+
+
+@pytest.mark.parametrize("target,reason", [
+    ("https://example.test/", "must be tunnelled"),
+    ("ftp://example.test/", "unsupported scheme"),
+    ("file:///etc/passwd", "unsupported scheme"),
+    ("gopher://example.test/", "unsupported scheme"),
+    ("example.test/path", "not an absolute URL"),
+    ("http:///path", "empty host"),
+    ("http://exa%6dple.test/", "invalid host"),
+    ("http://example.test:0/", "invalid port"),
+    ("http://example.test:65536/", "invalid port"),
+    ("http://example.test:+80/", "invalid port"),
+    ("http://example.test:8o/", "invalid port"),
+    ("http://[::1/", "malformed IPv6"),
+    ("http://[::g]/", "invalid IPv6"),
+    ("http://[::1]x/", "malformed IPv6"),
+    ("http://a..b/", "invalid host"),
+    ("http://" + "a" * 254 + "/", "invalid host"),
+])
+def test_bad_absolute_targets(target, reason):
+    with pytest.raises(BadRequest, match=reason) as info:
+        parse_absolute(target)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("target,expected", [
+    ("example.test:443", ("example.test", 443)),
+    ("[::1]:8443", ("::1", 8443)),
+    ("::1:8443", ("::1", 8443)),  # Python 3.11 set_tunnel()
+    ("10.0.0.1:22", ("10.0.0.1", 22)),
+])
+def test_authority_form(target, expected):
+    assert parse_authority(target) == expected
+
+
+@pytest.mark.parametrize("target", ["example.test", "example.test:", ":443", "u@example.test:443",
+                                    "example.test:443/x", "[::1]", "::1", "example.test:443:1"])
+def test_bad_authorities(target):
+    with pytest.raises(BadRequest):
+        parse_authority(target)
+
+
+def test_origin_authority_leaves_out_default_ports():
+    assert Origin("http", "example.test", 80).authority == "example.test"
+    assert Origin("http", "::1", 8080).authority == "[::1]:8080"
+    assert str(Origin("http", "::1", 80)) == "http://[::1]"
