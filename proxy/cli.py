@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .config import LOG_FORMATS, LOG_LEVELS, Config
+from .policy import LOOPBACK_NETWORKS, ConfigError, parse_networks, parse_ports
 from .server import ProxyServer
 
 log = logging.getLogger("fwdproxy")
@@ -28,6 +29,24 @@ SUBCOMMANDS = ("serve",)
 
 def _env(flag: str, default: Any) -> Any:
     return os.environ.get("FWDPROXY_" + flag.upper().replace("-", "_"), default)
+
+
+def _env_list(flag: str) -> list[str]:
+    return [item.strip() for item in _env(flag, "").split(",") if item.strip()]
+
+
+def _credentials(pairs: list[str], path: str | None) -> tuple[tuple[str, str], ...]:
+    lines = list(pairs)
+    if path:
+        with open(path, encoding="utf-8") as file:
+            lines += [line.strip() for line in file if line.strip() and not line.startswith("#")]
+    creds = []
+    for line in lines:
+        user, colon, password = line.partition(":")
+        if not colon:
+            raise ConfigError(f"credentials must be user:password, got {user[:20]!r}...")
+        creds.append((user, password))
+    return tuple(creds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +75,45 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tunnel-idle-timeout", type=float,
                        default=_env("tunnel-idle-timeout", _DEFAULTS.tunnel_idle_timeout),
                        help="seconds a CONNECT tunnel may carry no bytes (default %(default)s)")
+    access = serve.add_argument_group("access control (default: loopback clients only, no auth)")
+    access.add_argument("--allow-from", default=_env("allow-from", None), metavar="CIDR[,CIDR...]",
+                        help="client networks allowed to use the proxy (default 127.0.0.0/8,::1)")
+    access.add_argument("--auth", action="append", metavar="USER:PASSWORD",
+                        default=[v for v in [_env("auth", None)] if v],
+                        help="require Proxy-Authorization Basic credentials (repeatable)")
+    access.add_argument("--auth-file", default=_env("auth-file", None), metavar="FILE",
+                        help="file of user:password lines (# comments allowed)")
+    access.add_argument("--allow-host", action="append", metavar="PATTERN",
+                        default=_env_list("allow-host"),
+                        help="only these targets: host glob (*.example.com) or CIDR (repeatable)")
+    access.add_argument("--deny-host", action="append", metavar="PATTERN",
+                        default=_env_list("deny-host"),
+                        help="never these targets: host glob or CIDR (repeatable; wins over allow)")
+    access.add_argument("--connect-ports", default=_env("connect-ports", None), metavar="LIST",
+                        help="ports CONNECT may reach, e.g. 443,8443,9000-9100 (default: any while "
+                             "only loopback clients are allowed, else 443)")
+    access.add_argument("--deny-private", action="store_true",
+                        default=_env("deny-private", "") not in ("", "0", "false"),
+                        help="refuse targets resolving to loopback, private, link-local or "
+                             "metadata addresses (checked on the address connected to)")
+    limits = serve.add_argument_group("limits")
+    limits.add_argument("--max-request-line", type=int,
+                        default=_env("max-request-line", _DEFAULTS.max_request_line),
+                        help="bytes in a request line, else 414 (default %(default)s)")
+    limits.add_argument("--max-header-bytes", type=int,
+                        default=_env("max-header-bytes", _DEFAULTS.max_header_bytes),
+                        help="bytes in a header section, else 431 (default %(default)s)")
+    limits.add_argument("--max-headers", type=int,
+                        default=_env("max-headers", _DEFAULTS.max_header_count),
+                        help="header fields in a request, else 431 (default %(default)s)")
+    limits.add_argument("--max-body", type=int, default=_env("max-body", None),
+                        help="bytes in a request body, else 413 (default: no limit)")
+    limits.add_argument("--max-clients", type=int, default=_env("max-clients", _DEFAULTS.max_clients),
+                        help="concurrent client connections, else 503 (default %(default)s)")
+    limits.add_argument("--header-timeout", type=float,
+                        default=_env("header-timeout", _DEFAULTS.header_timeout),
+                        help="seconds for a whole request head to arrive, else 408 "
+                             "(default %(default)s)")
     serve.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
                        default=_env("log-level", _DEFAULTS.log_level),
                        help="info logs one line per exchange (default %(default)s)")
@@ -76,10 +134,21 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                       connect_timeout=float(ns.connect_timeout),
                       client_idle_timeout=float(ns.client_idle_timeout),
                       tunnel_idle_timeout=float(ns.tunnel_idle_timeout),
-                      log_level=ns.log_level, log_format=ns.log_format)
+                      log_level=ns.log_level, log_format=ns.log_format,
+                      allow_from=parse_networks(ns.allow_from) if ns.allow_from else LOOPBACK_NETWORKS,
+                      auth=_credentials(ns.auth, ns.auth_file),
+                      allow_hosts=tuple(ns.allow_host), deny_hosts=tuple(ns.deny_host),
+                      connect_ports=parse_ports(ns.connect_ports) if ns.connect_ports else None,
+                      deny_private=ns.deny_private,
+                      max_request_line=int(ns.max_request_line),
+                      max_header_bytes=int(ns.max_header_bytes),
+                      max_header_count=int(ns.max_headers),
+                      max_body=None if ns.max_body is None else int(ns.max_body),
+                      max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout))
+    except OSError as exc:
+        parser.exit(2, f"fwdproxy: cannot read {exc.filename}: {exc.strerror}\n")
     except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+        parser.exit(2, f"fwdproxy: {exc}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if config.exposure_warning:
+        print(f"fwdproxy: {config.exposure_warning}", file=sys.stderr)
     print(f"fwdproxy {__version__} listening on {server.url}", file=sys.stderr, flush=True)
     server.serve_forever(poll_interval=0.2)
     log.info("shutting down: waiting up to %gs for in-flight exchanges", config.shutdown_grace)

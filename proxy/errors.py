@@ -18,9 +18,11 @@ class ProxyError(Exception):
     status = 500
     kind = "proxy_internal_error"
 
-    def __init__(self, reason: str, *, status: int | None = None, kind: str | None = None) -> None:
+    def __init__(self, reason: str, *, status: int | None = None, kind: str | None = None,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.headers = headers  # extra response fields, e.g. Proxy-Authenticate or Retry-After
         if status is not None:
             self.status = status
         if kind is not None:

@@ -45,7 +45,8 @@ class Request:
     version: str
     headers: Headers
     body_length: int | None  # None: chunked
-    via: str  # this proxy's Via entry, e.g. "1.1 fwdproxy"
+    via: str  # this proxy's Via entry, e.g. "1.1 fwdproxy-1a2b3c"
+    max_body: int | None = None
 
     @property
     def url(self) -> str:
@@ -198,6 +199,9 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
     try:
         for data in pieces:
             flow.bytes_up += len(data)
+            if req.max_body is not None and flow.bytes_up > req.max_body:
+                raise BadRequest(f"request body larger than {req.max_body} bytes", status=413,
+                                 kind="http_request_error")
             conn.send(encode_chunk(data) if req.body_length is None else data)
         if req.body_length is None:
             conn.send(LAST_CHUNK)

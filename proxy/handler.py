@@ -1,10 +1,11 @@
 """ProxyHandler: one client connection, request after request; orchestration only.
 
 Each step lives elsewhere (head parsing and validation in ``headers``, targets
-in ``target``, forwarding in ``forward``, tunnels in ``tunnel``); this class
-reads a head, routes it, turns a ProxyError into a one-line error response,
-and records a Flow per exchange. It overrides ``handle_one_request`` because
-the stdlib's answers unknown methods with 501 and parses heads leniently, both
+in ``target``, access rules in ``policy``, forwarding in ``forward``, tunnels
+in ``tunnel``); this class reads a head under a deadline, checks it against
+the policy, routes it, turns a ProxyError into a one-line error response, and
+records a Flow per exchange. It overrides ``handle_one_request`` because the
+stdlib's answers unknown methods with 501 and parses heads leniently, both
 wrong for a proxy.
 """
 
@@ -13,21 +14,24 @@ from __future__ import annotations
 import http
 import json
 import logging
+import re
 import socket
 import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
-from . import __version__
 from .errors import Abort, BadRequest, ProxyError
 from .flows import Flow
 from .forward import Downstream, Request, forward
-from .headers import Headers, RequestLine, content_length, parse_request_line, read_fields, request_body_length
+from .headers import (Headers, RequestLine, content_length, keep_alive, parse_request_line, read_fields,
+                      request_body_length)
+from .policy import LoopDetected, check_client, check_connect_port, check_credentials
 from .target import parse_absolute, parse_authority
 from .tunnel import Tunnel, open_upstream
 
 if TYPE_CHECKING:
     from .server import ProxyServer
+    from .watchdog import Deadline
 
 log = logging.getLogger("fwdproxy")
 
@@ -36,6 +40,7 @@ _HINT = ("this is a forward proxy: send absolute-form requests (GET http://host/
          "or CONNECT host:port; GET /healthz reports status")
 # RFC 9112 section 2.2: empty lines before a request line are ignored (a few).
 _MAX_EMPTY_LINES = 4
+_USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -46,6 +51,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         host, port = self.client_address[:2]
+        self.client_ip = host
         self.client_label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.downstream = Downstream(self.rfile, self.connection)
         self.busy = False
@@ -60,16 +66,21 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self.close_connection = True
-        line = self._read_request_line()
-        if not line:
+        if not self._await_request():
             return
         self.busy = True
         start = time.monotonic()
+        config = self.server.config
+        # From its first byte, the whole head must arrive within header_timeout.
+        deadline = self.server.watchdog.arm(self.connection, config.header_timeout)
         flow = Flow(kind="http", client=self.client_label, method="-", url="-")
         try:
-            self.connection.settimeout(self.server.config.timeout)
-            self.close_connection = not self._exchange(line, flow)
+            self.connection.settimeout(config.timeout)
+            self.close_connection = not self._exchange(deadline, flow)
         except ProxyError as exc:
+            if deadline.fired:
+                exc = BadRequest(f"request head not received within {config.header_timeout:g}s",
+                                 status=408)
             flow.status, flow.error = exc.status, exc.reason
             self._send_error(exc, head_only=flow.method == "HEAD")
         except Abort as exc:
@@ -81,51 +92,75 @@ class ProxyHandler(BaseHTTPRequestHandler):
             flow.status, flow.error = 500, "internal error"
             self._send_error(ProxyError("internal error; see the proxy's log"))
         finally:
+            self.server.watchdog.disarm(deadline)
             self.busy = False
             if self.server.stopping:
                 self.close_connection = True
             flow.finish(start)
             self.server.flows.emit(flow)
 
-    def _read_request_line(self) -> bytes:
-        """The next request line, or b"" when the client is done (closed, idle, or shutting down)."""
+    def _await_request(self) -> bool:
+        """Wait (up to the idle timeout) for the next request's first byte; False if none comes."""
         self.connection.settimeout(self.server.config.client_idle_timeout)
-        limit = self.server.limits.request_line
         try:
-            for _ in range(_MAX_EMPTY_LINES + 1):
-                line = self.rfile.readline(limit + 1)
-                if line not in (b"\r\n", b"\n"):
-                    return line
+            return bool(self.rfile.peek(1))
         except OSError:
-            pass  # idle timeout or reset between requests: just close
-        return b""
+            return False  # idle timeout or reset between requests: just close
 
-    def _exchange(self, raw_line: bytes, flow: Flow) -> bool:
-        """Parse, route and carry out one request; True if the connection may be reused."""
-        line = parse_request_line(raw_line, self.server.limits)
+    def _read_head(self, deadline: Deadline) -> tuple[RequestLine, Headers]:
+        limits = self.server.limits
+        for _ in range(_MAX_EMPTY_LINES + 1):
+            raw = self.rfile.readline(limits.request_line + 1)
+            if raw not in (b"\r\n", b"\n"):
+                break
+        line = parse_request_line(raw, limits)
         self.command, self.path, self.request_version = line.method, line.target, line.version
-        self.requestline = raw_line[:-2].decode("ascii")
-        flow.method, flow.url = line.method, line.target
-        headers = read_fields(self.rfile.readline, self.server.limits)
+        self.requestline = raw[:-2].decode("ascii")
+        headers = read_fields(self.rfile.readline, limits)
+        self.server.watchdog.disarm(deadline)
+        return line, headers
+
+    def _exchange(self, deadline: Deadline, flow: Flow) -> bool:
+        """Read, check, route and carry out one request; True if the connection may be reused."""
+        line, headers = self._read_head(deadline)
+        flow.method, flow.url = line.method, _USERINFO.sub("", line.target)
         if len(headers.get_all("host")) > 1:
             raise BadRequest("more than one Host header")  # RFC 9112 section 3.2
+        if line.target.startswith("/") or line.target == "*":
+            return self._local(line, headers, flow)
+        self._admit(headers)
         if line.method == "CONNECT":
             self._tunnel(line, headers, flow)
             return False
-        if line.target.startswith("/") or line.target == "*":
-            return self._local(line, headers, flow)
         return self._forward(line, headers, flow)
 
+    def _admit(self, headers: Headers) -> None:
+        """Client network, credentials and loop checks; each refusal raises its status."""
+        config = self.server.config
+        check_client(self.client_ip, config.allow_from)
+        if config.auth:
+            check_credentials(headers.get("proxy-authorization"), config.auth)
+        for via in headers.get_all("via"):
+            if self.server.via_name in via:
+                raise LoopDetected("request already passed through this proxy (Via)")
+
     def _forward(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
+        config = self.server.config
         origin, path = parse_absolute(line.target, line.method)
-        req = Request(line.method, origin, path, line.version, headers,
-                      request_body_length(headers), via=self._via(line.version))
+        self.server.host_rules.check(origin.host)
+        length = request_body_length(headers)
+        if config.max_body is not None and length is not None and length > config.max_body:
+            raise BadRequest(f"request body larger than {config.max_body} bytes", status=413)
+        req = Request(line.method, origin, path, line.version, headers, length,
+                      via=f"{line.version[5:]} {self.server.via_name}", max_body=config.max_body)
         flow.url = req.url
         return forward(req, self.downstream, self.server.pool, flow)
 
     def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> None:
         flow.kind = "tunnel"
         host, port = parse_authority(line.target)
+        self.server.host_rules.check(host)
+        check_connect_port(port, self.server.config.allowed_connect_ports)
         if "transfer-encoding" in headers or content_length(headers):
             raise BadRequest("a CONNECT request has no body")  # RFC 9110 section 9.3.6
         config = self.server.config
@@ -151,26 +186,24 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return b""
 
     def _local(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
-        """Requests addressed to the proxy itself: health status, otherwise a hint."""
+        """Requests addressed to the proxy itself: health status (open to all), otherwise a hint."""
         flow.kind = "local"
         if line.target.split("?")[0] != "/healthz" or line.method not in ("GET", "HEAD"):
             raise BadRequest(_HINT)
         if request_body_length(headers):
             raise BadRequest("/healthz takes no body")
         body = (json.dumps(self.server.status()) + "\n").encode()
-        self._send_simple(200, body, "application/json", head_only=line.method == "HEAD",
-                          close=False)
+        keep = keep_alive(line.version, headers)
+        self._send_simple(200, body, "application/json", head_only=line.method == "HEAD", close=not keep)
         flow.status, flow.bytes_down = 200, len(body)
-        return True
-
-    def _via(self, version: str) -> str:
-        return f"{version[5:]} {self.server.via_name}"
+        return keep
 
     def _send_error(self, exc: ProxyError, head_only: bool = False) -> None:
         reason = " ".join(exc.reason.split())  # one line, whatever the reason held
         body = f"fwdproxy: {reason}\n".encode("utf-8", "replace")
         details = reason.replace("\\", "\\\\").replace('"', '\\"')
-        extra = f'Proxy-Status: {self.server.via_name}; error={exc.kind}; details="{details}"\r\n'
+        extra = "".join(f"{name}: {value}\r\n" for name, value in exc.headers)
+        extra += f'Proxy-Status: {self.server.via_name}; error={exc.kind}; details="{details}"\r\n'
         self._send_simple(exc.status, body, "text/plain; charset=utf-8", head_only=head_only,
                           close=True, extra=extra)
         self.close_connection = True

@@ -10,6 +10,7 @@ threads are never joined and its sockets never closed.
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import socketserver
 import threading
@@ -20,12 +21,15 @@ from typing import Any
 
 from . import __version__
 from .config import Config
+from .connect import Connector
 from .flows import FlowLog, Sink, log_sink
 from .handler import ProxyHandler
 from .headers import Limits
+from .policy import HostRules
 from .pool import ConnectFn, Pool, UpstreamConnection
 from .target import Origin
 from .tunnel import Tunnel
+from .watchdog import Watchdog
 
 log = logging.getLogger("fwdproxy")
 
@@ -40,10 +44,14 @@ class ProxyServer(ThreadingHTTPServer):
 
     def __init__(self, config: Config | None = None, *, connect: ConnectFn = socket.create_connection,
                  sinks: list[Sink] | None = None) -> None:
-        self.config = config or Config()
-        self.connect = connect
-        self.limits = Limits()
-        self.via_name = "fwdproxy"
+        self.config = config = config or Config()
+        self.connect = Connector(connect, deny_private=config.deny_private,
+                                 own_address=lambda: (config.host, self.port))
+        self.limits = Limits(config.max_request_line, config.max_header_bytes, config.max_header_count)
+        self.host_rules = HostRules(config.allow_hosts, config.deny_hosts)
+        # A per-instance name in Via, so a request that comes back through us is recognised.
+        self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
+        self.watchdog = Watchdog()
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         super().__init__((self.config.host, self.config.port), ProxyHandler)
         self.pool = Pool(self._new_connection, max_idle_per_origin=self.config.pool_max_idle_per_origin,
@@ -52,6 +60,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.started = time.monotonic()
         self.stopping = False
         self._clients: set[ProxyHandler] = set()
+        self._active = 0  # connections accepted and not yet closed, threads included
         self._tunnels: set[Tunnel] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -76,6 +85,34 @@ class ProxyServer(ThreadingHTTPServer):
 
     # -- live connections --------------------------------------------------
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start a thread for the connection, or answer 503 at once if there are too many."""
+        with self._lock:
+            full = self._active >= self.config.max_clients
+            if not full:
+                self._active += 1
+        if full:
+            self._refuse_busy(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        with self._lock:
+            self._active -= 1
+
+    def _refuse_busy(self, sock: socket.socket) -> None:
+        # No thread and no reading: the point is to spend nothing on this one.
+        body = b"fwdproxy: too many client connections; retry shortly\n"
+        try:
+            sock.settimeout(0)
+            sock.send(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                      b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+        sock.close()
+
     def track(self, handler: ProxyHandler) -> None:
         with self._lock:
             self._clients.add(handler)
@@ -97,6 +134,7 @@ class ProxyServer(ThreadingHTTPServer):
         with self._lock:
             clients, tunnels = len(self._clients), len(self._tunnels)
         return {"status": "stopping" if self.stopping else "ok", "version": __version__,
+                "name": self.via_name,
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "client_connections": clients, "tunnels": tunnels,
                 "upstream_idle": self.pool.idle_count(), "upstream_opened": self.pool.opened,
@@ -144,6 +182,7 @@ class ProxyServer(ThreadingHTTPServer):
         for tunnel in tunnels:
             tunnel.close()
         self.pool.close()
+        self.watchdog.stop()
 
     def __enter__(self) -> ProxyServer:
         return self.start()

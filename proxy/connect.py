@@ -1,0 +1,66 @@
+"""Opening upstream TCP connections under the address rules: private targets and loops.
+
+Names are resolved here and each address is checked before it is dialled, so
+the address judged is the address connected to: a name that resolves to a
+public address at check time and a private one at connect time (DNS
+rebinding) gets nowhere. After connecting, the peer is compared with the
+proxy's own listening address, so a request that would make the proxy call
+itself is refused whatever name it used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+
+from .policy import Forbidden, LoopDetected, is_private
+from .pool import ConnectFn
+
+
+class Connector:
+    """A ConnectFn applying deny-private and loop rules around a plain connect function."""
+
+    def __init__(self, connect: ConnectFn = socket.create_connection, *, deny_private: bool = False,
+                 own_address: Callable[[], tuple[str, int]] | None = None) -> None:
+        self._connect = connect
+        self._deny_private = deny_private
+        self._own_address = own_address
+
+    def __call__(self, address: tuple[str, int], timeout: float) -> socket.socket:
+        sock = self._dial_public(address, timeout) if self._deny_private else self._connect(address, timeout)
+        try:
+            self._check_loop(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _dial_public(self, address: tuple[str, int], timeout: float) -> socket.socket:
+        host, port = address
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        public = [info[4] for info in infos if not is_private(ipaddress.ip_address(info[4][0]))]
+        if not public:
+            raise Forbidden(f"{host} resolves to a private or local address; this proxy refuses those")
+        error: OSError | None = None
+        for sockaddr in public:
+            try:
+                return self._connect((sockaddr[0], port), timeout)
+            except OSError as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    def _check_loop(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        if self._own_address is None:
+            return
+        own_host, own_port = self._own_address()
+        peer_host, peer_port = sock.getpeername()[:2]
+        if peer_port != own_port:
+            return
+        own_ip = ipaddress.ip_address(own_host)
+        # Bound to a wildcard, every local address is ours: a connection whose
+        # two ends share an address stayed on this machine.
+        local_host = sock.getsockname()[0]
+        if ipaddress.ip_address(peer_host) == own_ip or (own_ip.is_unspecified and peer_host == local_host):
+            raise LoopDetected(f"{address[0]}:{address[1]} is this proxy itself")
