@@ -1,4 +1,4 @@
-"""Fixtures for the client's tests: redirecting routes, a proxy that records where it dials, scripted peers, tinyproxy.
+"""Fixtures for the client tests: redirecting routes, a dial-recording proxy, scripted peers, tinyproxy.
 
 Import the fixtures into a test module with ``from client_fixtures import *``
 (pytest finds fixtures by name in the module's namespace).
@@ -18,7 +18,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
 from servers import OriginServer, Received
 
 __all__ = ["Scripted", "SpyProxy", "TinyProxy", "add_redirects", "free_port", "scripted", "spy_proxy",
@@ -217,7 +216,7 @@ def tinyproxy(tinyproxy_binary: str, tmp_path: Path) -> Iterator[Callable[..., T
     started: list[TinyProxy] = []
 
     def start(auth: str | None = None) -> TinyProxy:
-        for attempt in range(3):
+        for _ in range(3):
             port = free_port()
             conf = tmp_path / f"tinyproxy-{port}.conf"
             lines = [f"Port {port}", "Listen 127.0.0.1", "Timeout 30", "MaxClients 20",

@@ -12,9 +12,9 @@ import sys
 import zlib
 
 import pytest
-
 from client_fixtures import *  # noqa: F403
 from client_fixtures import add_redirects, free_port
+
 from proxy.client import (
     ConnectError,
     ConnectionClosed,
@@ -159,7 +159,7 @@ def test_connect_refused_by_our_proxy_is_a_502_proxy_error(proxy):
 
 def test_unreachable_proxy_is_a_connect_error():
     with ProxyClient(f"http://127.0.0.1:{free_port()}") as client, \
-            pytest.raises(ConnectError, match="cannot connect to proxy 127.0.0.1"):
+            pytest.raises(ConnectError, match=r"cannot connect to proxy 127\.0\.0\.1"):
         client.get("http://127.0.0.1:9/")
 
 
