@@ -7,7 +7,6 @@ Import the fixtures into a test module with ``from client_fixtures import *``
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
 import socket
 import subprocess
@@ -184,30 +183,44 @@ class TinyProxy:
     url: str
     process: subprocess.Popen[str]
     log: list[str]
+    reader: threading.Thread
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def _start_tinyproxy(binary: str, conf: Path, port: int) -> TinyProxy | None:
     proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
     log: list[str] = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        # Ready when it logs that it accepts connections; a port clash makes it exit.
-        while sel.select(timeout=10):
-            line = proc.stdout.readline()
-            if not line:
-                proc.wait(5)
-                return None
+    ready = threading.Event()
+
+    def drain() -> None:  # keep reading all along, or tinyproxy blocks once the pipe fills
+        assert proc.stdout is not None
+        for line in proc.stdout:
             log.append(line)
             if "Accepting connections" in line:
-                break
-        else:
-            proc.kill()
-            raise RuntimeError("tinyproxy did not start: " + "".join(log))
-    drain = threading.Thread(target=lambda: log.extend(iter(proc.stdout.readline, "")), daemon=True)
-    drain.start()  # keep reading, or tinyproxy blocks once the pipe fills
-    return TinyProxy(f"http://127.0.0.1:{port}", proc, log)
+                ready.set()
+        ready.set()  # it exited (a port clash, a bad config)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    running = TinyProxy(f"http://127.0.0.1:{port}", proc, log, reader)
+    if not ready.wait(10):
+        running.stop()
+        raise RuntimeError("tinyproxy did not start: " + "".join(log))
+    if proc.poll() is not None or not any("Accepting connections" in line for line in log):
+        running.stop()
+        return None
+    return running
 
 
 @pytest.fixture
@@ -232,8 +245,4 @@ def tinyproxy(tinyproxy_binary: str, tmp_path: Path) -> Iterator[Callable[..., T
 
     yield start
     for running in started:
-        running.process.terminate()
-        try:
-            running.process.wait(5)
-        except subprocess.TimeoutExpired:
-            running.process.kill()
+        running.stop()
