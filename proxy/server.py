@@ -10,6 +10,7 @@ threads are never joined and its sockets never closed.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import socket
 import socketserver
@@ -61,6 +62,8 @@ class ProxyServer(ThreadingHTTPServer):
         self.stopping = False
         self._clients: set[ProxyHandler] = set()
         self._active = 0  # connections accepted and not yet closed, threads included
+        self._refused: queue.Queue[socket.socket] = queue.Queue(256)
+        self._refuser: threading.Thread | None = None
         self._tunnels: set[Tunnel] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -102,16 +105,35 @@ class ProxyServer(ThreadingHTTPServer):
             self._active -= 1
 
     def _refuse_busy(self, sock: socket.socket) -> None:
-        # No thread and no reading: the point is to spend nothing on this one.
-        body = b"fwdproxy: too many client connections; retry shortly\n"
+        """Answer 503 from one shared thread: no per-connection thread, no blocking the accept loop."""
         try:
-            sock.settimeout(0)
-            sock.send(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-                      b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        except OSError:
-            pass
-        sock.close()
+            self._refused.put_nowait(sock)
+        except queue.Full:
+            sock.close()  # a flood: not even a 503 for this one
+            return
+        with self._lock:
+            if self._refuser is None:
+                self._refuser = threading.Thread(target=self._refuse_loop, name="fwdproxy-503", daemon=True)
+                self._refuser.start()
+
+    def _refuse_loop(self) -> None:
+        body = b"fwdproxy: too many client connections; retry shortly\n"
+        response = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        while True:
+            sock = self._refused.get()
+            try:
+                sock.settimeout(0.2)
+                sock.sendall(response)
+                # Closing with the client's request unread would send RST, which can
+                # destroy our 503 before the client reads it: read a little first.
+                sock.shutdown(socket.SHUT_WR)
+                sock.recv(65536)
+            except OSError:
+                pass
+            finally:
+                sock.close()
 
     def track(self, handler: ProxyHandler) -> None:
         with self._lock:

@@ -171,10 +171,11 @@ def test_stale_reused_connection_is_retried_for_idempotent_requests(proxy):
     accepted = []
 
     def serve() -> None:
-        for _ in range(2):
+        for _ in range(2):  # both requests are held until both connections exist
             conn, _ = listener.accept()
             accepted.append(conn)
             conn.recv(65536)
+        for conn in accepted:
             conn.sendall(answer)
         # Whichever pooled connection the next request comes on is dropped unanswered...
         ready, _, _ = select.select(accepted, [], [], 10)

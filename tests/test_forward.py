@@ -184,16 +184,17 @@ def test_client_keep_alive_and_upstream_reuse(proxy, origin):
     conn.close()
     assert origin.connections == 1
     assert {r.connection for r in origin.received} == {1}
-    assert len({f.client for f in proxy.flows}) == 1  # one client connection, too
+    assert len({f.client for f in proxy.wait_flows(100)}) == 1  # one client connection, too
 
 
 def test_upstream_connections_are_shared_across_clients(proxy, origin):
     for i in range(20):
         resp, _ = through(proxy.address, "GET", origin.url(f"/bytes/{i}"))  # a new client each time
         assert resp.status == 200
-    assert len({f.client for f in proxy.flows}) == 20
+    flows = proxy.wait_flows(20)
+    assert len({f.client for f in flows}) == 20
     assert origin.connections == 1
-    assert [f.upstream_reused for f in proxy.flows] == [False] + [True] * 19
+    assert [f.upstream_reused for f in flows] == [False] + [True] * 19
 
 
 def test_http10_keep_alive_is_honoured(proxy, origin):
@@ -233,7 +234,7 @@ def test_early_hints_are_relayed_before_the_final_response(proxy, origin):
 
 def test_flows_record_each_exchange(proxy, origin):
     through(proxy.address, "POST", origin.url("/bytes/10"), body=b"12345")
-    (flow,) = proxy.flows
+    (flow,) = proxy.wait_flows(1)
     assert (flow.kind, flow.method, flow.url, flow.status) == ("http", "POST", origin.url("/bytes/10"), 200)
     assert (flow.bytes_up, flow.bytes_down) == (5, 10)
     assert flow.duration_ms > 0
