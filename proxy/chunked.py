@@ -51,16 +51,24 @@ def read_chunked(
 
 
 def _chunk_size(line: bytes) -> int:
+    try:
+        return parse_chunk_size(line)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def parse_chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (with its CRLF); ValueError if it is anything but strict."""
     if not line.endswith(b"\r\n"):
-        raise BadRequest("malformed or truncated chunk-size line")
+        raise ValueError("malformed or truncated chunk-size line")
     line = line[:-2]
     digits, semi, _ = line.partition(b";")
     if semi:
         digits = digits.rstrip(b" \t")
         if not _EXT.fullmatch(line[len(digits):]):
-            raise BadRequest("malformed chunk extension")
+            raise ValueError("malformed chunk extension")
     if not _SIZE.fullmatch(digits):
-        raise BadRequest(f"invalid chunk size {digits[:20]!r}")
+        raise ValueError(f"invalid chunk size {digits[:20]!r}")
     return int(digits, 16)
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .chunked import MAX_SIZE_LINE, parse_chunk_size
 from .target import Origin
 
 ConnectFn = Callable[[tuple[str, int], float], socket.socket]
@@ -46,6 +47,15 @@ class UpstreamResponse(http.client.HTTPResponse):
             if len(self.informational) >= 16:
                 raise http.client.HTTPException("too many 1xx responses")
             self.informational.append((status, reason.strip(), http.client.parse_headers(self.fp)))
+
+    def _read_next_chunk_size(self) -> int:
+        # http.client reads sizes with int(x, 16), which takes "+5", " 5", "0x5"
+        # and "1_0": a body framed one way for us and another for the next hop.
+        # The strict parser is shared with request bodies (RFC 9112 section 7.1).
+        line = self.fp.readline(MAX_SIZE_LINE + 1)
+        if len(line) > MAX_SIZE_LINE:
+            raise http.client.LineTooLong("chunk size")
+        return parse_chunk_size(line)
 
 
 class UpstreamConnection(http.client.HTTPConnection):

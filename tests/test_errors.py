@@ -230,3 +230,12 @@ def test_non_idempotent_request_is_not_retried(proxy):
     thread.join(10)
     listener.close()
     assert len(seen) == 1 and seen[0].startswith(b"POST / HTTP/1.1")
+
+
+@pytest.mark.parametrize("size", [b"+5", b" 5", b"0x5", b"5_", b"-5", b"5 5", b"fffffffffffffffff"])
+def test_lenient_chunk_sizes_from_origins_are_not_relayed(proxy, raw_origin, size):
+    bad = raw_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n0\r\n\r\n")
+    response = get(proxy, f"http://{bad.authority}/")
+    # The head may already be out; what matters is that no complete body follows.
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 ") and body == b"", response
