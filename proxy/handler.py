@@ -148,7 +148,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         config = self.server.config
         origin, path = parse_absolute(line.target, line.method)
         self.server.host_rules.check(origin.host)
-        length = request_body_length(headers)
+        length = request_body_length(headers, line.version)
         if config.max_body is not None and length is not None and length > config.max_body:
             raise BadRequest(f"request body larger than {config.max_body} bytes", status=413)
         req = Request(line.method, origin, path, line.version, headers, length,

@@ -187,8 +187,11 @@ def is_chunked(headers: Headers) -> bool:
     raise BadRequest(f"invalid Transfer-Encoding {', '.join(values)[:60]!r}")
 
 
-def request_body_length(headers: Headers) -> int | None:
+def request_body_length(headers: Headers, version: str = "HTTP/1.1") -> int | None:
     """Body length of a request: bytes, None for chunked (RFC 9112 section 6.3)."""
+    if version == "HTTP/1.0" and "transfer-encoding" in headers:
+        # RFC 9112 section 6.1: HTTP/1.0 has no transfer codings; such framing is faulty.
+        raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
     chunked = is_chunked(headers)
     length = content_length(headers)
     if chunked and length is not None:

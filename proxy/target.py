@@ -21,6 +21,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 # refused: origins and resolvers disagree about them.
 _REG_NAME = re.compile(r"[A-Za-z0-9_~-]+(?:\.[A-Za-z0-9_~-]+)*\.?")
 _PORT = re.compile(r"[0-9]{1,5}")
+_USERINFO = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=:]*")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,10 @@ def parse_absolute(target: str, method: str = "GET") -> tuple[Origin, str]:
             end = min(end, found)
     authority, path = rest[:end], rest[end:]
     userinfo, at, hostport = authority.rpartition("@")
-    del userinfo
+    if at and not _USERINFO.fullmatch(userinfo):
+        # A backslash or other stray character here is read as a delimiter by
+        # WHATWG parsers and as userinfo by RFC 3986 ones: refuse the ambiguity.
+        raise BadRequest("invalid characters before '@' in the target's authority")
     host, port = _split_host_port(hostport if at else authority, DEFAULT_PORTS[scheme])
     path = path.partition("#")[0]
     if not path.startswith("/"):
@@ -105,6 +109,8 @@ def _split_host_port(hostport: str, default_port: int | None) -> tuple[str, int]
 
 
 def _ipv6(literal: str) -> str:
+    if "%" in literal:
+        raise BadRequest("IPv6 zone identifiers are not accepted in targets")
     try:
         return str(ipaddress.IPv6Address(literal))
     except ValueError:

@@ -14,7 +14,6 @@ from proxy.target import Origin, parse_absolute, parse_authority
     ("http://example.test?q", Origin("http", "example.test", 80), "/?q"),
     ("http://example.test:/x", Origin("http", "example.test", 80), "/x"),
     ("http://user:pw@example.test/x", Origin("http", "example.test", 80), "/x"),
-    ("http://a@b@example.test/x", Origin("http", "example.test", 80), "/x"),
     ("http://example.test/x#frag", Origin("http", "example.test", 80), "/x"),
     ("http://[::1]:8080/%7e%2F", Origin("http", "::1", 8080), "/%7e%2F"),
     ("http://[0:0::1]/", Origin("http", "::1", 80), "/"),
@@ -46,6 +45,9 @@ def test_options_with_empty_path_is_asterisk():
     ("http://[::g]/", "invalid IPv6"),
     ("http://[::1]x/", "malformed IPv6"),
     ("http://a..b/", "invalid host"),
+    ("http://a@b@example.test/x", "before '@'"),
+    ("http://example.test\\@evil.test/", "before '@'"),
+    ("http://[fe80::1%25eth0]/", "zone"),
     ("http://" + "a" * 254 + "/", "invalid host"),
 ])
 def test_bad_absolute_targets(target, reason):
