@@ -1,0 +1,120 @@
+"""After 10,000 mixed good and bad exchanges, descriptors and threads are back to their idle level."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from servers import OriginServer, RawOrigin
+
+ROOT = Path(__file__).resolve().parent.parent
+EXCHANGES = 10_000
+WORKERS = 8
+
+
+@pytest.fixture(scope="module")
+def proxy_pid_address() -> Iterator[tuple[int, tuple[str, int]]]:
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--log-level", "warning",
+                             "--timeout", "2", "--header-timeout", "2"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    match = re.search(r":(\d+)$", proc.stderr.readline().strip())
+    assert match
+    yield proc.pid, ("127.0.0.1", int(match.group(1)))
+    proc.terminate()
+    proc.communicate(timeout=10)
+
+
+def talk(address: tuple[str, int], data: bytes, *, read: bool = True, half_close: bool = False) -> bytes:
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        if not read:
+            return b""
+        out = b""
+        try:
+            while piece := sock.recv(65536):
+                out += piece
+        except ConnectionResetError:
+            pass
+        return out
+
+
+def health(address: tuple[str, int]) -> dict[str, int]:
+    raw = talk(address, b"GET /healthz HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+    return json.loads(raw.partition(b"\r\n\r\n")[2])  # type: ignore[no-any-return]
+
+
+def usage(pid: int, address: tuple[str, int]) -> tuple[int, int]:
+    """(descriptors not held by the upstream pool, threads) once every client has gone."""
+    deadline = time.monotonic() + 15
+    while (status := health(address))["client_connections"] > 1:  # the health request itself
+        assert time.monotonic() < deadline, status
+    fds = len(os.listdir(f"/proc/{pid}/fd")) - status["upstream_idle"]
+    threads = int(re.search(r"Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))  # type: ignore[union-attr]
+    return fds, threads
+
+
+def mixed_exchanges(address: tuple[str, int], origin: OriginServer, truncating: RawOrigin,
+                    closed_port: int) -> list[Callable[[], bytes]]:
+    o = origin.url("")
+    return [
+        lambda: talk(address, f"GET {o}/bytes/100 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()),
+        lambda: talk(address, f"POST {o}/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                              "Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n".encode()),
+        lambda: talk(address, f"GET {o}/chunked/5000 HTTP/1.0\r\n\r\n".encode()),
+        lambda: talk(address, b"GET http://127.0.0.1:1/ HTTP/1.1\r\nBad Header\r\n\r\n"),          # 400
+        lambda: talk(address, f"GET http://127.0.0.1:{closed_port}/ HTTP/1.1\r\nConnection: close\r\n\r\n".encode()),  # 502
+        lambda: talk(address, f"GET http://{truncating.authority}/ HTTP/1.1\r\n\r\n".encode()),   # truncated body
+        lambda: talk(address, f"CONNECT {origin.authority} HTTP/1.1\r\n\r\nGET /bytes/10 HTTP/1.1\r\n"
+                              f"Host: x\r\nConnection: close\r\n\r\n".encode()),                      # tunnel
+        lambda: talk(address, f"GET {o}/bytes/300000 HTTP/1.1\r\nHost: x\r\n\r\n".encode(), read=False),  # gone mid-body
+        lambda: talk(address, f"POST {o}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc".encode(),
+                     half_close=True),                                                                # gone mid-upload
+        lambda: talk(address, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 10, half_close=True),  # TLS at a plain port
+    ]
+
+
+def test_no_descriptor_or_thread_leaks(proxy_pid_address):
+    pid, address = proxy_pid_address
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    truncating = RawOrigin(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly this")
+    with OriginServer() as origin:
+        kinds = mixed_exchanges(address, origin, truncating, closed_port)
+        for kind in kinds:  # warm up: pool, watchdog, lazily created threads
+            kind()
+        fds_before, threads_before = usage(pid, address)
+        errors: list[BaseException] = []
+
+        def worker(start: int) -> None:
+            try:
+                for i in range(start, EXCHANGES, WORKERS):
+                    kinds[i % len(kinds)]()
+            except BaseException as exc:  # noqa: BLE001 (reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors[:3]
+        fds_after, threads_after = usage(pid, address)
+    truncating.close()
+    print(f"\nleak check after {EXCHANGES} exchanges: descriptors {fds_before} -> {fds_after}, "
+          f"threads {threads_before} -> {threads_after}")
+    assert fds_after <= fds_before
+    assert threads_after <= threads_before
