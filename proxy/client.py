@@ -214,6 +214,8 @@ class ProxyClient:
                follow_redirects: bool | None = None) -> Iterator[Response]:
         """Like request(), but the body is read by iterating the response (``for chunk in resp``)."""
         fields = _merge(self.headers, headers)
+        if json is not None and body is not None:
+            raise ValueError("pass body or json, not both")
         if json is not None:
             body = jsonlib.dumps(json).encode()
             fields = _merge(fields, [("Content-Type", "application/json")])

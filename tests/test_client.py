@@ -7,6 +7,8 @@ import http.cookiejar
 import io
 import logging
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import zlib
@@ -14,6 +16,7 @@ import zlib
 import pytest
 from client_fixtures import *  # noqa: F403
 from client_fixtures import add_redirects, free_port
+from servers import OriginServer
 
 from proxy.client import (
     ConnectError,
@@ -62,6 +65,22 @@ def test_https_via_localhost_name_checks_the_target_name(proxy, tls_origin, ca_f
     assert resp.json()["headers"][0] == ["Host", f"localhost:{tls_origin.port}"]
 
 
+def test_tls_name_check_is_for_the_target_not_the_proxy(proxy_factory, ca, tls_origin, ca_file):
+    # The proxy resolves *.test to loopback; the client must check the target's name, api.test.
+    def connect(address, timeout):
+        return socket.create_connection(("127.0.0.1", address[1]), timeout=timeout)
+
+    resolving = proxy_factory(connect=connect)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("api.test").configure_cert(context)
+    with OriginServer(context) as api, ProxyClient(resolving.url, ca_file=ca_file) as client:
+        assert client.get(f"https://api.test:{api.port}/echo").status == 200
+        assert api.received[-1].header("Host") == f"api.test:{api.port}"
+        # The localhost certificate covers the proxy's 127.0.0.1, but not api.test.
+        with pytest.raises(TLSError, match=r"api\.test"):
+            client.get(f"https://api.test:{tls_origin.port}/echo")
+
+
 def test_wrong_ca_fails_the_tunnelled_handshake(proxy, tls_origin):
     # Negative control for the test above: the system store does not trust the test CA.
     with ProxyClient(proxy.url) as client, pytest.raises(TLSError, match="not trusted"):
@@ -89,7 +108,6 @@ def test_no_proxy_at_all_is_direct(origin):
 
 
 def test_ipv6_target_through_the_proxy(proxy):
-    from servers import OriginServer
     with OriginServer(host="::1") as v6, ProxyClient(proxy.url) as client:
         resp = client.get(v6.url("/echo"))
     assert resp.status == 200 and v6.received[-1].header("Host") == v6.authority
@@ -209,6 +227,22 @@ def test_direct_keep_alive_and_a_partly_read_stream_is_not_reused(origin):
             next(iter(resp))  # read a little, then leave
         client.get(origin.url("/bytes/100"))
         assert origin.connections == 2
+
+
+def test_a_partly_read_body_never_leaks_into_the_next_response(scripted):
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def script(conn, n, head):
+        if head.startswith(b"GET /big"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345"  # the rest comes late...
+        return b"67890" + ok if n == 2 else ok  # ...ahead of the next response, were the connection reused
+
+    peer = scripted(script)
+    with ProxyClient() as client:
+        with client.stream("GET", peer.url + "/big") as resp:
+            assert next(iter(resp)) == b"12345"
+        assert client.get(peer.url + "/small").body == b"ok"
+    assert peer.connections == 2
 
 
 def test_server_closed_connection_is_retried_once_for_get_only(scripted):
