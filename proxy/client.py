@@ -24,7 +24,7 @@ import os
 import ssl
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -193,7 +193,9 @@ class ProxyClient:
         self.headers = [("User-Agent", USER_AGENT), ("Accept", "*/*")]
         self.headers = _merge(self.headers, headers)
         self._debug: Debug = _log_debug if debug else _quiet
-        context = ssl_context or ssl.create_default_context(cafile=os.fspath(ca_file) if ca_file else None)
+        context: ssl.SSLContext | Callable[[], ssl.SSLContext] = ssl_context or ssl.create_default_context
+        if ca_file is not None:
+            context = ssl.create_default_context(cafile=os.fspath(ca_file))
         self.pool = Pool(max_idle_per_route)
         self.dialer = Dialer(context, user_agent=USER_AGENT, debug=self._debug)
 

@@ -87,10 +87,18 @@ class _Replay:
 class Dialer:
     """Opens the socket a Route needs, in the order the route needs it."""
 
-    def __init__(self, ssl_context: ssl.SSLContext, *, user_agent: str, debug: Debug | None = None) -> None:
-        self.ssl_context = ssl_context
+    def __init__(self, ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext], *, user_agent: str,
+                 debug: Debug | None = None) -> None:
+        self._context = ssl_context
         self.user_agent = user_agent
         self.debug = debug or _quiet
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if not isinstance(self._context, ssl.SSLContext):
+            # Made at the first HTTPS target: loading the system store costs ~50 ms.
+            self._context = self._context()
+        return self._context
 
     def open(self, route: Route, connect_timeout: float, read_timeout: float) -> socket.socket:
         sock = self._tcp(route, connect_timeout)
