@@ -220,7 +220,8 @@ class ProxyClient:
             raise ValueError("pass body or json, not both")
         if json is not None:
             body = jsonlib.dumps(json).encode()
-            fields = _merge(fields, [("Content-Type", "application/json")])
+            if not any(name.lower() == "content-type" for name, _ in fields):
+                fields.append(("Content-Type", "application/json"))
         hop = _Hop(method.upper(), parse_url(url), fields, _Body(body))
         limits = Timeout.of(timeout) if timeout is not None else self.timeout
         follow = self.follow_redirects if follow_redirects is None else follow_redirects
