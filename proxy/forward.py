@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from io import BufferedReader
 
 from .chunked import LAST_CHUNK, encode_chunk, read_chunked
-from .errors import Abort, BadRequest, ProxyError, UpstreamError, UpstreamTimeout, connect_failure
+from .errors import Abort, BadRequest, UpstreamError, UpstreamTimeout, connect_failure
 from .flows import Flow
-from .headers import Headers, content_length, end_to_end, is_chunked, keep_alive, parse_field
+from .headers import Headers, content_length, end_to_end, keep_alive
 from .pool import Pool, UpstreamConnection, UpstreamResponse, is_dropped
 from .target import Origin
 
@@ -255,7 +255,7 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
     client_keep = keep_alive(req.version, req.headers)
     for status, reason, fields in resp.informational:
         if req.version == "HTTP/1.1":
-            client.send(_head(status, reason, _checked(fields.items(), req), ()))
+            client.send(_head(status, reason, fields.items(), ()))
     framing: list[tuple[str, str]] = []
     chunked_down = False
     if length is not None:
@@ -295,50 +295,19 @@ def _has_body(resp: UpstreamResponse, req: Request) -> bool:
 
 
 def _response_framing(resp: UpstreamResponse, req: Request) -> tuple[list[tuple[str, str]], int | None]:
-    """Validated end-to-end response fields, and the body length if known.
-
-    An origin's ambiguous framing is never relayed (RFC 9112 section 6.3 and
-    11.2): it is answered with 502, since a client might read it differently.
-    """
+    """End-to-end response fields, and the body length if known (framing was checked in begin())."""
     if resp.status == 101:
         # Upgrade is hop-by-hop and was not forwarded, so a switch is a protocol error.
         raise UpstreamError(f"{req.origin.authority} switched protocols unasked",
                             kind="http_upgrade_failed")
-    if resp.msg.defects:
-        # http.client silently ends the head at a line without a colon, taking
-        # the rest as body; that is a malformed response, not a short head.
-        raise UpstreamError(f"malformed header section from {req.origin.authority}",
-                            kind="http_protocol_error")
-    headers = Headers(_checked(resp.getheaders(), req))
-    try:
-        chunked = is_chunked(headers)
-        length = content_length(headers)
-    except ProxyError as exc:
-        raise UpstreamError(f"unusable framing from {req.origin.authority}: {exc.reason}",
-                            kind="http_response_transfer_coding") from exc
-    if chunked and length is not None:
-        raise UpstreamError(f"{req.origin.authority} sent both Content-Length and Transfer-Encoding",
-                            kind="http_response_transfer_coding")
+    headers: Headers = resp.headers  # type: ignore[assignment]
     fields = end_to_end(headers, _REPLACED_DOWN)
     if not _has_body(resp, req):
-        if length is not None and resp.status != 204 and resp.status >= 200:
+        length = content_length(headers)
+        if length is not None and resp.status != 204:
             fields.append(("Content-Length", str(length)))  # HEAD and 304 report the length
         return fields, None
-    if length is not None and resp.length != length:
-        resp.length = length  # http.client reads "5, 5" as no length at all
-    return fields, None if chunked else length
-
-
-def _checked(items: object, req: Request) -> list[tuple[str, str]]:
-    """Response fields re-validated like request fields; folded or control-laden ones are refused."""
-    fields = []
-    for name, value in items:  # type: ignore[attr-defined]
-        try:
-            fields.append(parse_field(f"{name}:{value}".encode("latin-1")))
-        except (ProxyError, UnicodeEncodeError) as exc:
-            raise UpstreamError(f"malformed header from {req.origin.authority}",
-                                kind="http_protocol_error") from exc
-    return fields
+    return fields, resp.length
 
 
 def _via(resp: UpstreamResponse, req: Request) -> str:

@@ -25,7 +25,7 @@ from .flows import Flow
 from .forward import Downstream, Request, forward
 from .headers import (Headers, RequestLine, content_length, keep_alive, parse_request_line, read_fields,
                       request_body_length)
-from .policy import LoopDetected, check_client, check_connect_port, check_credentials
+from .policy import Forbidden, LoopDetected, check_connect_port, check_credentials, client_allowed
 from .target import parse_absolute, parse_authority
 from .tunnel import Tunnel, open_upstream
 
@@ -52,6 +52,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         super().setup()
         host, port = self.client_address[:2]
         self.client_ip = host
+        self.client_allowed = client_allowed(host, self.server.config.allow_from)  # once per connection
         self.client_label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.downstream = Downstream(self.rfile, self.connection)
         self.busy = False
@@ -75,7 +76,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         deadline = self.server.watchdog.arm(self.connection, config.header_timeout)
         flow = Flow(kind="http", client=self.client_label, method="-", url="-")
         try:
-            self.connection.settimeout(config.timeout)
+            _set_timeout(self.connection, config.timeout)
             self.close_connection = not self._exchange(deadline, flow)
         except ProxyError as exc:
             if deadline.fired:
@@ -101,7 +102,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _await_request(self) -> bool:
         """Wait (up to the idle timeout) for the next request's first byte; False if none comes."""
-        self.connection.settimeout(self.server.config.client_idle_timeout)
+        _set_timeout(self.connection, self.server.config.client_idle_timeout)
         try:
             return bool(self.rfile.peek(1))
         except OSError:
@@ -137,7 +138,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _admit(self, headers: Headers) -> None:
         """Client network, credentials and loop checks; each refusal raises its status."""
         config = self.server.config
-        check_client(self.client_ip, config.allow_from)
+        if not self.client_allowed:
+            raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
         if config.auth:
             check_credentials(headers.get("proxy-authorization"), config.auth)
         for via in headers.get_all("via"):
@@ -233,3 +235,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
         log.debug("%s %s", self.client_label, format % args)
+
+
+def _set_timeout(sock: socket.socket, seconds: float) -> None:
+    # settimeout() costs two fcntl calls even when nothing changes; on the
+    # keep-alive path the idle and exchange timeouts are usually equal.
+    if sock.gettimeout() != seconds:
+        sock.settimeout(seconds)

@@ -48,14 +48,29 @@ class Limits:
 class Headers:
     """Header fields in order, duplicates kept, looked up case-insensitively."""
 
-    __slots__ = ("fields",)
+    __slots__ = ("fields", "names")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         # (lowercase name, name as sent, value): lowercased once, looked up often.
         self.fields = [(name.lower(), name, value) for name, value in fields]
+        # Most lookups (Transfer-Encoding, Expect, Via...) find nothing: answer those at once.
+        self.names = {key for key, _, _ in self.fields}
+
+    @classmethod
+    def from_parsed(cls, fields: list[tuple[str, str, str]]) -> Headers:
+        """Wrap (lowercase name, name, value) triples as they come from the parser."""
+        headers = cls()
+        headers.fields = fields
+        headers.names = {key for key, _, _ in fields}
+        return headers
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(name, value) for _, name, value in self.fields]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         lname = name.lower()
+        if lname not in self.names:
+            return default
         for key, _, value in self.fields:
             if key == lname:
                 return value
@@ -63,6 +78,8 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         lname = name.lower()
+        if lname not in self.names:
+            return []
         return [value for key, _, value in self.fields if key == lname]
 
     def tokens(self, name: str) -> set[str]:
@@ -70,7 +87,7 @@ class Headers:
         return {t.strip().lower() for v in self.get_all(name) for t in v.split(",") if t.strip()}
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        return isinstance(name, str) and name.lower() in self.names
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return ((name, value) for _, name, value in self.fields)
@@ -115,7 +132,7 @@ def parse_request_line(line: bytes, limits: Limits = Limits()) -> RequestLine:
 
 def read_fields(readline: Callable[[int], bytes], limits: Limits = Limits()) -> Headers:
     """Read header lines up to the empty line, validating each (RFC 9112 section 5)."""
-    fields: list[tuple[str, str]] = []
+    fields: list[tuple[str, str, str]] = []
     total = 0
     while True:
         line = readline(limits.header_bytes + 1)
@@ -124,10 +141,11 @@ def read_fields(readline: Callable[[int], bytes], limits: Limits = Limits()) -> 
             raise BadRequest(f"header section larger than {limits.header_bytes} bytes",
                              status=431)
         if line == b"\r\n":
-            return Headers(fields)
+            return Headers.from_parsed(fields)
         if not line.endswith(b"\r\n"):
             raise BadRequest("header section ended early or a line lacks CRLF")
-        fields.append(parse_field(line[:-2]))
+        name, value = parse_field(line[:-2])
+        fields.append((name.lower(), name, value))
         if len(fields) > limits.header_count:
             raise BadRequest(f"more than {limits.header_count} header fields", status=431)
 

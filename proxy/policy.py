@@ -91,11 +91,6 @@ def client_allowed(client_ip: str, networks: Sequence[Network]) -> bool:
     return address is not None and any(address in net for net in networks)
 
 
-def check_client(client_ip: str, networks: Sequence[Network]) -> None:
-    if not client_allowed(client_ip, networks):
-        raise Forbidden(f"client {client_ip} is not allowed to use this proxy")
-
-
 def check_credentials(header: str | None, credentials: Sequence[tuple[str, str]]) -> str:
     """The user named by a valid ``Proxy-Authorization: Basic`` value; 407 otherwise.
 
