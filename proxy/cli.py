@@ -17,14 +17,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, fetch
 from .config import LOG_FORMATS, LOG_LEVELS, Config
 from .policy import LOOPBACK_NETWORKS, ConfigError, parse_networks, parse_ports
 from .server import ProxyServer
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve",)
+SUBCOMMANDS = ("serve", "fetch")
 
 
 def _env(flag: str, default: Any) -> Any:
@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fwdproxy",
         description="A forward HTTP/1.1 proxy with CONNECT tunnelling. Point clients at it with "
                     "HTTP_PROXY/HTTPS_PROXY=http://HOST:PORT. Every flag may also be given as an "
-                    "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128).")
-    sub = parser.add_subparsers(dest="command", metavar="{serve}")
+                    "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128). "
+                    "Also: `fwdproxy fetch URL -x PROXY`, a curl-like client (see fetch --help).")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch}")
     serve = sub.add_parser("serve", prog="fwdproxy [serve]", description=parser.description,
                            help="run the proxy (the default)")
     serve.add_argument("--version", action="version", version=f"fwdproxy {__version__}")
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=LOG_FORMATS,
                        default=_env("log-format", _DEFAULTS.log_format),
                        help="text lines or JSON lines (default %(default)s)")
+    fetch.add_parser(sub)
     return parser
 
 
@@ -152,7 +154,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["fetch"]:
+        return fetch.run(build_parser().parse_args(args))
+    config = parse_config(args)
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s"
                         if config.log_format == "text" else "%(message)s")

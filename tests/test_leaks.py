@@ -57,13 +57,30 @@ def health(address: tuple[str, int]) -> dict[str, int]:
 
 
 def usage(pid: int, address: tuple[str, int]) -> tuple[int, int]:
-    """(descriptors not held by the upstream pool, threads) once every client has gone."""
-    deadline = time.monotonic() + 15
-    while (status := health(address))["client_connections"] > 1:  # the health request itself
-        assert time.monotonic() < deadline, status
+    """(descriptors not held by the upstream pool, threads) of the proxy process."""
+    status = health(address)
     fds = len(os.listdir(f"/proc/{pid}/fd")) - status["upstream_idle"]
     threads = int(re.search(r"Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))  # type: ignore[union-attr]
     return fds, threads
+
+
+def settled(pid: int, address: tuple[str, int], at_most: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Usage once every client has gone. A handler thread closes its socket just after it
+    reports done, so this waits (up to 15 s) until the figures reach ``at_most``, or, for a
+    baseline, until two readings 0.1 s apart agree."""
+    deadline = time.monotonic() + 15
+    last = None
+    while True:
+        now = usage(pid, address)
+        quiet = health(address)["client_connections"] <= 1
+        if quiet and at_most is not None and now[0] <= at_most[0] and now[1] <= at_most[1]:
+            return now
+        if quiet and at_most is None and now == last:
+            return now
+        if time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(0.1)
 
 
 def mixed_exchanges(address: tuple[str, int], origin: OriginServer, truncating: RawOrigin,
@@ -96,7 +113,7 @@ def test_no_descriptor_or_thread_leaks(proxy_pid_address):
         kinds = mixed_exchanges(address, origin, truncating, closed_port)
         for kind in kinds:  # warm up: pool, watchdog, lazily created threads
             kind()
-        fds_before, threads_before = usage(pid, address)
+        fds_before, threads_before = settled(pid, address)
         errors: list[BaseException] = []
 
         def worker(start: int) -> None:
@@ -112,7 +129,7 @@ def test_no_descriptor_or_thread_leaks(proxy_pid_address):
         for t in threads:
             t.join(120)
         assert not errors, errors[:3]
-        fds_after, threads_after = usage(pid, address)
+        fds_after, threads_after = settled(pid, address, at_most=(fds_before, threads_before))
     truncating.close()
     print(f"\nleak check after {EXCHANGES} exchanges: descriptors {fds_before} -> {fds_after}, "
           f"threads {threads_before} -> {threads_after}")
