@@ -50,6 +50,8 @@ class Config:
     max_body: int | None = None
     max_clients: int = 2048
     header_timeout: float = 10.0
+    # Flow records keep plain HTTP bodies up to this many bytes each way (0: none).
+    capture_bodies: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

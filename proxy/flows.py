@@ -32,6 +32,25 @@ class Flow:
     duration_ms: float = 0.0
     error: str = ""
     upstream_reused: bool | None = None
+    host: str = ""
+    port: int = 0
+    path: str = ""  # origin-form path and query; "" for tunnels
+    request_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    # Bodies of plain HTTP exchanges, kept only up to Config.capture_bodies bytes.
+    request_body: bytes = b""
+    response_body: bytes = b""
+    faults: list[str] = field(default_factory=list)  # fault rules that fired
+
+    @property
+    def target(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def keep(self, attr: str, data: bytes, cap: int) -> None:
+        """Append to request_body or response_body, up to ``cap`` bytes in all."""
+        held: bytes = getattr(self, attr)
+        if cap and len(held) < cap:
+            setattr(self, attr, held + data[:cap - len(held)])
 
     def finish(self, start_monotonic: float) -> None:
         self.duration_ms = round((time.monotonic() - start_monotonic) * 1000, 2)
@@ -42,7 +61,10 @@ class Flow:
         return f"{text} error={self.error!r}" if self.error else text
 
     def as_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        record = asdict(self)
+        for attr in ("request_body", "response_body"):
+            record[attr] = record[attr].decode("latin-1")
+        return json.dumps(record, separators=(",", ":"))
 
     def __repr__(self) -> str:
         return f"<Flow {self.as_line()}>"

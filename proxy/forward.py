@@ -47,6 +47,7 @@ class Request:
     body_length: int | None  # None: chunked
     via: str  # this proxy's Via entry, e.g. "1.1 fwdproxy-1a2b3c"
     max_body: int | None = None
+    capture: int = 0  # body bytes each way to keep in the flow record
 
     @property
     def url(self) -> str:
@@ -85,6 +86,7 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
     elif req.body_length:
         body = client.read_exact(req.body_length)
         flow.bytes_up = len(body)
+        flow.keep("request_body", body, req.capture)
     # RFC 9110 section 9.2.2: a fresh connection is tried once more when a
     # reused one turns out stale, for idempotent requests whose body we hold.
     retry = body is not None and req.method in IDEMPOTENT
@@ -199,6 +201,7 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
     try:
         for data in pieces:
             flow.bytes_up += len(data)
+            flow.keep("request_body", data, req.capture)
             if req.max_body is not None and flow.bytes_up > req.max_body:
                 raise BadRequest(f"request body larger than {req.max_body} bytes", status=413,
                                  kind="http_request_error")
@@ -270,7 +273,9 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
         framing.append(("Connection", "close"))
     elif req.version == "HTTP/1.0" and client_keep:
         framing.append(("Connection", "keep-alive"))
-    head = _head(resp.status, resp.reason, headers, [*framing, ("Via", _via(resp, req))])
+    framing.append(("Via", _via(resp, req)))
+    flow.response_headers = [*headers, *framing]
+    head = _head(resp.status, resp.reason, headers, framing)
     if not _has_body(resp, req):
         lease.settle()
         client.send(head)
@@ -278,6 +283,7 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
     if length is not None and length <= SMALL_BODY:
         body = _read_upstream(resp, length, req)
         flow.bytes_down = len(body)
+        flow.keep("response_body", body, req.capture)
         lease.settle()
         client.send(head + body)
         return client_keep
@@ -355,6 +361,7 @@ def _stream_down(resp: UpstreamResponse, req: Request, client: Downstream, flow:
         if not data:
             break
         flow.bytes_down += len(data)
+        flow.keep("response_body", data, req.capture)
         client.send(encode_chunk(data) if chunked else data)
     if expected is not None and resp.length:
         raise Abort(f"{req.origin.authority} closed after {flow.bytes_down} of {expected} bytes")

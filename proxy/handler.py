@@ -20,7 +20,9 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
+from .chunked import read_chunked
 from .errors import Abort, BadRequest, ProxyError
+from .faults import ShapedDownstream
 from .flows import Flow
 from .forward import Downstream, Request, forward
 from .headers import (Headers, RequestLine, content_length, keep_alive, parse_request_line, read_fields,
@@ -150,21 +152,34 @@ class ProxyHandler(BaseHTTPRequestHandler):
         config = self.server.config
         origin, path = parse_absolute(line.target, line.method)
         self.server.host_rules.check(origin.host)
+        flow.host, flow.port, flow.path = origin.host, origin.port, path
+        flow.request_headers = _redacted(headers)
         length = request_body_length(headers, line.version)
         if config.max_body is not None and length is not None and length > config.max_body:
             raise BadRequest(f"request body larger than {config.max_body} bytes", status=413)
         req = Request(line.method, origin, path, line.version, headers, length,
-                      via=f"{line.version[5:]} {self.server.via_name}", max_body=config.max_body)
+                      via=f"{line.version[5:]} {self.server.via_name}", max_body=config.max_body,
+                      capture=config.capture_bodies)
         flow.url = req.url
-        return forward(req, self.downstream, self.server.pool, flow)
+        downstream = self.downstream
+        if self.server.faults:
+            shaped = self._apply_faults(line.method, origin.host, path, headers, flow, req)
+            if shaped is None:
+                return False  # answered by a fault rule
+            downstream = shaped
+        return forward(req, downstream, self.server.pool, flow)
 
     def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> None:
         flow.kind = "tunnel"
         host, port = parse_authority(line.target)
+        flow.host, flow.port = host, port
+        flow.request_headers = _redacted(headers)
         self.server.host_rules.check(host)
         check_connect_port(port, self.server.config.allowed_connect_ports)
         if "transfer-encoding" in headers or content_length(headers):
             raise BadRequest("a CONNECT request has no body")  # RFC 9110 section 9.3.6
+        if self.server.faults:
+            self._apply_faults("CONNECT", host, "", headers, flow, None)
         config = self.server.config
         upstream = open_upstream(host, port, self.server.connect, config.connect_timeout)
         self.downstream.send(_ESTABLISHED)
@@ -178,6 +193,61 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.server.tunnel_closed(tunnel)
             self.tunnel = None
         flow.bytes_up, flow.bytes_down, flow.error = tunnel.bytes_up, tunnel.bytes_down, tunnel.error
+
+    def _apply_faults(self, method: str, host: str, path: str, headers: Headers, flow: Flow,
+                      req: Request | None) -> Downstream | None:
+        """Carry out the fault rules matching this request (see faults.py).
+
+        Returns the client side to forward through (throttled or resetting as
+        the rules say), or None when a rule answered the request itself.
+        Raises the error a rule calls for (407, a refused CONNECT, an injected failure).
+        """
+        rate = reset_after = None
+        for fault in self.server.faults.applying(method, host, path):
+            flow.faults.append(fault.action)
+            p = fault.params
+            if fault.action == "require_auth":
+                check_credentials(headers.get("proxy-authorization"), [(p["user"], p["password"])])
+            elif fault.action == "delay":
+                time.sleep(p["seconds"])
+            elif fault.action == "refuse_connect" and req is None:
+                raise ProxyError(f"CONNECT to {host} refused by a fault rule", status=p["status"],
+                                 kind="http_request_denied")
+            elif fault.action == "fail" and req is not None:
+                raise ProxyError(f"failure injected by a fault rule for {host}{path}",
+                                 status=p["status"], kind="proxy_internal_response")
+            elif fault.action == "respond" and req is not None:
+                self._discard_body(req)
+                self._send_response(p["status"], p["body"], p["headers"], flow,
+                                    head_only=method == "HEAD")
+                return None
+            elif fault.action == "throttle":
+                rate = p["bytes_per_second"]
+            elif fault.action == "reset":
+                reset_after = p["after_bytes"]
+        if rate is None and reset_after is None:
+            return self.downstream
+        return ShapedDownstream(self.downstream, rate=rate, reset_after=reset_after)
+
+    def _discard_body(self, req: Request) -> None:
+        if req.body_length is None:
+            for _ in read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read):
+                pass
+        elif req.body_length:
+            self.downstream.read_exact(req.body_length)
+
+    def _send_response(self, status: int, body: bytes, headers: list[tuple[str, str]], flow: Flow,
+                       head_only: bool) -> None:
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        lines = [f"HTTP/1.1 {status} {phrase}\r\n", *(f"{n}: {v}\r\n" for n, v in headers),
+                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"]
+        self.downstream.send("".join(lines).encode("latin-1") + (b"" if head_only else body))
+        flow.status, flow.bytes_down = status, len(body)
+        flow.response_headers = [*headers, ("Content-Length", str(len(body)))]
+        flow.keep("response_body", body, self.server.config.capture_bodies)
 
     def _buffered_bytes(self) -> bytes:
         """Bytes already read into rfile's buffer past the CONNECT head, without blocking."""
@@ -242,3 +312,9 @@ def _set_timeout(sock: socket.socket, seconds: float) -> None:
     # keep-alive path the idle and exchange timeouts are usually equal.
     if sock.gettimeout() != seconds:
         sock.settimeout(seconds)
+
+
+def _redacted(headers: Headers) -> list[tuple[str, str]]:
+    """Fields for the flow record: proxy credentials never reach a log (only their scheme)."""
+    return [(name, value.split(" ", 1)[0] + " [redacted]" if key == "proxy-authorization" else value)
+            for key, name, value in headers.fields]

@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .config import Config
 from .connect import Connector
+from .faults import Faults
 from .flows import FlowLog, Sink, log_sink
 from .handler import ProxyHandler
 from .headers import Limits
@@ -53,6 +54,7 @@ class ProxyServer(ThreadingHTTPServer):
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
         self.watchdog = Watchdog()
+        self.faults = Faults()
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         super().__init__((self.config.host, self.config.port), ProxyHandler)
         self.pool = Pool(self._new_connection, max_idle_per_origin=self.config.pool_max_idle_per_origin,
