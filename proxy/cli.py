@@ -17,14 +17,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, fetch
+from . import __version__, fetch, health
 from .config import LOG_FORMATS, LOG_LEVELS, Config
 from .policy import LOOPBACK_NETWORKS, ConfigError, parse_networks, parse_ports
 from .server import ProxyServer
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch")
+SUBCOMMANDS = ("serve", "fetch", "health")
 
 
 def _env(flag: str, default: Any) -> Any:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "HTTP_PROXY/HTTPS_PROXY=http://HOST:PORT. Every flag may also be given as an "
                     "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128). "
                     "Also: `fwdproxy fetch URL -x PROXY`, a curl-like client (see fetch --help).")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health}")
     serve = sub.add_parser("serve", prog="fwdproxy [serve]", description=parser.description,
                            help="run the proxy (the default)")
     serve.add_argument("--version", action="version", version=f"fwdproxy {__version__}")
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("deny-private", "") not in ("", "0", "false"),
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
+    serve.add_argument("--workers", type=int, default=_env("workers", _DEFAULTS.workers),
+                       help="processes sharing the port with SO_REUSEPORT (default %(default)s); "
+                            "more than one uses more cores for many small requests")
     limits = serve.add_argument_group("limits")
     limits.add_argument("--max-request-line", type=int,
                         default=_env("max-request-line", _DEFAULTS.max_request_line),
@@ -122,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_env("log-format", _DEFAULTS.log_format),
                        help="text lines or JSON lines (default %(default)s)")
     fetch.add_parser(sub)
+    health.add_parser(sub)
     return parser
 
 
@@ -146,7 +150,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                       max_header_bytes=int(ns.max_header_bytes),
                       max_header_count=int(ns.max_headers),
                       max_body=None if ns.max_body is None else int(ns.max_body),
-                      max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout))
+                      max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
+                      workers=int(ns.workers))
     except OSError as exc:
         parser.exit(2, f"fwdproxy: cannot read {exc.filename}: {exc.strerror}\n")
     except ValueError as exc:
@@ -155,8 +160,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["fetch"]:
-        return fetch.run(build_parser().parse_args(args))
+    if args[:1] in (["fetch"], ["health"]):
+        ns = build_parser().parse_args(args)
+        return fetch.run(ns) if args[0] == "fetch" else health.run(ns)
     config = parse_config(args)
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s"
@@ -168,19 +174,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fwdproxy: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
+    if config.exposure_warning:
+        print(f"fwdproxy: {config.exposure_warning}", file=sys.stderr)
+    server, workers = _fork_workers(server, config)
+    if workers is None:  # in a worker process: serve until told to stop
+        return _serve(server, config, announce=False)
+    code = _serve(server, config, announce=True, workers=workers)
+    for pid in workers:
+        os.waitpid(pid, 0)
+    return code
+
+
+def _fork_workers(server: ProxyServer, config: Config) -> tuple[ProxyServer, list[int] | None]:
+    """Start workers-1 more processes, each with its own socket on the same port (SO_REUSEPORT).
+
+    Returns the server to run and, in the parent, the children's pids (None
+    in a child). Forking happens before any thread is started, so no lock is
+    copied while held.
+    """
+    pids: list[int] = []
+    for _ in range(config.workers - 1):
+        pid = os.fork()
+        if pid == 0:
+            server.server_close()  # the parent's socket; this worker binds its own
+            return ProxyServer(config.replace(port=server.port)), None
+        pids.append(pid)
+    return server, pids
+
+
+def _serve(server: ProxyServer, config: Config, *, announce: bool, workers: Sequence[int] = ()) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         if not stop.is_set():
             stop.set()
+            for pid in workers:  # the parent passes the signal on to every worker
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             # shutdown() waits for serve_forever, which runs on this very thread.
             threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    if config.exposure_warning:
-        print(f"fwdproxy: {config.exposure_warning}", file=sys.stderr)
-    print(f"fwdproxy {__version__} listening on {server.url}", file=sys.stderr, flush=True)
+    if announce:
+        extra = f" ({config.workers} worker processes)" if config.workers > 1 else ""
+        print(f"fwdproxy {__version__} listening on {server.url}{extra}", file=sys.stderr, flush=True)
     server.serve_forever(poll_interval=0.2)
     log.info("shutting down: waiting up to %gs for in-flight exchanges", config.shutdown_grace)
     server.drain(config.shutdown_grace)

@@ -52,6 +52,8 @@ class Config:
     header_timeout: float = 10.0
     # Flow records keep plain HTTP bodies up to this many bytes each way (0: none).
     capture_bodies: int = 0
+    # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -68,7 +70,7 @@ class Config:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-        for field in ("max_request_line", "max_header_bytes", "max_header_count", "max_clients"):
+        for field in ("max_request_line", "max_header_bytes", "max_header_count", "max_clients", "workers"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1")
         if self.max_body is not None and self.max_body < 0:

@@ -10,6 +10,7 @@ threads are never joined and its sockets never closed.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import secrets
 import socket
@@ -56,6 +57,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.watchdog = Watchdog()
         self.faults = Faults()
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        self.allow_reuse_port = config.workers > 1
         super().__init__((self.config.host, self.config.port), ProxyHandler)
         self.pool = Pool(self._new_connection, max_idle_per_origin=self.config.pool_max_idle_per_origin,
                          idle_timeout=self.config.pool_idle_timeout)
@@ -158,7 +160,7 @@ class ProxyServer(ThreadingHTTPServer):
         with self._lock:
             clients, tunnels = len(self._clients), len(self._tunnels)
         return {"status": "stopping" if self.stopping else "ok", "version": __version__,
-                "name": self.via_name,
+                "name": self.via_name, "pid": os.getpid(),
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "client_connections": clients, "tunnels": tunnels,
                 "upstream_idle": self.pool.idle_count(), "upstream_opened": self.pool.opened,

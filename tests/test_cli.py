@@ -156,3 +156,36 @@ def test_invalid_flag_values_are_refused():
     out = subprocess.run([sys.executable, "-m", "proxy", "--timeout", "-1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "timeout must be positive" in out.stderr
+
+
+def test_workers_share_the_port(running, origin):
+    proxy = running("--port", "0", "--workers", "2")
+    assert "(2 worker processes)" in proxy.banner
+    pids = set()
+    for _ in range(40):  # the kernel spreads new connections over the workers' sockets
+        with socket.create_connection(proxy.address, timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+            data = b""
+            while piece := sock.recv(4096):
+                data += piece
+        pids.add(json.loads(data.partition(b"\r\n\r\n")[2])["pid"])
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2 and proxy.proc.pid in pids
+    resp, body = through(proxy.address, "GET", origin.url("/bytes/3"))
+    assert body == b"012"
+    code, _ = proxy.stop()
+    assert code == 0
+    for pid in pids - {proxy.proc.pid}:  # the worker went with its parent
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_health_subcommand(running):
+    proxy = running("--port", "0")
+    ok = subprocess.run([sys.executable, "-m", "proxy", "health", "--port", str(proxy.address[1])],
+                        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    proxy.stop()
+    assert ok.returncode == 0, ok.stderr
+    down = subprocess.run([sys.executable, "-m", "proxy", "health", "--port", str(proxy.address[1])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert down.returncode != 0
