@@ -29,7 +29,7 @@ from .headers import (Headers, RequestLine, content_length, keep_alive, parse_re
                       request_body_length)
 from .policy import Forbidden, LoopDetected, check_connect_port, check_credentials, client_allowed
 from .target import parse_absolute, parse_authority
-from .tunnel import Tunnel, open_upstream
+from .tunnel import open_upstream
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -58,7 +58,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.client_label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.downstream = Downstream(self.rfile, self.connection)
         self.busy = False
-        self.tunnel: Tunnel | None = None
+        self.flow_deferred = False
+        self._start = 0.0
 
     def handle(self) -> None:
         self.server.track(self)
@@ -72,7 +73,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if not self._await_request():
             return
         self.busy = True
-        start = time.monotonic()
+        self._start = start = time.monotonic()
         config = self.server.config
         # From its first byte, the whole head must arrive within header_timeout.
         deadline = self.server.watchdog.arm(self.connection, config.header_timeout)
@@ -99,8 +100,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.busy = False
             if self.server.stopping:
                 self.close_connection = True
-            flow.finish(start)
-            self.server.flows.emit(flow)
+            if not self.flow_deferred:
+                flow.finish(start)
+                self.server.flows.emit(flow)
 
     def _await_request(self) -> bool:
         """Wait (up to the idle timeout) for the next request's first byte; False if none comes."""
@@ -182,17 +184,15 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._apply_faults("CONNECT", host, "", headers, flow, None)
         config = self.server.config
         upstream = open_upstream(host, port, self.server.connect, config.connect_timeout)
-        self.downstream.send(_ESTABLISHED)
-        flow.status = 200
-        tunnel = Tunnel(self.connection, upstream, config.tunnel_idle_timeout)
-        self.tunnel = tunnel
-        self.server.tunnel_opened(tunnel)
         try:
-            tunnel.run(self._buffered_bytes())
-        finally:
-            self.server.tunnel_closed(tunnel)
-            self.tunnel = None
-        flow.bytes_up, flow.bytes_down, flow.error = tunnel.bytes_up, tunnel.bytes_down, tunnel.error
+            self.downstream.send(_ESTABLISHED)
+        except BaseException:
+            upstream.close()
+            raise
+        flow.status = 200
+        # From here the relay owns both sockets and records the flow when the tunnel ends.
+        self.server.relay_tunnel(self.connection, upstream, self._buffered_bytes(), flow, self._start)
+        self.flow_deferred = True
 
     def _apply_faults(self, method: str, host: str, path: str, headers: Headers, flow: Flow,
                       req: Request | None) -> Downstream | None:
@@ -296,8 +296,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def close_now(self) -> None:
         """Cut this connection from outside (server shutdown)."""
-        if self.tunnel is not None:
-            self.tunnel.close()
+        if self.flow_deferred:
+            return  # the relay owns this socket now
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -25,13 +25,13 @@ from . import __version__
 from .config import Config
 from .connect import Connector
 from .faults import Faults
-from .flows import FlowLog, Sink, log_sink
+from .flows import Flow, FlowLog, Sink, log_sink
 from .handler import ProxyHandler
 from .headers import Limits
 from .policy import HostRules
 from .pool import ConnectFn, Pool, UpstreamConnection
 from .target import Origin
-from .tunnel import Tunnel
+from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
 
 log = logging.getLogger("fwdproxy")
@@ -68,7 +68,8 @@ class ProxyServer(ThreadingHTTPServer):
         self._active = 0  # connections accepted and not yet closed, threads included
         self._refused: queue.Queue[socket.socket] = queue.Queue(256)
         self._refuser: threading.Thread | None = None
-        self._tunnels: set[Tunnel] = set()
+        self.relay = Relay(self.config.tunnel_idle_timeout)
+        self._detached: set[socket.socket] = set()  # client sockets the relay now owns
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -104,9 +105,26 @@ class ProxyServer(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
-        super().shutdown_request(request)
         with self._lock:
+            if request in self._detached:
+                return  # a tunnel: the relay closes it, and counts it out, when it ends
             self._active -= 1
+        super().shutdown_request(request)
+
+    def relay_tunnel(self, client: socket.socket, upstream: socket.socket, early: bytes,
+                     flow: Flow, start: float) -> None:
+        """Hand an established tunnel to the relay; its flow is emitted when it ends."""
+        def closed(tunnel: Tunnel) -> None:
+            with self._lock:
+                self._detached.discard(client)
+                self._active -= 1
+            flow.bytes_up, flow.bytes_down, flow.error = tunnel.bytes_up, tunnel.bytes_down, tunnel.error
+            flow.finish(start)
+            self.flows.emit(flow)
+
+        with self._lock:
+            self._detached.add(client)
+        self.relay.add(client, upstream, early, closed)
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         """Answer 503 from one shared thread: no per-connection thread, no blocking the accept loop."""
@@ -147,18 +165,11 @@ class ProxyServer(ThreadingHTTPServer):
         with self._lock:
             self._clients.discard(handler)
 
-    def tunnel_opened(self, tunnel: Tunnel) -> None:
-        with self._lock:
-            self._tunnels.add(tunnel)
-
-    def tunnel_closed(self, tunnel: Tunnel) -> None:
-        with self._lock:
-            self._tunnels.discard(tunnel)
-
     def status(self) -> dict[str, Any]:
         """What GET /healthz reports."""
         with self._lock:
-            clients, tunnels = len(self._clients), len(self._tunnels)
+            clients = len(self._clients)
+        tunnels = self.relay.count()
         return {"status": "stopping" if self.stopping else "ok", "version": __version__,
                 "name": self.via_name, "pid": os.getpid(),
                 "uptime_s": round(time.monotonic() - self.started, 3),
@@ -203,10 +214,7 @@ class ProxyServer(ThreadingHTTPServer):
             time.sleep(0.02)
         for handler in clients:
             handler.close_now()
-        with self._lock:
-            tunnels = list(self._tunnels)
-        for tunnel in tunnels:
-            tunnel.close()
+        self.relay.stop()
         self.pool.close()
         self.watchdog.stop()
 
@@ -218,4 +226,4 @@ class ProxyServer(ThreadingHTTPServer):
         self.stop(grace=0)
 
     def __repr__(self) -> str:
-        return f"<ProxyServer {self.url} clients={len(self._clients)} tunnels={len(self._tunnels)}>"
+        return f"<ProxyServer {self.url} clients={len(self._clients)} tunnels={self.relay.count()}>"

@@ -1,23 +1,30 @@
 """CONNECT tunnels: open the upstream socket, then relay bytes both ways (RFC 9110 section 9.3.6).
 
-This module owns a tunnel's life: connecting (through an injected connect
-function), then a full-duplex relay with half-close, an idle timeout shared by
-both directions, and a clean close of both ends. It does not parse requests
-or answer the client's CONNECT: the handler writes the 200 and hands over the
-two sockets, with any bytes the client sent early.
+This module owns a tunnel's life after the handler has answered 200:
+connecting (through an injected connect function), then relaying with
+half-close, backpressure, an idle timeout, and a clean close of both ends.
+
+One Relay thread serves every tunnel of a server through a selector, with
+non-blocking sockets and one shared receive buffer: an idle tunnel costs two
+sockets and a small record, not a thread and its stack. Bytes are copied
+through a single buffer (recv_into, send); a side that cannot take more
+stops the other side being read until it can (no unbounded buffering).
 """
 
 from __future__ import annotations
 
 import enum
+import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from .errors import connect_failure
 from .pool import ConnectFn
 
 RELAY_BUFFER = 262144
+_SWEEP_INTERVAL = 1.0
 
 
 class State(enum.Enum):
@@ -41,90 +48,214 @@ def open_upstream(host: str, port: int, connect: ConnectFn, timeout: float) -> s
 
 
 class Tunnel:
-    """A relay between a client socket and an upstream socket.
+    """A relayed pair of sockets and what went through it; changed only by the relay thread."""
 
-    Each direction runs on its own thread with blocking sockets, so a slow
-    reader on one side never stalls the other side (no head-of-line blocking
-    in full-duplex protocols). The socket timeout is the idle timeout; a
-    direction that times out keeps waiting while the other one is busy.
-    """
-
-    def __init__(self, client: socket.socket, upstream: socket.socket, idle_timeout: float) -> None:
-        self.client = client
-        self.upstream = upstream
-        self.idle_timeout = idle_timeout
+    def __init__(self, client: socket.socket, upstream: socket.socket, early: bytes,
+                 on_close: Callable[[Tunnel], None]) -> None:
+        self.client, self.upstream = client, upstream
+        self.on_close = on_close
         self.state = State.OPEN
-        self.bytes_up = 0
+        self.bytes_up = len(early)
         self.bytes_down = 0
         self.error = ""
-        self._last_active = time.monotonic()
-        self._lock = threading.Lock()
-        self._open_directions = 2
+        self.last_active = time.monotonic()
+        # Bytes read from one side that the other has not taken yet, keyed by
+        # the socket they are waiting to be written to.
+        self.pending: dict[socket.socket, bytes] = {upstream: early} if early else {}
+        self.ended: set[socket.socket] = set()  # sockets that sent EOF
+        self.finished: set[socket.socket] = set()  # sockets we shut for writing
 
-    def run(self, early: bytes = b"") -> None:
-        """Relay until both directions finish (or fail, or go idle); then close both sockets."""
-        for sock in (self.client, self.upstream):
-            sock.settimeout(self.idle_timeout)
-        try:
-            if early:
-                # Bytes the client pipelined behind its CONNECT head, already read
-                # into our buffer: they go first (RFC 9110 section 9.3.6).
-                self.upstream.sendall(early)
-                self.bytes_up += len(early)
-            down = threading.Thread(target=self._pump, args=(self.upstream, self.client, False),
-                                    name="tunnel-down", daemon=True)
-            down.start()
-            self._pump(self.client, self.upstream, True)
-            down.join()
-        except OSError as exc:
-            self._fail(exc)
-        finally:
-            self.state = State.CLOSED
-            self.upstream.close()
-
-    def close(self) -> None:
-        """End the relay from outside (server shutdown): both pumps wake and exit."""
-        self._shutdown(self.client, socket.SHUT_RDWR)
-        self._shutdown(self.upstream, socket.SHUT_RDWR)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
-        try:
-            while True:
-                try:
-                    data = src.recv(RELAY_BUFFER)
-                except TimeoutError:
-                    if time.monotonic() - self._last_active < self.idle_timeout:
-                        continue  # the other direction is busy: not idle
-                    self.error = f"idle for {self.idle_timeout:g}s"
-                    self.close()
-                    return
-                if not data:
-                    break
-                dst.sendall(data)
-                self._last_active = time.monotonic()
-                if up:
-                    self.bytes_up += len(data)
-                else:
-                    self.bytes_down += len(data)
-            # Half-close: pass the end of this direction on, keep the other open.
-            self._shutdown(dst, socket.SHUT_WR)
-            with self._lock:
-                self._open_directions -= 1
-                self.state = State.HALF_CLOSED if self._open_directions else State.CLOSED
-        except OSError as exc:
-            self._fail(exc)
-
-    def _fail(self, exc: OSError) -> None:
-        if not self.error:
-            self.error = f"{type(exc).__name__}: {exc}"
-        self.close()
-
-    @staticmethod
-    def _shutdown(sock: socket.socket, how: int) -> None:
-        try:
-            sock.shutdown(how)
-        except OSError:
-            pass  # already closed or never connected
+    def peer(self, sock: socket.socket) -> socket.socket:
+        return self.upstream if sock is self.client else self.client
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.state!r} up={self.bytes_up} down={self.bytes_down}>"
+
+
+class Relay:
+    """Relays every tunnel of a server on one thread."""
+
+    def __init__(self, idle_timeout: float) -> None:
+        self.idle_timeout = idle_timeout
+        self._selector = selectors.DefaultSelector()
+        self._buffer = bytearray(RELAY_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._tunnels: set[Tunnel] = set()
+        self._incoming: list[Tunnel] = []
+        self._lock = threading.Lock()
+        self._waker_r, self._waker_w = socket.socketpair()
+        self._waker_r.setblocking(False)
+        self._selector.register(self._waker_r, selectors.EVENT_READ, None)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._next_sweep = 0.0
+
+    # -- called from other threads -----------------------------------------
+
+    def add(self, client: socket.socket, upstream: socket.socket, early: bytes,
+            on_close: Callable[[Tunnel], None]) -> Tunnel:
+        """Take over both sockets; ``on_close`` runs (on the relay thread) when the tunnel ends."""
+        client.setblocking(False)
+        upstream.setblocking(False)
+        tunnel = Tunnel(client, upstream, early, on_close)
+        with self._lock:
+            self._incoming.append(tunnel)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fwdproxy-relay", daemon=True)
+                self._thread.start()
+        self._wake()
+        return tunnel
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._tunnels) + len(self._incoming)
+
+    def stop(self) -> None:
+        """Close every tunnel and end the thread."""
+        self._stopping = True
+        self._wake()
+        thread = self._thread
+        if thread is not None:
+            thread.join(5)
+        if thread is None or not thread.is_alive():
+            self._waker_r.close()
+            self._waker_w.close()
+            self._selector.close()
+
+    def _wake(self) -> None:
+        try:
+            self._waker_w.send(b"x")
+        except OSError:
+            pass  # already awake with a full pipe, or stopped
+
+    # -- the relay thread ----------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            for key, mask in self._selector.select(_SWEEP_INTERVAL):
+                if key.data is None:
+                    self._admit()
+                else:
+                    self._service(key.data, key.fileobj, mask)  # type: ignore[arg-type]
+            now = time.monotonic()
+            if now >= self._next_sweep:
+                self._next_sweep = now + _SWEEP_INTERVAL
+                for tunnel in [t for t in self._tunnels if now - t.last_active > self.idle_timeout]:
+                    tunnel.error = tunnel.error or f"idle for {self.idle_timeout:g}s"
+                    self._close(tunnel)
+        self._admit()
+        for tunnel in list(self._tunnels):
+            tunnel.error = tunnel.error or "proxy shutting down"
+            self._close(tunnel)
+
+    def _admit(self) -> None:
+        try:
+            while self._waker_r.recv(4096):
+                pass
+        except OSError:
+            pass
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+            self._tunnels.update(incoming)
+        for tunnel in incoming:
+            self._interest(tunnel, tunnel.client)
+            self._interest(tunnel, tunnel.upstream)
+
+    def _service(self, tunnel: Tunnel, sock: socket.socket, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(tunnel, sock)
+            if mask & selectors.EVENT_READ and tunnel.state is not State.CLOSED:
+                self._pump(tunnel, sock)
+        except OSError as exc:
+            tunnel.error = tunnel.error or f"{type(exc).__name__}: {exc}"
+            self._close(tunnel)
+            return
+        if tunnel.state is not State.CLOSED:
+            self._interest(tunnel, tunnel.client)
+            self._interest(tunnel, tunnel.upstream)
+
+    def _pump(self, tunnel: Tunnel, src: socket.socket) -> None:
+        """Read what src has and pass it on; whatever dst cannot take now waits in pending."""
+        dst = tunnel.peer(src)
+        try:
+            n = src.recv_into(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        tunnel.last_active = time.monotonic()
+        if n == 0:
+            tunnel.ended.add(src)
+            self._maybe_finish(tunnel, dst)
+            return
+        if src is tunnel.client:
+            tunnel.bytes_up += n
+        else:
+            tunnel.bytes_down += n
+        try:
+            sent = dst.send(self._view[:n])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < n:
+            tunnel.pending[dst] = bytes(self._view[sent:n])
+
+    def _flush(self, tunnel: Tunnel, dst: socket.socket) -> None:
+        data = tunnel.pending.get(dst)
+        if not data:
+            return
+        try:
+            sent = dst.send(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        tunnel.last_active = time.monotonic()
+        if sent < len(data):
+            tunnel.pending[dst] = data[sent:]
+            return
+        del tunnel.pending[dst]
+        self._maybe_finish(tunnel, dst)
+
+    def _maybe_finish(self, tunnel: Tunnel, dst: socket.socket) -> None:
+        """Pass an EOF on once everything before it has been delivered (half-close)."""
+        src = tunnel.peer(dst)
+        if src not in tunnel.ended or dst in tunnel.finished or tunnel.pending.get(dst):
+            return
+        tunnel.finished.add(dst)
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if len(tunnel.finished) == 2:
+            self._close(tunnel)
+        else:
+            tunnel.state = State.HALF_CLOSED
+
+    def _interest(self, tunnel: Tunnel, sock: socket.socket) -> None:
+        """Read sock while its peer can take more; write it while it has bytes waiting."""
+        events = 0
+        if sock not in tunnel.ended and not tunnel.pending.get(tunnel.peer(sock)):
+            events |= selectors.EVENT_READ
+        if tunnel.pending.get(sock):
+            events |= selectors.EVENT_WRITE
+        try:
+            key = self._selector.get_key(sock)
+        except KeyError:
+            if events:
+                self._selector.register(sock, events, tunnel)
+            return
+        if not events:
+            self._selector.unregister(sock)
+        elif key.events != events:
+            self._selector.modify(sock, events, tunnel)
+
+    def _close(self, tunnel: Tunnel) -> None:
+        if tunnel.state is State.CLOSED:
+            return
+        tunnel.state = State.CLOSED
+        for sock in (tunnel.client, tunnel.upstream):
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+        with self._lock:
+            self._tunnels.discard(tunnel)
+        tunnel.on_close(tunnel)

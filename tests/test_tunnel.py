@@ -6,6 +6,7 @@ import http.client
 import socket
 import ssl
 import subprocess
+import threading
 
 import pytest
 import requests
@@ -189,3 +190,65 @@ def test_tunnel_to_ipv6_origin_server_is_verified(proxy, server_context, client_
         conn.request("GET", "/bytes/10")
         assert conn.getresponse().read() == b"0123456789"
         conn.close()
+
+
+def test_idle_tunnel_is_closed(proxy_factory):
+    proxy = proxy_factory(tunnel_idle_timeout=0.3)
+    listener = socket.create_server(("127.0.0.1", 0))
+    sock = connect(proxy.address, f"127.0.0.1:{listener.getsockname()[1]}")
+    peer, _ = listener.accept()
+    assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+    assert sock.recv(10) == b""  # the proxy closed it: nothing moved for longer than the timeout
+    (flow,) = proxy.wait_flows(1)
+    assert "idle" in flow.error
+    for s in (sock, peer, listener):
+        s.close()
+
+
+def test_full_duplex_bulk_both_ways(proxy):
+    """Both sides send 8 MB at once; the relay's backpressure must not deadlock or lose a byte."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sock = connect(proxy.address, f"127.0.0.1:{listener.getsockname()[1]}")
+    peer, _ = listener.accept()
+    assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+    size = 8 * 1024 * 1024
+    up, down = bytes(range(256)) * (size // 256), bytes(reversed(range(256))) * (size // 256)
+    got: dict[str, bytes] = {}
+
+    def drain(name: str, s: socket.socket) -> None:
+        chunks, total = [], 0
+        while total < size:
+            piece = s.recv(1 << 20)
+            if not piece:
+                break
+            chunks.append(piece)
+            total += len(piece)
+        got[name] = b"".join(chunks)
+
+    readers = [threading.Thread(target=drain, args=("at_peer", peer)),
+               threading.Thread(target=drain, args=("at_client", sock))]
+    writers = [threading.Thread(target=sock.sendall, args=(up,)),
+               threading.Thread(target=peer.sendall, args=(down,))]
+    for t in readers + writers:
+        t.start()
+    for t in readers + writers:
+        t.join(30)
+    assert got["at_peer"] == up and got["at_client"] == down
+    for s in (sock, peer, listener):
+        s.close()
+    flow = proxy.wait_flows(1)[0]
+    assert (flow.bytes_up, flow.bytes_down) == (size, size)
+
+
+def test_stopping_the_server_closes_tunnels(proxy_factory):
+    proxy = proxy_factory()
+    listener = socket.create_server(("127.0.0.1", 0))
+    sock = connect(proxy.address, f"127.0.0.1:{listener.getsockname()[1]}")
+    peer, _ = listener.accept()
+    assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+    proxy.server.stop(grace=0)
+    assert sock.recv(10) == b""
+    peer.settimeout(10)
+    assert peer.recv(10) == b""
+    for s in (sock, peer, listener):
+        s.close()
