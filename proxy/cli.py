@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -168,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s"
                         if config.log_format == "text" else "%(message)s")
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
+    _raise_fd_limit()
     try:
         server = ProxyServer(config)
     except OSError as exc:
@@ -183,6 +185,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for pid in workers:
         os.waitpid(pid, 0)
     return code
+
+
+def _raise_fd_limit() -> None:
+    """Each tunnel holds two descriptors: lift the soft limit (often 1024) to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+        except (ValueError, OSError):
+            pass  # keep what we have
 
 
 def _fork_workers(server: ProxyServer, config: Config) -> tuple[ProxyServer, list[int] | None]:
