@@ -142,11 +142,15 @@ def ensure_apt(peers: list[str], allow: bool) -> None:
         return
     if not allow:
         sys.exit(f"bench: missing {', '.join(missing)} and --no-install was given")
+    apt_install(missing)
+
+
+def apt_install(packages: list[str]) -> None:
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    say(f"installing {' '.join(missing)} with apt-get")
+    say(f"installing {' '.join(packages)} with apt-get")
     env = dict(CLEAN_ENV, DEBIAN_FRONTEND="noninteractive")
     for cmd in ([*sudo, "apt-get", "update", "-q"],
-                [*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
+                [*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]):
         done = run(cmd, timeout=900, env=env, capture_output=False, stdout=subprocess.DEVNULL)
         if done.returncode:
             sys.exit(f"bench: {' '.join(cmd)} failed with status {done.returncode}")
@@ -166,8 +170,10 @@ def ensure_venv(allow: bool) -> Path:
     if not allow:
         sys.exit(f"bench: {VENV} is missing and --no-install was given")
     say(f"creating {VENV} with {' '.join(VENV_PACKAGES)}")
-    if run([sys.executable, "-m", "venv", str(VENV)], timeout=300).returncode:
-        sys.exit("bench: python3 -m venv failed; apt-get install python3-venv")
+    if run([sys.executable, "-m", "venv", "--clear", str(VENV)], timeout=300).returncode:
+        apt_install(["python3-venv"])  # Debian splits ensurepip out of python3
+        if run([sys.executable, "-m", "venv", "--clear", str(VENV)], timeout=300).returncode:
+            sys.exit("bench: python3 -m venv failed")
     pip = run([str(python), "-m", "pip", "install", "-q", *VENV_PACKAGES], timeout=900,
               capture_output=False, stdout=subprocess.DEVNULL)
     if pip.returncode:
@@ -197,7 +203,7 @@ class Children:
     def start(self, cmd: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                    env=CLEAN_ENV, start_new_session=True)
+                                    env=CLEAN_ENV, start_new_session=True, preexec_fn=_die_with_parent)
         self.procs.append(proc)
         return proc
 
@@ -223,6 +229,14 @@ class Children:
         for proc in reversed(self.procs):
             self.stop(proc)
         self.procs.clear()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the bench dies without cleaning up (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -412,11 +426,13 @@ class Target:
         return self.proc is not None
 
 
-def start_fwdproxy(children: Children, tmp: Path, extra: list[str]) -> Target:
+def start_fwdproxy(children: Children, tmp: Path, extra: list[str],
+                   launcher: list[str] | None = None, log_name: str = "fwdproxy.log") -> Target:
+    """fwdproxy on the Python that started the bench, from the checkout, on a free port."""
     python = os.environ.get("BENCH_BASE_PYTHON", sys.executable)
-    log = tmp / "fwdproxy.log"
-    proc = children.start([python, "-m", "proxy", "--port", "0", "--log-level", "warning", *extra],
-                          log, cwd=ROOT)
+    log = tmp / log_name
+    proc = children.start([python, *(launcher or ["-m", "proxy"]), "--port", "0",
+                           "--log-level", "warning", *extra], log, cwd=ROOT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
@@ -996,8 +1012,10 @@ def _bars(ax: Any, summary: dict[str, Any], groups: list[tuple[str, str]], metri
 # -- profile -------------------------------------------------------------------------------
 
 PROFILE_MODES: tuple[tuple[str, list[str], str], ...] = (
-    ("gil", ["--gil"], "the thread holding the GIL: where Python CPU time goes"),
-    ("active", [], "every thread not idle in I/O: lock and GIL waits included"))
+    # py-spy's --gil mode was tried too: on this setup it credited the GIL to the
+    # accept loop sleeping in select(), so CPU shares come from cProfile instead.
+    ("active", ["--nonblocking"], "every thread not idle in I/O, sampled without pausing: "
+     "lock and GIL waits included"),)
 
 
 def profile_fwdproxy(target: Target, origin: Origin, args: argparse.Namespace,
@@ -1022,7 +1040,7 @@ def profile_once(target: Target, origin: Origin, args: argparse.Namespace, child
     seconds = max(args.duration, 10.0)
     raw.unlink(missing_ok=True)
     spy = children.start([str(VENV / "bin" / "py-spy"), "record", "-p", str(target.proc.pid),
-                          "-d", f"{seconds:g}", "-r", "200", "--nonblocking", "-f", "raw", "-o", str(raw),
+                          "-d", f"{seconds:g}", "-r", "200", "-f", "raw", "-o", str(raw),
                           *flags],
                          args.out / "profile-fwdproxy.log")
     time.sleep(0.5)
@@ -1033,6 +1051,57 @@ def profile_once(target: Target, origin: Origin, args: argparse.Namespace, child
     except subprocess.TimeoutExpired:
         Children.stop(spy)
     return res
+
+
+def profile_cprofile(origin: Origin, args: argparse.Namespace, children: Children, tmp: Path,
+                     clock: str) -> str:
+    """A second fwdproxy under cProfile in every thread (bench/cprofile_proxy.py), same load."""
+    stats_path = args.out / f"profile-fwdproxy-{clock}.pstats"
+    stats_path.unlink(missing_ok=True)
+    launcher = [str(ASSETS / "cprofile_proxy.py"), str(stats_path), clock]
+    target = start_fwdproxy(children, tmp, args.fwdproxy_args.split(), launcher,
+                            f"fwdproxy-cprofile-{clock}.log")
+    seconds = max(args.duration, 10.0)
+    load = argparse.Namespace(**{**vars(args), "duration": seconds})
+    res = measure(target, lambda t: wrk_run(t, origin, 64, False, load))
+    assert target.proc is not None
+    os.killpg(target.proc.pid, signal.SIGTERM)  # fwdproxy shuts down; the wrapper writes stats
+    try:
+        target.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        Children.stop(target.proc)
+    if not stats_path.exists():
+        return f"## cProfile ({clock})\n\nno stats written; see logs/fwdproxy-cprofile-{clock}.log"
+    return cprofile_tables(stats_path, res, clock)
+
+
+CLOCKS = {"cpu": "each thread's CPU time (time.thread_time): where the CPU goes",
+          "wall": "wall-clock time: where threads wait (a lock taken in a with statement counts "
+                  "as the enclosing function's own time)"}
+
+
+def cprofile_tables(path: Path, load: dict[str, Any], clock: str) -> str:
+    import pstats
+
+    stats = pstats.Stats(str(path))
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for _, _, tt, _, _ in raw.values()) or 1.0
+
+    def name(func: tuple[str, int, str]) -> str:
+        return _frame(f"{func[2]} ({func[0]}:{func[1]})")
+
+    def top(index: int, k: int) -> str:
+        rows = sorted(raw.items(), key=lambda kv: -kv[1][index])[:k]
+        return table(["function", "calls", "self s", "self %", "incl. %"],
+                     [[f"`{name(f)}`", f"{v[1]:,}", f"{v[2]:.2f}", f"{100 * v[2] / total:.1f}%",
+                       f"{100 * v[3] / total:.1f}%"] for f, v in rows])
+
+    rps = f"{load['rps']:,.0f} req/s under cProfile" if "rps" in load else "load failed"
+    return "\n\n".join([
+        f"## cProfile ({clock}) of fwdproxy: keep-alive GET /1k, 64 clients ({rps})",
+        f"Every thread profiled, clock: {CLOCKS[clock]}; {total:.1f} s in all. "
+        f"Stats: profile-fwdproxy-{clock}.pstats.",
+        "By self time:", top(2, 25), "By inclusive time:", top(3, 20)])
 
 
 def _frame(frame: str, line: bool = False) -> str:
@@ -1118,7 +1187,11 @@ def bench(args: argparse.Namespace, children: Children, tmp: Path) -> Path:
     meta = machine_info(args, targets)
     rounds = run_rounds(args, targets, origin)
     fwd = next(t for t in targets if t.name == "fwdproxy")
-    profile = profile_fwdproxy(fwd, origin, args, children) if args.profile else ""
+    profile = ""
+    if args.profile:
+        profile = "\n\n".join([profile_cprofile(origin, args, children, tmp, "cpu"),
+                                profile_cprofile(origin, args, children, tmp, "wall"),
+                                profile_fwdproxy(fwd, origin, args, children)])
     meta["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
     meta["elapsed_s"] = time.monotonic() - started
     return write_report(args, meta, targets, rounds, profile)
