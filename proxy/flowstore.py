@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
 
@@ -47,6 +47,10 @@ class FlowQuery:
         return Match(self.method, self.host, self.path).matches(flow.method, flow.host, flow.path)
 
 
+# How long a query waits for exchanges in progress to be recorded before it looks.
+SETTLE = 1.0
+
+
 class FlowMatch(TypedDict, total=False):
     """The keyword matchers of FlowStore's queries (see FlowQuery)."""
 
@@ -69,8 +73,11 @@ class FlowStore:
     once, with status 200 and byte counts that stay 0 until they close.
     """
 
-    def __init__(self, label: str = "fwdproxy") -> None:
+    def __init__(self, label: str = "fwdproxy", busy: Callable[[], bool] | None = None) -> None:
         self.label = label
+        # Says whether an exchange is in progress: the client has its response a moment
+        # before the proxy records the flow, so queries first let those finish.
+        self._busy = busy or (lambda: False)
         self._finished: list[Flow] = []
         self._open: list[Flow] = []
         self._since = time.time()
@@ -90,7 +97,7 @@ class FlowStore:
             if flow.started >= self._since:
                 self._open = [f for f in self._open if f is not flow]
                 self._finished.append(flow)
-                self._changed.notify_all()
+            self._changed.notify_all()  # also wakes _settle
 
     def clear(self) -> None:
         with self._changed:
@@ -103,14 +110,19 @@ class FlowStore:
             return any(f is flow for f in self._open)
 
     def all(self) -> list[Flow]:
-        """A snapshot of the flows so far, finished ones and open tunnels, by start time."""
+        """The flows so far, finished ones and open tunnels, by start time.
+
+        Exchanges in progress are waited for (up to SETTLE seconds) first.
+        """
         with self._changed:
+            self._settle()
             return self._select(FlowQuery(), None)
 
     def filter(self, **match: Unpack[FlowMatch]) -> list[Flow]:
-        """The flows so far that match every keyword given."""
+        """The flows so far that match every keyword given (after in-progress ones finish, as all())."""
         query, finished = _query(match)
         with self._changed:
+            self._settle()
             return self._select(query, finished)
 
     def one(self, *, timeout: float = 2.0, **match: Unpack[FlowMatch]) -> Flow:
@@ -140,8 +152,13 @@ class FlowStore:
     def _wait(self, match: FlowMatch, count: int, timeout: float) -> list[Flow]:
         query, finished = _query(match)
         with self._changed:
+            self._settle(min(timeout, SETTLE))
             self._changed.wait_for(lambda: len(self._select(query, finished)) >= count, timeout)
             return self._select(query, finished)
+
+    def _settle(self, timeout: float | None = None) -> None:
+        """Let exchanges in progress finish and be recorded (lock held); every record wakes us."""
+        self._changed.wait_for(lambda: not self._busy(), SETTLE if timeout is None else timeout)
 
     def _select(self, query: FlowQuery, finished: bool | None) -> list[Flow]:
         """Matching flows by start time (lock held)."""
@@ -160,12 +177,14 @@ class FlowStore:
 
     def table(self) -> str:
         with self._changed:
+            self._settle()
             flows, still_open = self._select(FlowQuery(), None), list(self._open)
         return flow_table(flows, still_open) if flows else "  (no flows)"
 
     def describe(self, headline: str) -> str:
         """A failure message: the headline, then every flow this store saw."""
-        count = len(self.all())
+        with self._changed:
+            count = len(self._select(FlowQuery(), None))
         if not count:
             return f"{headline}; {self.label} saw no flows in this test"
         return f"{headline}; {self.label} saw {count} in this test:\n{self.table()}"

@@ -36,11 +36,13 @@ from .faults import Fault, Match, PathMatcher
 from .flows import Flow
 from .flowstore import FlowStore
 from .har import har_log
+from .handler import ProxyHandler
 from .server import ProxyServer
 
 # What a flow keeps of each plain HTTP body for assertions and HAR files.
 CAPTURE_BODIES = 65536
 DEFAULT_CERT_NAMES = ("localhost", "127.0.0.1", "::1")
+Fields = Mapping[str, str] | list[tuple[str, str]]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -86,6 +88,10 @@ class HostMap:
             raise socket.gaierror(socket.EAI_NONAME, f"{host} is not mapped, and fwdproxy_offline "
                                   "allows only loopback addresses")
         return socket.create_connection(address, timeout)
+
+
+def _fields(headers: Fields | None) -> list[tuple[str, str]]:
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
 
 
 def _is_loopback(host: str) -> bool:
@@ -208,9 +214,9 @@ class Origin(ThreadingHTTPServer):
     def url(self, path: str = "/") -> str:
         return f"{self.scheme}://{self.host}:{self.port}{path}"
 
-    def respond(self, status: int = 200, body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> None:
+    def respond(self, status: int = 200, body: bytes = b"", headers: Fields | None = None) -> None:
         """Answer every request with this reply from now on."""
-        reply = OriginReply(status, body, list(headers or []))
+        reply = OriginReply(status, body, _fields(headers))
         self.handler = lambda request: reply
 
     @property
@@ -308,8 +314,6 @@ class OriginCA:
 
 # -- the proxy a test sees --------------------------------------------------------
 
-Fields = Mapping[str, str] | list[tuple[str, str]]
-
 
 class FwdProxy:
     """A running proxy as a test uses it: address, environment, flows, faults, host mappings."""
@@ -317,7 +321,7 @@ class FwdProxy:
     def __init__(self, server: ObservedServer, hosts: HostMap, label: str) -> None:
         self.server = server
         self.hosts = hosts
-        self.flows = FlowStore(f"{label} {server.url}")
+        self.flows = FlowStore(f"{label} {server.url}", busy=server.busy)
         server.flows.add(self.flows.record)
         server.tunnel_opened_sinks.append(self.flows.opened)
 
@@ -368,8 +372,7 @@ class FwdProxy:
     def respond(self, status: int = 200, body: bytes = b"", headers: Fields | None = None, *,
                 method: str | None = None, host: str | None = None, path: PathMatcher = None) -> Fault:
         """The proxy answers matching requests itself; the origin is never contacted."""
-        fields = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
-        return self._add("respond", method, host, path, status=status, body=body, headers=fields)
+        return self._add("respond", method, host, path, status=status, body=body, headers=_fields(headers))
 
     def fail(self, status: int = 502, *, method: str | None = None, host: str | None = None,
              path: PathMatcher = None) -> Fault:
@@ -425,6 +428,23 @@ class ObservedServer(ProxyServer):
     def __init__(self, config: Config, *, connect: HostMap) -> None:
         super().__init__(config, connect=connect, sinks=[])
         self.tunnel_opened_sinks: list[Callable[[Flow], None]] = []
+        self._handlers: set[ProxyHandler] = set()
+        self._handlers_lock = threading.Lock()
+
+    def track(self, handler: ProxyHandler) -> None:
+        super().track(handler)
+        with self._handlers_lock:
+            self._handlers.add(handler)
+
+    def untrack(self, handler: ProxyHandler) -> None:
+        super().untrack(handler)
+        with self._handlers_lock:
+            self._handlers.discard(handler)
+
+    def busy(self) -> bool:
+        """Whether some exchange is in progress (its flow not yet recorded)."""
+        with self._handlers_lock:
+            return any(handler.busy for handler in self._handlers)
 
     def relay_tunnel(self, client: socket.socket, upstream: socket.socket, early: bytes,
                      flow: Flow, start: float) -> None:
@@ -445,6 +465,7 @@ def start_proxy(label: str, *, offline: bool = False, **settings: Any) -> FwdPro
 # -- fixtures ---------------------------------------------------------------------
 
 _USED = pytest.StashKey[list[FwdProxy]]()
+ReportWrapper = Generator[None, pytest.TestReport, pytest.TestReport]
 
 
 def _used_by(node: pytest.Item | pytest.Collector) -> list[FwdProxy]:
@@ -517,8 +538,7 @@ def origin_https(_fwdproxy_ca: OriginCA) -> Iterator[Origin]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> ReportWrapper:
     report = yield
     proxies = item.stash.get(_USED, [])
     if proxies and report.failed and report.when == "call":
