@@ -35,8 +35,8 @@ from .config import Config
 from .faults import Fault, Match, PathMatcher
 from .flows import Flow
 from .flowstore import FlowStore
-from .har import har_log
 from .handler import ProxyHandler
+from .har import har_log
 from .server import ProxyServer
 
 # What a flow keeps of each plain HTTP body for assertions and HAR files.
