@@ -1,0 +1,26 @@
+"""A client's retry behaviour under fwdproxy.fail(): every attempt is a flow, and the rule counts its hits."""
+
+import pytest
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+
+def test_retries_on_503(fwdproxy, origin_http):
+    fault = fwdproxy.fail(status=503, path="/flaky")
+    with requests.Session() as session:
+        session.mount("http://", HTTPAdapter(max_retries=Retry(total=2, status_forcelist=[503], backoff_factor=0)))
+        with pytest.raises(requests.exceptions.RetryError):
+            session.get(origin_http.url("/flaky"), proxies={"http": fwdproxy.url})
+    assert fault.hits == 3                              # the first try and two retries
+    assert [f.status for f in fwdproxy.flows.filter(path="/flaky")] == [503, 503, 503]
+    assert origin_http.requests == []
+
+
+def test_no_retry_for_a_post(fwdproxy, origin_http):
+    fwdproxy.fail(status=503)
+    with requests.Session() as session:
+        session.mount("http://", HTTPAdapter(max_retries=Retry(total=2, status_forcelist=[503])))
+        resp = session.post(origin_http.url("/orders"), data=b"{}", proxies={"http": fwdproxy.url})
+    assert resp.status_code == 503                      # urllib3 retries only idempotent methods
+    assert len(fwdproxy.flows.all()) == 1
