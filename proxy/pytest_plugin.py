@@ -259,7 +259,8 @@ class Origin(ThreadingHTTPServer):
         pass  # a client that hangs up or rejects the certificate is the test's business, not stderr's
 
     def start(self) -> Origin:
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+        # A short poll: stop() waits for the serving loop to notice, once per test.
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.01},
                          name=f"origin-{self.port}", daemon=True).start()
         return self
 
