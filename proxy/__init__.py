@@ -2,19 +2,19 @@
 
 __version__ = "0.1.0"
 
-from .config import Config  # noqa: E402  (after __version__, which the modules read)
-from .errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout  # noqa: E402
-from .flows import Flow  # noqa: E402
-from .server import ProxyServer  # noqa: E402
-from .client import ClientError, ProxyClient, Response, Retry, Timeout, TooManyRedirects  # noqa: E402
+from .client import ClientError, ProxyClient, Response, Retry, Timeout, TooManyRedirects
+from .config import Config
+from .errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout
+from .flows import Flow
+from .server import ProxyServer
 
 __all__ = [
     "BadRequest",
     "ClientError",
     "Config",
     "Flow",
-    "ProxyError",
     "ProxyClient",
+    "ProxyError",
     "ProxyServer",
     "Response",
     "Retry",

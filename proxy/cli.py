@@ -9,6 +9,7 @@ the command line wins.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import resource
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds a CONNECT tunnel may carry no bytes (default %(default)s)")
     access = serve.add_argument_group("access control (default: loopback clients only, no auth)")
     access.add_argument("--allow-from", default=_env("allow-from", None), metavar="CIDR[,CIDR...]",
-                        help="client networks allowed to use the proxy (default 127.0.0.0/8,::1)")
+                        help="client networks allowed to use the proxy (default 127.0.0.0/8,::1; "
+                             "with --auth, any address)")
     access.add_argument("--auth", action="append", metavar="USER:PASSWORD",
                         default=[v for v in [_env("auth", None)] if v],
                         help="require Proxy-Authorization Basic credentials (repeatable)")
@@ -137,13 +139,19 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     parser = build_parser()
     ns = parser.parse_args(args)
     try:
+        auth = _credentials(ns.auth, ns.auth_file)
+        if ns.allow_from:
+            allow_from = parse_networks(ns.allow_from)
+        else:
+            # Credentials are the gate on a shared network: with --auth and no
+            # --allow-from, anyone who can reach the port may try them.
+            allow_from = parse_networks("0.0.0.0/0,::/0") if auth else LOOPBACK_NETWORKS
         return Config(host=ns.host, port=int(ns.port), timeout=float(ns.timeout),
                       connect_timeout=float(ns.connect_timeout),
                       client_idle_timeout=float(ns.client_idle_timeout),
                       tunnel_idle_timeout=float(ns.tunnel_idle_timeout),
                       log_level=ns.log_level, log_format=ns.log_format,
-                      allow_from=parse_networks(ns.allow_from) if ns.allow_from else LOOPBACK_NETWORKS,
-                      auth=_credentials(ns.auth, ns.auth_file),
+                      allow_from=allow_from, auth=auth,
                       allow_hosts=tuple(ns.allow_host), deny_hosts=tuple(ns.deny_host),
                       connect_ports=parse_ports(ns.connect_ports) if ns.connect_ports else None,
                       deny_private=ns.deny_private,
@@ -165,9 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = build_parser().parse_args(args)
         return fetch.run(ns) if args[0] == "fetch" else health.run(ns)
     config = parse_config(args)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s"
-                        if config.log_format == "text" else "%(message)s")
+    _setup_logging(config)
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
     _raise_fd_limit()
     try:
@@ -177,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     if config.exposure_warning:
-        print(f"fwdproxy: {config.exposure_warning}", file=sys.stderr)
+        _announce(config, f"fwdproxy: {config.exposure_warning}")
     server, workers = _fork_workers(server, config)
     if workers is None:  # in a worker process: serve until told to stop
         return _serve(server, config, announce=False)
@@ -185,6 +191,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     for pid in workers:
         os.waitpid(pid, 0)
     return code
+
+
+class _JSONFormatter(logging.Formatter):
+    """JSON lines for every record: access lines are JSON already, the rest get wrapped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "fwdproxy.access" and message.startswith("{"):
+            return message
+        entry = {"time": self.formatTime(record), "level": record.levelname.lower(), "message": message}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(config: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(_JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+
+
+def _announce(config: Config, text: str) -> None:
+    """Startup lines: plain text, or one JSON object per line under --log-format json."""
+    line = json.dumps({"level": "info", "message": text}) if config.log_format == "json" else text
+    print(line, file=sys.stderr, flush=True)
 
 
 def _raise_fd_limit() -> None:
@@ -232,7 +268,7 @@ def _serve(server: ProxyServer, config: Config, *, announce: bool, workers: Sequ
     signal.signal(signal.SIGTERM, on_signal)
     if announce:
         extra = f" ({config.workers} worker processes)" if config.workers > 1 else ""
-        print(f"fwdproxy {__version__} listening on {server.url}{extra}", file=sys.stderr, flush=True)
+        _announce(config, f"fwdproxy {__version__} listening on {server.url}{extra}")
     server.serve_forever(poll_interval=0.2)
     log.info("shutting down: waiting up to %gs for in-flight exchanges", config.shutdown_grace)
     server.drain(config.shutdown_grace)

@@ -29,7 +29,7 @@ class Config:
     # A CONNECT tunnel with no bytes either way for this long is closed.
     tunnel_idle_timeout: float = 600.0
     # Upstream pool: idle connections kept per origin, and for how long.
-    pool_max_idle_per_origin: int = 32
+    pool_max_idle_per_origin: int = 256
     pool_idle_timeout: float = 30.0
     # How long SIGINT/SIGTERM waits for in-flight exchanges.
     shutdown_grace: float = 5.0

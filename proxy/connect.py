@@ -45,7 +45,7 @@ class Connector:
         error: OSError | None = None
         for sockaddr in public:
             try:
-                return self._connect((sockaddr[0], port), timeout)
+                return self._connect((str(sockaddr[0]), port), timeout)
             except OSError as exc:
                 error = exc
         assert error is not None

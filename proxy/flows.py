@@ -78,8 +78,10 @@ def log_sink(fmt: str = "text") -> Sink:
     render = Flow.as_json if fmt == "json" else Flow.as_line
 
     def sink(flow: Flow) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s", render(flow))
+        # Health probes arrive every few seconds from orchestrators: debug, not info.
+        level = logging.DEBUG if flow.kind == "local" and flow.status == 200 else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "%s", render(flow))
 
     return sink
 

@@ -140,6 +140,7 @@ class _Lease:
     def abandon(self) -> None:
         """The exchange ended early: the connection's state is unknown, so it is closed."""
         if not self.settled:
+            self.resp.close()  # its buffered reader holds the socket open otherwise
             self.conn.close()
 
 

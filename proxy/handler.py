@@ -12,6 +12,7 @@ wrong for a proxy.
 from __future__ import annotations
 
 import http
+import io
 import json
 import logging
 import re
@@ -25,8 +26,15 @@ from .errors import Abort, BadRequest, ProxyError
 from .faults import ShapedDownstream
 from .flows import Flow
 from .forward import Downstream, Request, forward
-from .headers import (Headers, RequestLine, content_length, keep_alive, parse_request_line, read_fields,
-                      request_body_length)
+from .headers import (
+    Headers,
+    RequestLine,
+    content_length,
+    keep_alive,
+    parse_request_line,
+    read_fields,
+    request_body_length,
+)
 from .policy import Forbidden, LoopDetected, check_connect_port, check_credentials, client_allowed
 from .target import parse_absolute, parse_authority
 from .tunnel import open_upstream
@@ -56,6 +64,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.client_ip = host
         self.client_allowed = client_allowed(host, self.server.config.allow_from)  # once per connection
         self.client_label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        assert isinstance(self.rfile, io.BufferedReader)  # StreamRequestHandler.rbufsize is -1
         self.downstream = Downstream(self.rfile, self.connection)
         self.busy = False
         self.flow_deferred = False
@@ -82,11 +91,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
             _set_timeout(self.connection, config.timeout)
             self.close_connection = not self._exchange(deadline, flow)
         except ProxyError as exc:
-            if deadline.fired:
-                exc = BadRequest(f"request head not received within {config.header_timeout:g}s",
-                                 status=408)
-            flow.status, flow.error = exc.status, exc.reason
-            self._send_error(exc, head_only=flow.method == "HEAD")
+            error = exc
+            if deadline.fired:  # the watchdog cut the head short: say so, not "malformed"
+                error = BadRequest(f"request head not received within {config.header_timeout:g}s",
+                                   status=408)
+            flow.status, flow.error = error.status, error.reason
+            self._send_error(error, head_only=flow.method == "HEAD")
         except Abort as exc:
             flow.error = str(exc)
         except OSError as exc:  # the client's socket failed while we read from it
@@ -108,7 +118,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         """Wait (up to the idle timeout) for the next request's first byte; False if none comes."""
         _set_timeout(self.connection, self.server.config.client_idle_timeout)
         try:
-            return bool(self.rfile.peek(1))
+            return bool(self.downstream.rfile.peek(1))
         except OSError:
             return False  # idle timeout or reset between requests: just close
 
@@ -303,7 +313,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.client_label, format % args)
 
 

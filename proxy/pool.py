@@ -72,9 +72,9 @@ class UpstreamResponse(http.client.HTTPResponse):
         self.code = self.status = status
         self.reason = reason.strip()
         self.version = 10 if version == "HTTP/1.0" else 11
-        self.headers = self.msg = fields  # type: ignore[assignment]
+        self.headers = self.msg = fields
         self.chunked, self.chunk_left = chunked, None
-        if status in (204, 304) or self._method == "HEAD":  # type: ignore[attr-defined]
+        if status in (204, 304) or self._method == "HEAD":
             self.length = 0
         else:
             self.length = None if chunked else length
@@ -83,7 +83,7 @@ class UpstreamResponse(http.client.HTTPResponse):
 
     def _read_status(self) -> tuple[str, int, str]:
         while True:
-            version, status, reason = super()._read_status()
+            version, status, reason = super()._read_status()  # type: ignore[misc]
             if status == 101 or not 100 <= status < 200:
                 return version, status, reason
             fields = self._read_fields()
@@ -118,12 +118,13 @@ class UpstreamConnection(http.client.HTTPConnection):
         super().__init__(origin.host, origin.port, timeout=connect_timeout)
         self.origin = origin
         self.read_timeout = read_timeout
+        self.connect_timeout = connect_timeout
         self.idle_since = 0.0
         self.requests = 0
         self._connect_fn = connect
 
     def connect(self) -> None:
-        self.sock = self._connect_fn((self.host, self.port), self.timeout)
+        self.sock = self._connect_fn((self.host, self.port), self.connect_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(self.read_timeout)
 
@@ -168,23 +169,21 @@ class Pool:
         ``fresh`` skips the idle ones, for a retry after a reused one went stale.
         """
         now = self._clock()
-        stale: list[UpstreamConnection] = []
-        conn = None
-        with self._lock:
-            idle = None if fresh else self._idle.get(origin)
-            while idle:
-                candidate = idle.pop()
-                if now - candidate.idle_since < self._idle_timeout and not is_dropped(candidate.sock):
-                    conn = candidate
+        while not fresh:
+            with self._lock:
+                idle = self._idle.get(origin)
+                candidate = idle.pop() if idle else None
+            if candidate is None:
+                break
+            # Checked outside the lock: poll() releases the GIL, and a lock held
+            # across it makes every other thread queue behind this one.
+            if now - candidate.idle_since < self._idle_timeout and not is_dropped(candidate.sock):
+                with self._lock:
                     self.reused += 1
-                    break
-                stale.append(candidate)
-            if conn is None:
-                self.opened += 1
-        for old in stale:
-            old.close()
-        if conn is not None:
-            return conn, True
+                return candidate, True
+            candidate.close()
+        with self._lock:
+            self.opened += 1
         return self._factory(origin), False
 
     def release(self, conn: UpstreamConnection) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import trustme
+from servers import OriginServer, RawOrigin
 
 from proxy import Config, Flow, ProxyServer
-from servers import OriginServer, RawOrigin
 
 PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
              "http_proxy", "https_proxy", "all_proxy", "no_proxy")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from wire import exchange, read_response, through
 
 from proxy.policy import parse_networks, parse_ports
-from wire import exchange, read_response, through
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from servers import OriginServer
 
 from proxy import Config, ProxyServer
-from servers import OriginServer
 
 SMUGGLED = "GET {o}/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
+from proxy.policy import LOOPBACK_NETWORKS, parse_networks
 from wire import through
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,21 +63,31 @@ def test_help_documents_every_flag():
 def test_port_zero_prints_the_real_address_and_serves(running, origin):
     proxy = running("--port", "0")
     assert proxy.address[1] != 0
-    resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
+    _resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
     assert body == b"01234"
     code, err = proxy.stop()
     assert code == 0
-    line = next(l for l in err.splitlines() if " GET " in l)
+    line = next(entry for entry in err.splitlines() if " GET " in entry)
     assert re.search(rf"127\.0\.0\.1:\d+ GET {re.escape(origin.url('/bytes/5'))} 200 up=0 down=5 [\d.]+ms$", line)
 
 
 def test_json_log_lines(running, origin):
     proxy = running("--port", "0", "--log-format", "json")
     through(proxy.address, "POST", origin.url("/echo"), body=b"abc")
-    code, err = proxy.stop()
-    records = [json.loads(l) for l in err.splitlines() if l.startswith("{") and '"kind"' in l]
-    assert len(records) == 1
+    _code, err = proxy.stop()
+    assert "listening on" in json.loads(proxy.banner)["message"]
+    every = [json.loads(entry) for entry in err.splitlines()]  # every line is JSON
+    records = [r for r in every if "kind" in r]
+    assert len(records) == 1 and any("shutting down" in r.get("message", "") for r in every)
     assert records[0]["method"] == "POST" and records[0]["status"] == 200 and records[0]["bytes_up"] == 3
+
+
+def test_auth_without_allow_from_admits_any_network():
+    from proxy.cli import parse_config
+
+    assert parse_config(["--auth", "u:p"]).allow_from == parse_networks("0.0.0.0/0,::/0")
+    assert parse_config([]).allow_from == LOOPBACK_NETWORKS
+    assert parse_config(["--auth", "u:p", "--allow-from", "10.0.0.0/8"]).allow_from == parse_networks("10.0.0.0/8")
 
 
 def test_environment_variables_mirror_flags(running):
@@ -172,7 +182,7 @@ def test_workers_share_the_port(running, origin):
         if len(pids) == 2:
             break
     assert len(pids) == 2 and proxy.proc.pid in pids
-    resp, body = through(proxy.address, "GET", origin.url("/bytes/3"))
+    _resp, body = through(proxy.address, "GET", origin.url("/bytes/3"))
     assert body == b"012"
     code, _ = proxy.stop()
     assert code == 0

@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-
 from wire import exchange, read_response, through
 
 
@@ -136,7 +135,7 @@ def test_a_hanging_origin_does_not_block_other_clients(proxy, origin):
     stuck = socket.create_connection(proxy.address, timeout=10)
     stuck.sendall(f"GET {origin.url('/hang')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     for _ in range(3):
-        resp, body = through(proxy.address, "GET", origin.url("/bytes/3"))
+        _resp, body = through(proxy.address, "GET", origin.url("/bytes/3"))
         assert body == b"012"
     stuck.close()
 
@@ -145,7 +144,7 @@ def test_error_on_one_connection_leaves_the_others_alive(proxy, origin, closed_p
     good = http.client.HTTPConnection(*proxy.address, timeout=10)
     through(proxy.address, "GET", origin.url("/bytes/1"), conn=good)
     assert get(proxy, f"http://127.0.0.1:{closed_port}/").startswith(b"HTTP/1.1 502")
-    resp, body = through(proxy.address, "GET", origin.url("/bytes/2"), conn=good)
+    _resp, body = through(proxy.address, "GET", origin.url("/bytes/2"), conn=good)
     assert body == b"01"
     good.close()
 

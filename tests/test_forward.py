@@ -7,7 +7,6 @@ import socket
 
 import pytest
 import requests
-
 from servers import OriginServer
 from wire import echoed, exchange, read_response, through
 
@@ -179,7 +178,7 @@ def test_requests_library_through_the_proxy(proxy, origin):
 def test_client_keep_alive_and_upstream_reuse(proxy, origin):
     conn = http.client.HTTPConnection(*proxy.address, timeout=10)
     for i in range(100):
-        resp, body = through(proxy.address, "GET", origin.url(f"/bytes/{i}"), conn=conn)
+        _resp, body = through(proxy.address, "GET", origin.url(f"/bytes/{i}"), conn=conn)
         assert len(body) == i
     conn.close()
     assert origin.connections == 1

@@ -8,12 +8,19 @@ import pytest
 
 from proxy.chunked import encode_chunk, read_chunked
 from proxy.errors import BadRequest
-from proxy.headers import (Headers, Limits, content_length, end_to_end, is_chunked, keep_alive,
-                           parse_request_line, read_fields, request_body_length)
+from proxy.headers import (
+    Headers,
+    Limits,
+    end_to_end,
+    keep_alive,
+    parse_request_line,
+    read_fields,
+    request_body_length,
+)
 
 
-def fields(raw: bytes, limits: Limits = Limits()) -> Headers:
-    return read_fields(io.BytesIO(raw).readline, limits)
+def fields(raw: bytes, limits: Limits | None = None) -> Headers:
+    return read_fields(io.BytesIO(raw).readline, limits or Limits())
 
 
 @pytest.mark.parametrize("line,expected", [

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from servers import OriginServer, RawOrigin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +119,7 @@ def test_no_descriptor_or_thread_leaks(proxy_pid_address):
             try:
                 for i in range(start, EXCHANGES, WORKERS):
                     kinds[i % len(kinds)]()
-            except BaseException as exc:  # noqa: BLE001 (reported below)
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]

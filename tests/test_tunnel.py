@@ -10,7 +10,6 @@ import threading
 
 import pytest
 import requests
-
 from servers import OriginServer
 from wire import echoed, read_response
 
