@@ -56,6 +56,13 @@ def origin() -> Iterator[OriginServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def module_origin() -> Iterator[OriginServer]:
+    """One origin for a whole module of many small cases (adversarial, fuzz)."""
+    with OriginServer() as server:
+        yield server
+
+
 @pytest.fixture
 def tls_origin(server_context: ssl.SSLContext) -> Iterator[OriginServer]:
     with OriginServer(server_context) as server:

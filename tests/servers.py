@@ -291,3 +291,10 @@ class RawOrigin:
                 conn.close()
             except OSError:
                 pass
+
+
+def loopback_only(address: tuple[str, int], timeout: float) -> socket.socket:
+    """A proxy connect function for hostile or mutated targets: never a DNS lookup, never off this machine."""
+    if address[0] not in ("127.0.0.1", "::1", "localhost"):
+        raise socket.gaierror(socket.EAI_NONAME, "not resolved in tests")
+    return socket.create_connection(address, timeout)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from servers import OriginServer
+from servers import OriginServer, loopback_only
 
 from proxy import Config, ProxyServer
 
@@ -131,17 +131,9 @@ PASSES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def origin() -> Iterator[OriginServer]:
-    with OriginServer() as server:
-        yield server
-
-
-def loopback_only(address: tuple[str, int], timeout: float) -> socket.socket:
-    """Whatever a hostile target names, the test never leaves the machine (no DNS)."""
-    if address[0] not in ("127.0.0.1", "::1", "localhost"):
-        raise socket.gaierror(socket.EAI_NONAME, "not resolved in tests")
-    return socket.create_connection(address, timeout)
+@pytest.fixture
+def origin(module_origin: OriginServer) -> OriginServer:
+    return module_origin  # one origin serves the whole module's many small cases
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,16 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import OriginServer
+from servers import OriginServer, loopback_only
 
 from proxy import Config, ProxyServer
 
 STATUS_LINE = re.compile(rb"HTTP/1\.1 [1-5][0-9][0-9] [^\r\n]*\r\n")
 
 
-@pytest.fixture(scope="module")
-def origin() -> Iterator[OriginServer]:
-    with OriginServer() as server:
-        yield server
-
-
-def loopback_only(address: tuple[str, int], timeout: float) -> socket.socket:
-    """Mutated targets name all sorts of hosts: none may be looked up or dialled off this machine."""
-    if address[0] not in ("127.0.0.1", "::1", "localhost"):
-        raise socket.gaierror(socket.EAI_NONAME, "not resolved in tests")
-    return socket.create_connection(address, timeout)
+@pytest.fixture
+def origin(module_origin: OriginServer) -> OriginServer:
+    return module_origin  # one origin serves the whole module's many small cases
 
 
 @pytest.fixture(scope="module")
