@@ -244,12 +244,17 @@ class Origin(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = self.socket.accept()
+        if self._context is not None:  # the handshake runs on the connection's own thread
+            sock = self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         with self._lock:
             self.connections += 1
             self._open.add(sock)
-        if self._context is not None:  # the handshake runs on the connection's own thread
-            sock = self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
 
     def record(self, request: OriginRequest) -> None:
         with self._lock:
@@ -271,10 +276,9 @@ class Origin(ThreadingHTTPServer):
             open_now, self._open = list(self._open), set()
         for sock in open_now:  # kept-alive connections would hold their threads forever
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)  # the connection's thread wakes up and closes it
             except OSError:
                 pass
-            sock.close()
 
     def __repr__(self) -> str:
         return f"<Origin {self.url()} requests={len(self.requests)} connections={self.connections}>"

@@ -7,9 +7,12 @@ point) and asserts on the outcome and the report.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +23,22 @@ pytest_plugins = ["pytester"]
 # Inner runs load only this plugin, by name: other installed plugins (hypothesis takes
 # over a second to set up) would only slow them down, and once the pytest11 entry point
 # is installed, loading the module by name as well would register it twice.
-PLUGIN = ("-p", "proxy.pytest_plugin", "-p", "no:cacheprovider")
+PLUGIN = ("-p", "proxy.pytest_plugin", "-p", "no:cacheprovider",
+          "-W", "ignore::pytest.PytestAssertRewriteWarning")  # imported here before the inner run
 
 
 @pytest.fixture(autouse=True)
 def _only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+@pytest.fixture(autouse=True)
+def _collect_inner_garbage() -> Iterator[None]:
+    """requests holds a tunnelled socket open until its response is garbage: collect it here, not in a later test."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -177,7 +190,9 @@ def test_a_run_that_uses_no_fixture_sees_no_difference(pytester: pytest.Pytester
         def test_fails():
             assert False
     """)
-    result = run(pytester, f"--fwdproxy-har-dir={tmp_path / 'har'}", "-o", "fwdproxy_offline=true")
+    # In a subprocess: this process has threads of its own.
+    result = pytester.runpytest_subprocess(*PLUGIN, f"--fwdproxy-har-dir={tmp_path / 'har'}",
+                                           "-o", "fwdproxy_offline=true")
     result.assert_outcomes(passed=1, failed=1)
     assert "fwdproxy" not in result.stdout.str()
     assert not (tmp_path / "har").exists()
@@ -198,7 +213,8 @@ def test_env_points_clients_at_the_proxy_despite_a_preset_no_proxy(pytester: pyt
             monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
             fwdproxy.apply_env(monkeypatch)
             assert "NO_PROXY" not in os.environ and os.environ["http_proxy"] == fwdproxy.url
-            assert urllib.request.urlopen(origin_http.url("/env")).status == 200
+            # A new opener: urlopen() keeps the proxies of the first environment it saw.
+            assert urllib.request.build_opener().open(origin_http.url("/env")).status == 200
             assert fwdproxy.flows.one().path == "/env"
     """)
     run(pytester).assert_outcomes(passed=2)
