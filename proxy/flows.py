@@ -91,7 +91,24 @@ class FlowLog:
 
     def __init__(self, sinks: list[Sink] | None = None) -> None:
         self._sinks = list(sinks or [])
+        self._opened: list[Sink] = []
         self._lock = threading.Lock()
+
+    def add_opened(self, sink: Sink) -> None:
+        """Also tell ``sink`` of each tunnel as it opens (status 200, no bytes yet).
+
+        A tunnel's flow is finished only when it closes, and clients often
+        keep tunnels open long after their last response.
+        """
+        with self._lock:
+            self._opened = [*self._opened, sink]
+
+    def emit_opened(self, flow: Flow) -> None:
+        for sink in self._opened:
+            try:
+                sink(flow)
+            except Exception:
+                logging.getLogger("fwdproxy").exception("flow sink %r failed", sink)
 
     def add(self, sink: Sink) -> None:
         with self._lock:

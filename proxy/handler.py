@@ -107,12 +107,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._send_error(ProxyError("internal error; see the proxy's log"))
         finally:
             self.server.watchdog.disarm(deadline)
-            self.busy = False
-            if self.server.stopping:
-                self.close_connection = True
             if not self.flow_deferred:
                 flow.finish(start)
                 self.server.flows.emit(flow)
+            self.busy = False  # after the flow is recorded: see ProxyServer.busy()
+            if self.server.stopping:
+                self.close_connection = True
 
     def _await_request(self) -> bool:
         """Wait (up to the idle timeout) for the next request's first byte; False if none comes."""

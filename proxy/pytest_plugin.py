@@ -35,7 +35,6 @@ from .config import Config
 from .faults import Fault, Match, PathMatcher
 from .flows import Flow
 from .flowstore import FlowStore
-from .handler import ProxyHandler
 from .har import har_log
 from .server import ProxyServer
 
@@ -323,12 +322,12 @@ class OriginCA:
 class FwdProxy:
     """A running proxy as a test uses it: address, environment, flows, faults, host mappings."""
 
-    def __init__(self, server: ObservedServer, hosts: HostMap, label: str) -> None:
+    def __init__(self, server: ProxyServer, hosts: HostMap, label: str) -> None:
         self.server = server
         self.hosts = hosts
         self.flows = FlowStore(f"{label} {server.url}", busy=server.busy)
         server.flows.add(self.flows.record)
-        server.tunnel_opened_sinks.append(self.flows.opened)
+        server.flows.add_opened(self.flows.opened)
 
     @property
     def url(self) -> str:
@@ -427,42 +426,11 @@ class FwdProxy:
         return f"<FwdProxy {self.url} flows={len(self.flows)} faults={len(self.server.faults.rules())}>"
 
 
-class ObservedServer(ProxyServer):
-    """A ProxyServer that also reports each tunnel as it opens, not only when it ends."""
-
-    def __init__(self, config: Config, *, connect: HostMap) -> None:
-        super().__init__(config, connect=connect, sinks=[])
-        self.tunnel_opened_sinks: list[Callable[[Flow], None]] = []
-        self._handlers: set[ProxyHandler] = set()
-        self._handlers_lock = threading.Lock()
-
-    def track(self, handler: ProxyHandler) -> None:
-        super().track(handler)
-        with self._handlers_lock:
-            self._handlers.add(handler)
-
-    def untrack(self, handler: ProxyHandler) -> None:
-        super().untrack(handler)
-        with self._handlers_lock:
-            self._handlers.discard(handler)
-
-    def busy(self) -> bool:
-        """Whether some exchange is in progress (its flow not yet recorded)."""
-        with self._handlers_lock:
-            return any(handler.busy for handler in self._handlers)
-
-    def relay_tunnel(self, client: socket.socket, upstream: socket.socket, early: bytes,
-                     flow: Flow, start: float) -> None:
-        for sink in self.tunnel_opened_sinks:
-            sink(flow)
-        super().relay_tunnel(client, upstream, early, flow, start)
-
-
 def start_proxy(label: str, *, offline: bool = False, **settings: Any) -> FwdProxy:
     """A started proxy on an ephemeral loopback port, recording bodies for assertions."""
     config = Config(**{"port": 0, "capture_bodies": CAPTURE_BODIES, **settings})
     hosts = HostMap(offline)
-    server = ObservedServer(config, connect=hosts)
+    server = ProxyServer(config, connect=hosts, sinks=[])
     server.start()
     return FwdProxy(server, hosts, label)
 

@@ -124,6 +124,7 @@ class ProxyServer(ThreadingHTTPServer):
 
         with self._lock:
             self._detached.add(client)
+        self.flows.emit_opened(flow)
         self.relay.add(client, upstream, early, closed)
 
     def _refuse_busy(self, sock: socket.socket) -> None:
@@ -164,6 +165,11 @@ class ProxyServer(ThreadingHTTPServer):
     def untrack(self, handler: ProxyHandler) -> None:
         with self._lock:
             self._clients.discard(handler)
+
+    def busy(self) -> bool:
+        """Whether some exchange is in progress (its flow not recorded yet)."""
+        with self._lock:
+            return any(handler.busy for handler in self._clients)
 
     def status(self) -> dict[str, Any]:
         """What GET /healthz reports."""

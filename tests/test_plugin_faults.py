@@ -5,16 +5,11 @@ from __future__ import annotations
 import http.client
 import re
 import time
-from importlib.metadata import entry_points
 
 import pytest
 import requests
 
 from proxy.pytest_plugin import FwdProxy, Origin
-
-if not any(ep.value == "proxy.pytest_plugin" for ep in entry_points(group="pytest11")):
-    # Until pyproject.toml declares the entry point (see tests/examples/conftest.py).
-    from proxy.pytest_plugin import _fwdproxy_ca, _fwdproxy_shared, fwdproxy, origin_http, origin_https  # noqa: F401
 
 
 def get(proxy: FwdProxy, url: str, **kwargs: object) -> requests.Response:
