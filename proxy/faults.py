@@ -105,7 +105,7 @@ class ShapedDownstream(Downstream):
 
     def __init__(self, base: Downstream, *, rate: float | None = None,
                  reset_after: int | None = None) -> None:
-        super().__init__(base.rfile, base.sock)
+        super().__init__(base.rfile, base.sock, base.deadline, base.timeout)
         self.rate = rate
         self.reset_after = reset_after
         self.sent = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BufferedReader
@@ -20,8 +21,9 @@ from .chunked import LAST_CHUNK, encode_chunk, read_chunked
 from .errors import Abort, BadRequest, UpstreamError, UpstreamTimeout, connect_failure
 from .flows import Flow
 from .headers import Headers, content_length, end_to_end, keep_alive
-from .pool import Pool, UpstreamConnection, UpstreamResponse, is_dropped
+from .pool import Pool, UpstreamConnection, UpstreamResponse
 from .target import Origin
+from .watchdog import Deadline
 
 # Bodies up to this size are read whole and sent with their head in one write;
 # larger ones stream in pieces of up to STREAM_BUFFER bytes.
@@ -55,19 +57,37 @@ class Request:
 
 
 class Downstream:
-    """The client side of an exchange: its buffered reader and its raw socket."""
+    """The client side of an exchange: its buffered reader, its raw socket, its deadline.
 
-    def __init__(self, rfile: BufferedReader, sock: socket.socket) -> None:
+    Every send and read first moves the deadline ``timeout`` seconds ahead:
+    a client may be slow, but not silent for longer than that.
+    """
+
+    def __init__(self, rfile: BufferedReader, sock: socket.socket, deadline: Deadline | None = None,
+                 timeout: float = 60.0) -> None:
         self.rfile = rfile
         self.sock = sock
+        self.deadline = deadline
+        self.timeout = timeout
+
+    def progress(self) -> None:
+        if self.deadline is not None:
+            self.deadline.at = time.monotonic() + self.timeout
+
+    def rest(self) -> None:
+        """Nothing is expected from the client for now (the origin is being waited for)."""
+        if self.deadline is not None:
+            self.deadline.clear()
 
     def send(self, data: bytes) -> None:
+        self.progress()
         try:
             self.sock.sendall(data)
-        except OSError as exc:  # includes timeouts: a client that stops reading is gone
+        except OSError as exc:  # includes a deadline cut: a client that stops reading is gone
             raise Abort(f"client stopped receiving: {exc}") from exc
 
     def read_exact(self, n: int) -> bytes:
+        self.progress()
         try:
             data = self.rfile.read(n)
         except OSError as exc:
@@ -85,6 +105,7 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
         body = None  # streamed after the head
     elif req.body_length:
         body = client.read_exact(req.body_length)
+        client.rest()
         flow.bytes_up = len(body)
         flow.keep("request_body", body, req.capture)
     # RFC 9110 section 9.2.2: a fresh connection is tried once more when a
@@ -131,6 +152,7 @@ class _Lease:
         """The response was read to its end: pool the connection if it is reusable."""
         self.settled = True
         self.resp.close()
+        self.conn.idle()
         if self.resp.will_close or self.conn.sock is None or not self.clean_upload:
             self.conn.close()
         else:
@@ -162,6 +184,7 @@ def _acquire(pool: Pool, origin: Origin, *, fresh: bool) -> tuple[UpstreamConnec
 def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: bytes | None,
           flow: Flow, expects_continue: bool) -> tuple[UpstreamResponse, bool]:
     """Send head and body, then read the response head. Returns it and whether the upload completed."""
+    conn.progress()
     try:
         conn.putrequest(req.method, req.path, skip_host=True, skip_accept_encoding=True)
         conn.putheader("Host", req.origin.authority)
@@ -200,17 +223,21 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
     else:
         pieces = _read_length(rfile, req.body_length)
     try:
+        client.progress()
         for data in pieces:
             flow.bytes_up += len(data)
             flow.keep("request_body", data, req.capture)
             if req.max_body is not None and flow.bytes_up > req.max_body:
                 raise BadRequest(f"request body larger than {req.max_body} bytes", status=413,
                                  kind="http_request_error")
+            conn.progress()
             conn.send(encode_chunk(data) if req.body_length is None else data)
+            client.progress()
         if req.body_length is None:
             conn.send(LAST_CHUNK)
+        client.rest()
     except OSError as exc:
-        if isinstance(exc, TimeoutError) and not is_dropped(conn.sock):
+        if conn.timed_out():
             raise UpstreamTimeout(f"{req.origin.authority} stopped reading the request body",
                                   kind="connection_write_timeout") from exc
         return False
@@ -232,21 +259,23 @@ def _read_length(rfile: BufferedReader, length: int) -> Iterator[bytes]:
 
 def _read_head(conn: UpstreamConnection, req: Request, *, retry_safe: bool) -> UpstreamResponse:
     where = req.origin.authority
+    conn.progress()
     try:
         resp = conn.getresponse()
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"no response from {where} within {conn.read_timeout:g}s",
-                              kind="http_response_timeout") from exc
-    except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
-        if retry_safe:
-            raise _Stale() from exc
-        raise UpstreamError(f"{where} closed the connection without a response",
-                            kind="connection_terminated") from exc
-    except (http.client.HTTPException, ValueError) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if conn.timed_out() or isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(f"no response from {where} within {conn.read_timeout:g}s",
+                                  kind="http_response_timeout") from exc
+        if isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError)):
+            if retry_safe:
+                raise _Stale() from exc
+            raise UpstreamError(f"{where} closed the connection without a response",
+                                kind="connection_terminated") from exc
+        if isinstance(exc, OSError):
+            raise UpstreamError(f"reading from {where} failed: {exc}",
+                                kind="connection_terminated") from exc
         raise UpstreamError(f"malformed response from {where}: {type(exc).__name__}",
                             kind="http_protocol_error") from exc
-    except OSError as exc:
-        raise UpstreamError(f"reading from {where} failed: {exc}", kind="connection_terminated") from exc
     assert isinstance(resp, UpstreamResponse)
     return resp
 
@@ -282,14 +311,14 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
         client.send(head)
         return client_keep
     if length is not None and length <= SMALL_BODY:
-        body = _read_upstream(resp, length, req)
+        body = _read_upstream(resp, length, req, lease.conn)
         flow.bytes_down = len(body)
         flow.keep("response_body", body, req.capture)
         lease.settle()
         client.send(head + body)
         return client_keep
     client.send(head)
-    _stream_down(resp, req, client, flow, chunked_down)
+    _stream_down(resp, req, client, flow, chunked_down, lease.conn)
     lease.settle()
     if chunked_down:
         client.send(LAST_CHUNK)
@@ -330,23 +359,27 @@ def _head(status: int, reason: str, fields: list[tuple[str, str]], extra: object
     return "".join(lines).encode("latin-1")
 
 
-def _read_upstream(resp: UpstreamResponse, n: int, req: Request) -> bytes:
+def _read_upstream(resp: UpstreamResponse, n: int, req: Request, conn: UpstreamConnection) -> bytes:
+    conn.progress()
     try:
         data = resp.read(n)
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"{req.origin.authority} stalled mid-body",
-                              kind="connection_read_timeout") from exc
     except (http.client.HTTPException, OSError) as exc:
+        if conn.timed_out() or isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(f"{req.origin.authority} stalled mid-body",
+                                  kind="connection_read_timeout") from exc
         raise UpstreamError(f"{req.origin.authority} broke off the response body",
                             kind="http_response_incomplete") from exc
     if len(data) != n:
+        if conn.timed_out():
+            raise UpstreamTimeout(f"{req.origin.authority} stalled mid-body",
+                                  kind="connection_read_timeout")
         raise UpstreamError(f"{req.origin.authority} sent {len(data)} of {n} body bytes",
                             kind="http_response_incomplete")
     return data
 
 
 def _stream_down(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow,
-                 chunked: bool) -> None:
+                 chunked: bool, conn: UpstreamConnection) -> None:
     """Relay the body as it arrives. A truncated body aborts the client connection.
 
     The head has gone out already, so a failure here cannot become an error
@@ -355,6 +388,8 @@ def _stream_down(resp: UpstreamResponse, req: Request, client: Downstream, flow:
     """
     expected = resp.length
     while True:
+        conn.progress()
+        client.rest()  # waiting on the origin: the client owes nothing meanwhile
         try:
             data = resp.read1(STREAM_BUFFER)
         except (TimeoutError, http.client.HTTPException, OSError) as exc:

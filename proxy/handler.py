@@ -41,7 +41,6 @@ from .tunnel import open_upstream
 
 if TYPE_CHECKING:
     from .server import ProxyServer
-    from .watchdog import Deadline
 
 log = logging.getLogger("fwdproxy")
 
@@ -65,8 +64,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.client_allowed = client_allowed(host, self.server.config.allow_from)  # once per connection
         self.client_label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         assert isinstance(self.rfile, io.BufferedReader)  # StreamRequestHandler.rbufsize is -1
-        self.downstream = Downstream(self.rfile, self.connection)
+        # Blocking socket, no socket timeout: the watchdog enforces every phase's deadline.
+        self.connection.settimeout(None)
+        self.deadline = self.server.watchdog.watch(self.connection)
+        self.downstream = Downstream(self.rfile, self.connection, self.deadline,
+                                     self.server.config.timeout)
         self.busy = False
+        self.in_head = False
         self.flow_deferred = False
         self._start = 0.0
 
@@ -77,6 +81,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
         finally:
             self.server.untrack(self)
 
+    def finish(self) -> None:
+        self.server.watchdog.forget(self.deadline)
+        super().finish()
+
     def handle_one_request(self) -> None:
         self.close_connection = True
         if not self._await_request():
@@ -84,19 +92,23 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.busy = True
         self._start = start = time.monotonic()
         config = self.server.config
-        # From its first byte, the whole head must arrive within header_timeout.
-        deadline = self.server.watchdog.arm(self.connection, config.header_timeout)
+        # From its first byte, the whole head must arrive within header_timeout;
+        # only the read side is cut, so a 408 can still be written.
+        self.deadline.set(config.header_timeout, socket.SHUT_RD)
+        self.in_head = True
         flow = Flow(kind="http", client=self.client_label, method="-", url="-")
         try:
-            _set_timeout(self.connection, config.timeout)
-            self.close_connection = not self._exchange(deadline, flow)
+            self.close_connection = not self._exchange(flow)
         except ProxyError as exc:
-            error = exc
-            if deadline.fired:  # the watchdog cut the head short: say so, not "malformed"
-                error = BadRequest(f"request head not received within {config.header_timeout:g}s",
-                                   status=408)
-            flow.status, flow.error = error.status, error.reason
-            self._send_error(error, head_only=flow.method == "HEAD")
+            if self.deadline.fired and not self.in_head:  # the socket is cut: nobody to tell
+                flow.error = f"client made no progress for {config.timeout:g}s"
+            else:
+                error = exc
+                if self.deadline.fired:  # the watchdog cut the head short: say so, not "malformed"
+                    error = BadRequest(f"request head not received within {config.header_timeout:g}s",
+                                       status=408)
+                flow.status, flow.error = error.status, error.reason
+                self._send_error(error, head_only=flow.method == "HEAD")
         except Abort as exc:
             flow.error = str(exc)
         except OSError as exc:  # the client's socket failed while we read from it
@@ -106,7 +118,6 @@ class ProxyHandler(BaseHTTPRequestHandler):
             flow.status, flow.error = 500, "internal error"
             self._send_error(ProxyError("internal error; see the proxy's log"))
         finally:
-            self.server.watchdog.disarm(deadline)
             if not self.flow_deferred:
                 flow.finish(start)
                 self.server.flows.emit(flow)
@@ -116,13 +127,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _await_request(self) -> bool:
         """Wait (up to the idle timeout) for the next request's first byte; False if none comes."""
-        _set_timeout(self.connection, self.server.config.client_idle_timeout)
+        self.deadline.set(self.server.config.client_idle_timeout)
         try:
             return bool(self.downstream.rfile.peek(1))
         except OSError:
-            return False  # idle timeout or reset between requests: just close
+            return False  # reset between requests: just close
 
-    def _read_head(self, deadline: Deadline) -> tuple[RequestLine, Headers]:
+    def _read_head(self) -> tuple[RequestLine, Headers]:
         limits = self.server.limits
         for _ in range(_MAX_EMPTY_LINES + 1):
             raw = self.rfile.readline(limits.request_line + 1)
@@ -132,12 +143,15 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.command, self.path, self.request_version = line.method, line.target, line.version
         self.requestline = raw[:-2].decode("ascii")
         headers = read_fields(self.rfile.readline, limits)
-        self.server.watchdog.disarm(deadline)
+        self.in_head = False
+        # From here Downstream sets the deadline before each blocking call on the
+        # client; while the origin is being waited for, the client owes nothing.
+        self.deadline.clear()
         return line, headers
 
-    def _exchange(self, deadline: Deadline, flow: Flow) -> bool:
+    def _exchange(self, flow: Flow) -> bool:
         """Read, check, route and carry out one request; True if the connection may be reused."""
-        line, headers = self._read_head(deadline)
+        line, headers = self._read_head()
         flow.method, flow.url = line.method, _USERINFO.sub("", line.target)
         if len(headers.get_all("host")) > 1:
             raise BadRequest("more than one Host header")  # RFC 9112 section 3.2
@@ -200,6 +214,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             upstream.close()
             raise
         flow.status = 200
+        self.deadline.clear()
         # From here the relay owns both sockets and records the flow when the tunnel ends.
         self.server.relay_tunnel(self.connection, upstream, self._buffered_bytes(), flow, self._start)
         self.flow_deferred = True
@@ -315,13 +330,6 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.client_label, format % args)
-
-
-def _set_timeout(sock: socket.socket, seconds: float) -> None:
-    # settimeout() costs two fcntl calls even when nothing changes; on the
-    # keep-alive path the idle and exchange timeouts are usually equal.
-    if sock.gettimeout() != seconds:
-        sock.settimeout(seconds)
 
 
 def _redacted(headers: Headers) -> list[tuple[str, str]]:

@@ -24,6 +24,7 @@ from .chunked import MAX_SIZE_LINE, parse_chunk_size
 from .errors import ProxyError
 from .headers import Headers, Limits, content_length, is_chunked, keep_alive, read_fields
 from .target import Origin
+from .watchdog import Deadline, Watchdog
 
 # Origins may send more and larger fields than we accept from clients (cookies).
 RESPONSE_LIMITS = Limits(request_line=65536, header_bytes=131072, header_count=200)
@@ -109,12 +110,17 @@ class UpstreamResponse(http.client.HTTPResponse):
 
 
 class UpstreamConnection(http.client.HTTPConnection):
-    """An HTTPConnection with an injected connect function and split timeouts."""
+    """An HTTPConnection with an injected connect function and a watchdog deadline.
+
+    Once connected the socket is blocking with no timeout (see watchdog.py):
+    the forward step calls ``progress()`` before each blocking call, and a
+    silent origin gets its socket cut, which ``timed_out()`` then reports.
+    """
 
     response_class = UpstreamResponse
 
     def __init__(self, origin: Origin, *, connect_timeout: float, read_timeout: float,
-                 connect: ConnectFn = socket.create_connection) -> None:
+                 connect: ConnectFn = socket.create_connection, watchdog: Watchdog | None = None) -> None:
         super().__init__(origin.host, origin.port, timeout=connect_timeout)
         self.origin = origin
         self.read_timeout = read_timeout
@@ -122,11 +128,35 @@ class UpstreamConnection(http.client.HTTPConnection):
         self.idle_since = 0.0
         self.requests = 0
         self._connect_fn = connect
+        self._watchdog = watchdog
+        self.deadline: Deadline | None = None
 
     def connect(self) -> None:
         self.sock = self._connect_fn((self.host, self.port), self.connect_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(self.read_timeout)
+        if self._watchdog is None:
+            self.sock.settimeout(self.read_timeout)
+        else:
+            self.sock.settimeout(None)
+            self.deadline = self._watchdog.watch(self.sock)
+
+    def progress(self) -> None:
+        """The next blocking call on this connection must return within read_timeout."""
+        if self.deadline is not None:
+            self.deadline.at = time.monotonic() + self.read_timeout
+
+    def idle(self) -> None:
+        """Resting in the pool: no deadline (the pool's idle expiry applies instead)."""
+        if self.deadline is not None:
+            self.deadline.clear()
+
+    def timed_out(self) -> bool:
+        return self.deadline is not None and self.deadline.fired
+
+    def close(self) -> None:
+        if self.deadline is not None and self._watchdog is not None:
+            self._watchdog.forget(self.deadline)
+        super().close()
 
     def __repr__(self) -> str:
         state = "CLOSED" if self.sock is None else "OPEN"

@@ -33,7 +33,6 @@ import pytest
 
 from .config import Config
 from .faults import Fault, Match, PathMatcher
-from .flows import Flow
 from .flowstore import FlowStore
 from .har import har_log
 from .server import ProxyServer

@@ -80,7 +80,8 @@ class ProxyServer(ThreadingHTTPServer):
 
     def _new_connection(self, origin: Origin) -> UpstreamConnection:
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
-                                  read_timeout=self.config.timeout, connect=self.connect)
+                                  read_timeout=self.config.timeout, connect=self.connect,
+                                  watchdog=self.watchdog)
 
     @property
     def port(self) -> int:
