@@ -84,6 +84,8 @@ class Headers:
 
     def tokens(self, name: str) -> set[str]:
         """The comma-separated tokens of every field with this name, lowercased."""
+        if name.lower() not in self.names:
+            return set()
         return {t.strip().lower() for v in self.get_all(name) for t in v.split(",") if t.strip()}
 
     def __contains__(self, name: object) -> bool:
@@ -152,13 +154,13 @@ def read_fields(readline: Callable[[int], bytes], limits: Limits = Limits()) -> 
 
 def parse_field(line: bytes) -> tuple[str, str]:
     """Parse one ``name: value`` line (without its CRLF)."""
-    if line[:1] in (b" ", b"\t"):
-        # RFC 9112 section 5.2: obs-fold is refused rather than unfolded.
-        raise BadRequest("obsolete line folding in header section")
     name, colon, value = line.partition(b":")
-    if not colon:
-        raise BadRequest("header line without a colon")
-    if not _TOKEN.fullmatch(name):
+    if not colon or not _TOKEN.fullmatch(name):
+        if line[:1] in (b" ", b"\t"):
+            # RFC 9112 section 5.2: obs-fold is refused rather than unfolded.
+            raise BadRequest("obsolete line folding in header section")
+        if not colon:
+            raise BadRequest("header line without a colon")
         # Includes "Name :" (RFC 9112 section 5.1: MUST reject with 400).
         raise BadRequest(f"invalid header name {name[:40]!r}")
     value = value.strip(b" \t")

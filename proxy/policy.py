@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import functools
 import hmac
 import ipaddress
 from collections.abc import Iterable, Sequence
@@ -86,7 +87,9 @@ def _as_address(text: str) -> Address | None:
     return address
 
 
-def client_allowed(client_ip: str, networks: Sequence[Network]) -> bool:
+@functools.lru_cache(maxsize=4096)
+def client_allowed(client_ip: str, networks: tuple[Network, ...]) -> bool:
+    """Whether a client address is in one of the networks (cached: parsing costs per connection)."""
     address = _as_address(client_ip)
     return address is not None and any(address in net for net in networks)
 

@@ -35,6 +35,8 @@ from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
 
 log = logging.getLogger("fwdproxy")
+_MAX_IDLE_WORKERS = 64
+_WORKER_IDLE_SECONDS = 30.0
 
 
 class ProxyServer(ThreadingHTTPServer):
@@ -66,6 +68,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.stopping = False
         self._clients: set[ProxyHandler] = set()
         self._active = 0  # connections accepted and not yet closed, threads included
+        self._idle_slots: list[queue.SimpleQueue[tuple[Any, Any] | None]] = []  # idle worker threads
         self._refused: queue.Queue[socket.socket] = queue.Queue(256)
         self._refuser: threading.Thread | None = None
         self.relay = Relay(self.config.tunnel_idle_timeout)
@@ -103,7 +106,36 @@ class ProxyServer(ThreadingHTTPServer):
         if full:
             self._refuse_busy(request)
             return
-        super().process_request(request, client_address)
+        with self._lock:
+            slot = self._idle_slots.pop() if self._idle_slots else None
+        if slot is not None:
+            slot.put((request, client_address))
+            return
+        threading.Thread(target=self._work, args=(request, client_address), daemon=True,
+                         name=f"fwdproxy-{self.port}-worker").start()
+
+    def _work(self, request: Any, client_address: Any) -> None:
+        """Serve connections one after another; wait a while for the next one when idle.
+
+        Reusing threads saves creating one (and its start-up handshake with the
+        accept loop) for every new client connection.
+        """
+        slot: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        item: tuple[Any, Any] | None = (request, client_address)
+        while item is not None:
+            self.process_request_thread(*item)  # handles errors, then shutdown_request
+            with self._lock:
+                if len(self._idle_slots) >= _MAX_IDLE_WORKERS or self.stopping:
+                    return
+                self._idle_slots.append(slot)
+            try:
+                item = slot.get(timeout=_WORKER_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if slot in self._idle_slots:
+                        self._idle_slots.remove(slot)
+                        return
+                item = slot.get()  # taken off the stack just now: its connection is on the way
 
     def shutdown_request(self, request: Any) -> None:
         with self._lock:
@@ -182,7 +214,7 @@ class ProxyServer(ThreadingHTTPServer):
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "client_connections": clients, "tunnels": tunnels,
                 "upstream_idle": self.pool.idle_count(), "upstream_opened": self.pool.opened,
-                "upstream_reused": self.pool.reused}
+                "upstream_reused": self.pool.reused, "idle_workers": len(self._idle_slots)}
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unhandled error serving %s", client_address)
@@ -223,6 +255,10 @@ class ProxyServer(ThreadingHTTPServer):
             handler.close_now()
         self.relay.stop()
         self.pool.close()
+        with self._lock:
+            idle, self._idle_slots = self._idle_slots, []
+        for slot in idle:
+            slot.put(None)
         self.watchdog.stop()
 
     def __enter__(self) -> ProxyServer:

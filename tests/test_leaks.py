@@ -56,11 +56,11 @@ def health(address: tuple[str, int]) -> dict[str, int]:
 
 
 def usage(pid: int, address: tuple[str, int]) -> tuple[int, int]:
-    """(descriptors not held by the upstream pool, threads) of the proxy process."""
+    """(descriptors not held by the upstream pool, threads not parked for reuse) of the proxy."""
     status = health(address)
     fds = len(os.listdir(f"/proc/{pid}/fd")) - status["upstream_idle"]
     threads = int(re.search(r"Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))  # type: ignore[union-attr]
-    return fds, threads
+    return fds, threads - status["idle_workers"]
 
 
 def settled(pid: int, address: tuple[str, int], at_most: tuple[int, int] | None = None) -> tuple[int, int]:
