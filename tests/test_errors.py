@@ -238,3 +238,27 @@ def test_lenient_chunk_sizes_from_origins_are_not_relayed(proxy, raw_origin, siz
     # The head may already be out; what matters is that no complete body follows.
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 ") and body == b"", response
+
+
+def test_client_gone_mid_download_is_not_pooled(proxy, origin):
+    sock = socket.create_connection(proxy.address, timeout=10)
+    sock.sendall(f"GET {origin.url('/bytes/30000000')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    sock.close()  # mid-body
+    proxy.wait_flows(1)
+    resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
+    assert body == b"01234"
+    assert origin.connections == 2  # the half-read upstream connection was closed, not reused
+    assert proxy.wait_flows(2)[1].upstream_reused is False
+
+
+def test_client_gone_mid_upload_is_not_pooled(proxy, origin):
+    sock = socket.create_connection(proxy.address, timeout=10)
+    sock.sendall(f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".encode()
+                 + b"x" * 200000)
+    sock.close()  # mid-upload
+    flows = proxy.wait_flows(1)
+    assert flows[0].status in (0, 400)
+    resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
+    assert body == b"01234"
+    assert proxy.wait_flows(2)[1].upstream_reused is False
