@@ -8,12 +8,12 @@ may reach the origin, and the next, normal request must still be served.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from servers import OriginServer, loopback_only
+from wire import exchange
 
 from proxy import Config, ProxyServer
 
@@ -142,18 +142,8 @@ def proxy() -> Iterator[ProxyServer]:
         yield server
 
 
-def send(proxy: ProxyServer, raw: bytes, half_close: bool = True) -> bytes:
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-        sock.sendall(raw)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)  # whatever we sent is all there is
-        data = b""
-        try:
-            while piece := sock.recv(65536):
-                data += piece
-        except ConnectionResetError:
-            pass
-        return data
+def send(proxy: ProxyServer, raw: bytes) -> bytes:
+    return exchange(("127.0.0.1", proxy.port), raw, half_close=True)
 
 
 def canary(proxy: ProxyServer, origin: OriginServer) -> None:

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proxy.policy import LOOPBACK_NETWORKS, parse_networks
 from wire import through
+
+from proxy.policy import LOOPBACK_NETWORKS, parse_networks
 
 ROOT = Path(__file__).resolve().parent.parent
 

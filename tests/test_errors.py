@@ -246,7 +246,7 @@ def test_client_gone_mid_download_is_not_pooled(proxy, origin):
     assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
     sock.close()  # mid-body
     proxy.wait_flows(1)
-    resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
+    _resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
     assert body == b"01234"
     assert origin.connections == 2  # the half-read upstream connection was closed, not reused
     assert proxy.wait_flows(2)[1].upstream_reused is False
@@ -259,6 +259,6 @@ def test_client_gone_mid_upload_is_not_pooled(proxy, origin):
     sock.close()  # mid-upload
     flows = proxy.wait_flows(1)
     assert flows[0].status in (0, 400)
-    resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
+    _resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
     assert body == b"01234"
     assert proxy.wait_flows(2)[1].upstream_reused is False

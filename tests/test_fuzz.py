@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import OriginServer, loopback_only
+from wire import exchange
 
 from proxy import Config, ProxyServer
 
@@ -29,19 +29,7 @@ def proxy() -> Iterator[ProxyServer]:
 
 
 def send(proxy: ProxyServer, raw: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
-        try:
-            sock.sendall(raw)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the proxy may have answered and closed already
-        data = b""
-        try:
-            while piece := sock.recv(65536):
-                data += piece
-        except ConnectionResetError:
-            pass
-        return data
+    return exchange(("127.0.0.1", proxy.port), raw, half_close=True)
 
 
 def templates(origin: OriginServer) -> list[bytes]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from servers import OriginServer, RawOrigin
+from wire import exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 EXCHANGES = 10_000
@@ -35,19 +36,7 @@ def proxy_pid_address() -> Iterator[tuple[int, tuple[str, int]]]:
 
 
 def talk(address: tuple[str, int], data: bytes, *, read: bool = True, half_close: bool = False) -> bytes:
-    with socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(data)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        if not read:
-            return b""
-        out = b""
-        try:
-            while piece := sock.recv(65536):
-                out += piece
-        except ConnectionResetError:
-            pass
-        return out
+    return exchange(address, data, half_close=half_close, read=read)
 
 
 def health(address: tuple[str, int]) -> dict[str, int]:

@@ -8,16 +8,29 @@ import socket
 from typing import Any
 
 
-def exchange(address: tuple[str, int], data: bytes, timeout: float = 10.0) -> bytes:
-    """Send raw bytes to the proxy and read until it closes the connection."""
+def exchange(address: tuple[str, int], data: bytes, timeout: float = 10.0, *,
+             half_close: bool = False, read: bool = True) -> bytes:
+    """Send raw bytes to the proxy and read until it closes the connection.
+
+    ``half_close`` shuts our sending side after the bytes (whatever we sent is
+    all there is); a reset from the proxy ends the reading like a close.
+    """
     with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall(data)
+        try:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the proxy may have answered and closed already
+        if not read:
+            return b""
         chunks = []
-        while True:
-            piece = sock.recv(65536)
-            if not piece:
-                return b"".join(chunks)
-            chunks.append(piece)
+        try:
+            while piece := sock.recv(65536):
+                chunks.append(piece)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks)
 
 
 def read_response(sock: socket.socket, method: str = "GET") -> tuple[http.client.HTTPResponse, bytes]:
