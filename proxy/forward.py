@@ -219,9 +219,9 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
     """
     rfile = client.rfile
     if req.body_length is None:
-        pieces = read_chunked(rfile.readline, rfile.read1, rfile.read)
+        pieces = _client_reads(read_chunked(rfile.readline, rfile.read1, rfile.read))
     else:
-        pieces = _read_length(rfile, req.body_length)
+        pieces = _client_reads(_read_length(rfile, req.body_length))
     try:
         client.progress()
         for data in pieces:
@@ -244,13 +244,22 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
     return True
 
 
+def _client_reads(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """The body's pieces, with a failing client socket reported as the client's fault.
+
+    Without this, a client reset mid-upload would look like the origin
+    refusing the body, and the origin would be waited on for nothing.
+    """
+    try:
+        yield from pieces
+    except OSError as exc:
+        raise BadRequest(f"request body not received: {exc}") from exc
+
+
 def _read_length(rfile: BufferedReader, length: int) -> Iterator[bytes]:
     remaining = length
     while remaining:
-        try:
-            data = rfile.read1(min(remaining, STREAM_BUFFER))
-        except OSError as exc:
-            raise BadRequest(f"request body not received: {exc}") from exc
+        data = rfile.read1(min(remaining, STREAM_BUFFER))
         if not data:
             raise BadRequest(f"request body ended after {length - remaining} of {length} bytes")
         remaining -= len(data)

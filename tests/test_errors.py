@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import select
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -262,3 +263,14 @@ def test_client_gone_mid_upload_is_not_pooled(proxy, origin):
     _resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
     assert body == b"01234"
     assert proxy.wait_flows(2)[1].upstream_reused is False
+
+
+def test_client_reset_mid_chunked_upload_is_not_blamed_on_the_origin(proxy, origin):
+    """A chunked upload cut by the client ends the exchange at once, without a 504 wait."""
+    sock = socket.create_connection(proxy.address, timeout=10)
+    sock.sendall(f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "1000\r\n".encode() + b"y" * 100)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST
+    (flow,) = proxy.wait_flows(1, timeout=5)
+    assert "request body" in flow.error or flow.status == 400
