@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import ssl
 import subprocess
@@ -204,8 +205,10 @@ def test_idle_tunnel_is_closed(proxy_factory):
         s.close()
 
 
-def test_full_duplex_bulk_both_ways(proxy):
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_full_duplex_bulk_both_ways(proxy, splice):
     """Both sides send 8 MB at once; the relay's backpressure must not deadlock or lose a byte."""
+    proxy.server.relay._splice = splice and hasattr(os, "splice")  # both relay paths, where both exist
     listener = socket.create_server(("127.0.0.1", 0))
     sock = connect(proxy.address, f"127.0.0.1:{listener.getsockname()[1]}")
     peer, _ = listener.accept()
