@@ -198,13 +198,14 @@ class Relay:
             self._interest(tunnel, tunnel.upstream)
 
     def _pump(self, tunnel: Tunnel, src: socket.socket) -> None:
-        """Read what src has and pass it on; whatever dst cannot take now waits in pending."""
-        if self._splice:
-            self._pump_spliced(tunnel, src)
-            return
+        """Read what src has and pass it on; whatever dst cannot take now waits for it."""
         dst = tunnel.peer(src)
         try:
-            n = src.recv_into(self._buffer)
+            if self._splice:
+                self._scratch = self._scratch or self._new_pipe()
+                n = os.splice(src.fileno(), self._scratch[1], _PIPE_SIZE, flags=_SPLICE_FLAGS)
+            else:
+                n = src.recv_into(self._buffer)
         except (BlockingIOError, InterruptedError):
             return
         tunnel.last_active = time.monotonic()
@@ -216,34 +217,18 @@ class Relay:
             tunnel.bytes_up += n
         else:
             tunnel.bytes_down += n
+        if self._scratch is not None and self._splice:
+            left = self._drain(self._scratch, dst, n)
+            if left:
+                tunnel.piped[dst] = (self._scratch, left)  # dst's until taken; a new scratch next time
+                self._scratch = None
+            return
         try:
             sent = dst.send(self._view[:n])
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent < n:
             tunnel.pending[dst] = bytes(self._view[sent:n])
-
-    def _pump_spliced(self, tunnel: Tunnel, src: socket.socket) -> None:
-        dst = tunnel.peer(src)
-        pipe = self._scratch or self._new_pipe()
-        self._scratch = pipe
-        try:
-            n = os.splice(src.fileno(), pipe[1], _PIPE_SIZE, flags=_SPLICE_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            return
-        tunnel.last_active = time.monotonic()
-        if n == 0:
-            tunnel.ended.add(src)
-            self._maybe_finish(tunnel, dst)
-            return
-        if src is tunnel.client:
-            tunnel.bytes_up += n
-        else:
-            tunnel.bytes_down += n
-        left = self._drain(pipe, dst, n)
-        if left:
-            tunnel.piped[dst] = (pipe, left)  # dst's until it takes them; a new scratch next time
-            self._scratch = None
 
     def _drain(self, pipe: Pipe, dst: socket.socket, count: int) -> int:
         """Move up to count bytes from pipe to dst; how many are left in the pipe."""
