@@ -218,9 +218,17 @@ class Relay:
         else:
             tunnel.bytes_down += n
         if self._scratch is not None and self._splice:
-            left = self._drain(self._scratch, dst, n)
+            pipe = self._scratch
+            try:
+                left = self._drain(pipe, dst, n)
+            except OSError:
+                # dst failed with bytes still in the pipe: they must never reach
+                # another tunnel, so the pipe goes with this one.
+                self._scratch = None
+                _close_pipe(pipe)
+                raise
             if left:
-                tunnel.piped[dst] = (self._scratch, left)  # dst's until taken; a new scratch next time
+                tunnel.piped[dst] = (pipe, left)  # dst's until taken; a new scratch next time
                 self._scratch = None
             return
         try:

@@ -6,6 +6,7 @@ import http.client
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 
@@ -254,3 +255,34 @@ def test_stopping_the_server_closes_tunnels(proxy_factory):
     assert peer.recv(10) == b""
     for s in (sock, peer, listener):
         s.close()
+
+
+def test_a_failed_tunnel_never_leaks_bytes_into_another(proxy):
+    """A client that resets while its tunnel is mid-delivery must not strand bytes in a
+    buffer that another tunnel then delivers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    target = f"127.0.0.1:{listener.getsockname()[1]}"
+    for _ in range(20):
+        victim = connect(proxy.address, target)
+        victim_peer, _ = listener.accept()
+        assert read_head(victim).startswith(b"HTTP/1.1 200 ")
+        victim.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            victim_peer.sendall(b"X" * 2_000_000)  # more than the victim will ever read
+        except OSError:
+            pass
+        victim.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        victim.close()  # RST, with the relay holding undelivered bytes for it
+        try:
+            victim_peer.sendall(b"X" * 100_000)
+        except OSError:
+            pass
+        sock = connect(proxy.address, target)
+        peer, _ = listener.accept()
+        assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+        peer.sendall(b"hello")
+        sock.settimeout(10)
+        assert sock.recv(100) == b"hello"
+        for s in (sock, peer, victim_peer):
+            s.close()
+    listener.close()
