@@ -14,7 +14,8 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-from .policy import Forbidden, LoopDetected, is_private
+from .errors import Forbidden, LoopDetected
+from .policy import is_private
 from .pool import ConnectFn
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import socket
 
+REALM = "fwdproxy"  # of the Proxy-Authenticate challenge
+
 
 class ProxyError(Exception):
     """A failure the proxy answers with an HTTP error status."""
@@ -51,6 +53,30 @@ class UpstreamTimeout(ProxyError):
 
     status = 504
     kind = "connection_timeout"
+
+
+class Forbidden(ProxyError):
+    """The client, or the target, is not allowed by this proxy's rules (403)."""
+
+    status = 403
+    kind = "http_request_denied"
+
+
+class AuthRequired(ProxyError):
+    """Missing or wrong proxy credentials (407, with the challenge to answer)."""
+
+    status = 407
+    kind = "http_request_denied"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, headers=(("Proxy-Authenticate", f'Basic realm="{REALM}"'),))
+
+
+class LoopDetected(ProxyError):
+    """The request would come back to this proxy (508)."""
+
+    status = 508
+    kind = "proxy_loop_detected"
 
 
 class Abort(Exception):

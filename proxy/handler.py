@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
 from .chunked import read_chunked
-from .errors import Abort, BadRequest, ProxyError
+from .errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
 from .faults import ShapedDownstream
 from .flows import Flow
 from .forward import Downstream, Request, forward
@@ -35,7 +35,7 @@ from .headers import (
     read_fields,
     request_body_length,
 )
-from .policy import Forbidden, LoopDetected, check_connect_port, check_credentials, client_allowed
+from .policy import check_connect_port, check_credentials, client_allowed
 from .target import parse_absolute, parse_authority
 from .tunnel import open_upstream
 

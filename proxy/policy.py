@@ -18,35 +18,16 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .errors import ProxyError
+from .errors import AuthRequired, Forbidden
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 LOOPBACK_NETWORKS: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
                                           ipaddress.ip_network("::1/128"))
-REALM = "fwdproxy"
 # Cloud metadata services live on link-local addresses already; these are the
 # ones outside that range.
 _METADATA = (ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200"))
-
-
-class Forbidden(ProxyError):
-    status = 403
-    kind = "http_request_denied"
-
-
-class AuthRequired(ProxyError):
-    status = 407
-    kind = "http_request_denied"
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, headers=(("Proxy-Authenticate", f'Basic realm="{REALM}"'),))
-
-
-class LoopDetected(ProxyError):
-    status = 508
-    kind = "proxy_loop_detected"
 
 
 class ConfigError(ValueError):
