@@ -1,26 +1,38 @@
-"""fwdproxy: a forward HTTP/1.1 proxy with CONNECT tunnelling, on the standard library."""
+"""fwdproxy: a forward HTTP/1.1 proxy with CONNECT tunnelling, on the standard library.
+
+The public names are imported on first use: the pytest plugin loads with every
+test run of a project that installs fwdproxy, and should not pay for the client
+(http.cookiejar, urllib.request) when a run never touches it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .client import ClientError, ProxyClient, Response, Retry, Timeout, TooManyRedirects
-from .config import Config
-from .errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout
-from .flows import Flow
-from .server import ProxyServer
+_EXPORTS = {
+    "BadRequest": "errors", "ProxyError": "errors", "UpstreamError": "errors",
+    "UpstreamTimeout": "errors", "Config": "config", "Flow": "flows", "ProxyServer": "server",
+    "ClientError": "client", "ProxyClient": "client", "Response": "client", "Retry": "client",
+    "Timeout": "client", "TooManyRedirects": "client",
+}
 
-__all__ = [
-    "BadRequest",
-    "ClientError",
-    "Config",
-    "Flow",
-    "ProxyClient",
-    "ProxyError",
-    "ProxyServer",
-    "Response",
-    "Retry",
-    "Timeout",
-    "TooManyRedirects",
-    "UpstreamError",
-    "UpstreamTimeout",
-    "__version__",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on demand
+    from .client import ClientError, ProxyClient, Response, Retry, Timeout, TooManyRedirects  # noqa: F401
+    from .config import Config  # noqa: F401
+    from .errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout  # noqa: F401
+    from .flows import Flow  # noqa: F401
+    from .server import ProxyServer  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'proxy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

@@ -200,3 +200,11 @@ def test_health_subcommand(running):
     down = subprocess.run([sys.executable, "-m", "proxy", "health", "--port", str(proxy.address[1])],
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert down.returncode != 0
+
+
+def test_loading_the_pytest_plugin_does_not_import_the_client():
+    """Every pytest run of a project with fwdproxy installed loads the plugin: keep it light."""
+    code = "import sys, proxy.pytest_plugin; from proxy import ProxyServer; print('proxy.client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
