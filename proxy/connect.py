@@ -55,7 +55,7 @@ class Connector:
     def _check_loop(self, sock: socket.socket, address: tuple[str, int]) -> None:
         if self._own_address is None:
             return
-        own_host, own_port = self._own_address()
+        own_host, own_port = self._own_address()  # the bound address: an IP, never a name
         peer_host, peer_port = sock.getpeername()[:2]
         if peer_port != own_port:
             return

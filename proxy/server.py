@@ -51,7 +51,7 @@ class ProxyServer(ThreadingHTTPServer):
                  sinks: list[Sink] | None = None) -> None:
         self.config = config = config or Config()
         self.connect = Connector(connect, deny_private=config.deny_private,
-                                 own_address=lambda: (config.host, self.port))
+                                 own_address=lambda: (str(self.server_address[0]), self.port))
         self.limits = Limits(config.max_request_line, config.max_header_bytes, config.max_header_count)
         self.host_rules = HostRules(config.allow_hosts, config.deny_hosts)
         # A per-instance name in Via, so a request that comes back through us is recognised.

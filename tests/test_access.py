@@ -177,6 +177,11 @@ def test_request_to_the_proxy_itself_is_a_loop(proxy):
     assert status_of(tunnel(proxy, f"127.0.0.1:{port}")) == 508
 
 
+def test_loop_is_detected_when_listening_on_a_name(proxy_factory):
+    proxy = proxy_factory(host="localhost")  # the check compares addresses, not the configured name
+    assert status_of(get(proxy, f"http://127.0.0.1:{proxy.address[1]}/x")) == 508
+
+
 def test_request_carrying_our_via_is_a_loop(proxy, origin):
     response = get(proxy, origin.url("/echo"), f"Via: 1.1 {proxy.server.via_name}\r\n")
     assert status_of(response) == 508
