@@ -59,8 +59,11 @@ class Request:
 class Downstream:
     """The client side of an exchange: its buffered reader, its raw socket, its deadline.
 
-    Every send and read first moves the deadline ``timeout`` seconds ahead:
-    a client may be slow, but not silent for longer than that.
+    Every send and read first arms the deadline ``timeout`` seconds ahead: a
+    client may be slow, but not silent (or deaf) for longer than that. A send
+    arms it to cut both sides, since only that wakes a send blocked on a
+    client that stopped reading; a read cuts the read side only, so an error
+    can still be written.
     """
 
     def __init__(self, rfile: BufferedReader, sock: socket.socket, deadline: Deadline | None = None,
@@ -71,8 +74,9 @@ class Downstream:
         self.timeout = timeout
 
     def progress(self) -> None:
+        """The client is about to be read from: it has ``timeout`` seconds to send something."""
         if self.deadline is not None:
-            self.deadline.at = time.monotonic() + self.timeout
+            self.deadline.arm_read(self.timeout)
 
     def rest(self) -> None:
         """Nothing is expected from the client for now (the origin is being waited for)."""
@@ -80,10 +84,13 @@ class Downstream:
             self.deadline.clear()
 
     def send(self, data: bytes) -> None:
-        self.progress()
+        if self.deadline is not None:
+            self.deadline.arm_write(self.timeout)
         try:
             self.sock.sendall(data)
-        except OSError as exc:  # includes a deadline cut: a client that stops reading is gone
+        except OSError as exc:
+            if self.deadline is not None and self.deadline.fired:
+                raise Abort(f"client stopped reading for {self.timeout:g}s") from exc
             raise Abort(f"client stopped receiving: {exc}") from exc
 
     def read_exact(self, n: int) -> bytes:
@@ -225,6 +232,7 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
     try:
         client.progress()
         for data in pieces:
+            client.rest()  # while the origin takes this piece, the client owes nothing
             flow.bytes_up += len(data)
             flow.keep("request_body", data, req.capture)
             if req.max_body is not None and flow.bytes_up > req.max_body:

@@ -94,7 +94,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         config = self.server.config
         # From its first byte, the whole head must arrive within header_timeout;
         # only the read side is cut, so a 408 can still be written.
-        self.deadline.set(config.header_timeout, socket.SHUT_RD)
+        self.deadline.arm_read(config.header_timeout)
         self.in_head = True
         flow = Flow(kind="http", client=self.client_label, method="-", url="-")
         try:
@@ -127,7 +127,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _await_request(self) -> bool:
         """Wait (up to the idle timeout) for the next request's first byte; False if none comes."""
-        self.deadline.set(self.server.config.client_idle_timeout)
+        self.deadline.arm_read(self.server.config.client_idle_timeout)  # a cut read ends the wait
         try:
             return bool(self.downstream.rfile.peek(1))
         except OSError:
@@ -256,6 +256,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _discard_body(self, req: Request) -> None:
         if req.body_length is None:
+            self.downstream.progress()
             for _ in read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read):
                 pass
         elif req.body_length:
@@ -314,6 +315,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         connection = "Connection: close\r\n" if close else ""
         head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{extra}{connection}\r\n")
+        self.deadline.arm_write(self.server.config.timeout)  # a client that does not read is cut
         try:
             self.connection.sendall(head.encode("latin-1", "replace") + (b"" if head_only else body))
         except OSError:

@@ -141,9 +141,9 @@ class UpstreamConnection(http.client.HTTPConnection):
             self.deadline = self._watchdog.watch(self.sock)
 
     def progress(self) -> None:
-        """The next blocking call on this connection must return within read_timeout."""
+        """The next blocking call on this connection (a read or a send) must return within read_timeout."""
         if self.deadline is not None:
-            self.deadline.at = time.monotonic() + self.read_timeout
+            self.deadline.arm_write(self.read_timeout)
 
     def idle(self) -> None:
         """Resting in the pool: no deadline (the pool's idle expiry applies instead)."""

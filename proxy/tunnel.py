@@ -75,10 +75,17 @@ class Tunnel:
         # Spliced bytes a socket has not taken yet: the pipe holding them and how many.
         self.piped: dict[socket.socket, tuple[Pipe, int]] = {}
         self.ended: set[socket.socket] = set()  # sockets that sent EOF
+        # Since when a socket with bytes waiting for it has taken none: a side
+        # that stops reading is cut after the idle timeout even while the other
+        # direction keeps the tunnel busy.
+        self.stalled: dict[socket.socket, float] = {dst: self.last_active for dst in self.pending}
         self.finished: set[socket.socket] = set()  # sockets we shut for writing
 
     def peer(self, sock: socket.socket) -> socket.socket:
         return self.upstream if sock is self.client else self.client
+
+    def side(self, sock: socket.socket) -> str:
+        return "client" if sock is self.client else "upstream"
 
     def waiting(self, dst: socket.socket) -> bool:
         """Whether bytes are queued for dst (so its peer is not read meanwhile)."""
@@ -162,12 +169,23 @@ class Relay:
             now = time.monotonic()
             if now >= self._next_sweep:
                 self._next_sweep = now + _SWEEP_INTERVAL
-                for tunnel in [t for t in self._tunnels if now - t.last_active > self.idle_timeout]:
-                    tunnel.error = tunnel.error or f"idle for {self.idle_timeout:g}s"
-                    self._close(tunnel)
+                self._sweep(now)
         self._admit()
         for tunnel in list(self._tunnels):
             tunnel.error = tunnel.error or "proxy shutting down"
+            self._close(tunnel)
+
+    def _sweep(self, now: float) -> None:
+        """Close tunnels idle too long, and those where one side stopped taking bytes for as long."""
+        limit = self.idle_timeout
+        for tunnel in list(self._tunnels):
+            stuck = [sock for sock, since in tunnel.stalled.items() if now - since > limit]
+            if stuck:
+                tunnel.error = tunnel.error or f"{tunnel.side(stuck[0])} stopped reading for {limit:g}s"
+            elif now - tunnel.last_active > limit:
+                tunnel.error = tunnel.error or f"idle for {limit:g}s"
+            else:
+                continue
             self._close(tunnel)
 
     def _admit(self) -> None:
@@ -229,6 +247,7 @@ class Relay:
                 raise
             if left:
                 tunnel.piped[dst] = (pipe, left)  # dst's until taken; a new scratch next time
+                tunnel.stalled[dst] = tunnel.last_active
                 self._scratch = None
             return
         try:
@@ -237,6 +256,7 @@ class Relay:
             sent = 0
         if sent < n:
             tunnel.pending[dst] = bytes(self._view[sent:n])
+            tunnel.stalled[dst] = tunnel.last_active
 
     def _drain(self, pipe: Pipe, dst: socket.socket, count: int) -> int:
         """Move up to count bytes from pipe to dst; how many are left in the pipe."""
@@ -268,13 +288,15 @@ class Relay:
 
     def _flush(self, tunnel: Tunnel, dst: socket.socket) -> None:
         if dst in tunnel.piped:
-            pipe, left = tunnel.piped[dst]
-            left = self._drain(pipe, dst, left)
-            tunnel.last_active = time.monotonic()
+            pipe, before = tunnel.piped[dst]
+            left = self._drain(pipe, dst, before)
+            if left < before:
+                tunnel.last_active = tunnel.stalled[dst] = time.monotonic()
             if left:
                 tunnel.piped[dst] = (pipe, left)
                 return
             del tunnel.piped[dst]
+            tunnel.stalled.pop(dst, None)
             self._release_pipe(pipe)
             self._maybe_finish(tunnel, dst)
             return
@@ -285,11 +307,12 @@ class Relay:
             sent = dst.send(data)
         except (BlockingIOError, InterruptedError):
             return
-        tunnel.last_active = time.monotonic()
+        tunnel.last_active = tunnel.stalled[dst] = time.monotonic()
         if sent < len(data):
             tunnel.pending[dst] = data[sent:]
             return
         del tunnel.pending[dst]
+        tunnel.stalled.pop(dst, None)
         self._maybe_finish(tunnel, dst)
 
     def _maybe_finish(self, tunnel: Tunnel, dst: socket.socket) -> None:
