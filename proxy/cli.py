@@ -12,14 +12,13 @@ import argparse
 import json
 import logging
 import os
-import resource
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, fetch, health
+from . import __version__, descriptors, fetch, health
 from .config import LOG_FORMATS, LOG_LEVELS, Config
 from .policy import LOOPBACK_NETWORKS, ConfigError, parse_networks, parse_ports
 from .server import ProxyServer
@@ -175,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(args)
     _setup_logging(config)
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
-    _raise_fd_limit()
+    descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
     try:
         server = ProxyServer(config)
     except OSError as exc:
@@ -221,16 +220,6 @@ def _announce(config: Config, text: str) -> None:
     """Startup lines: plain text, or one JSON object per line under --log-format json."""
     line = json.dumps({"level": "info", "message": text}) if config.log_format == "json" else text
     print(line, file=sys.stderr, flush=True)
-
-
-def _raise_fd_limit() -> None:
-    """Each tunnel holds two descriptors: lift the soft limit (often 1024) to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
-        except (ValueError, OSError):
-            pass  # keep what we have
 
 
 def _fork_workers(server: ProxyServer, config: Config) -> tuple[ProxyServer, list[int] | None]:

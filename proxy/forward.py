@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BufferedReader
@@ -20,7 +19,7 @@ from io import BufferedReader
 from .chunked import LAST_CHUNK, encode_chunk, read_chunked
 from .errors import Abort, BadRequest, UpstreamError, UpstreamTimeout, connect_failure
 from .flows import Flow
-from .headers import Headers, content_length, end_to_end, keep_alive
+from .headers import HOP_BY_HOP, Headers, content_length, end_to_end, http_date, persistent_client
 from .pool import Pool, UpstreamConnection, UpstreamResponse
 from .target import Origin
 from .watchdog import Deadline
@@ -302,7 +301,7 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
     """Write the response head and stream its body; True if the client connection stays usable."""
     flow.status = resp.status
     headers, length = _response_framing(resp, req)
-    client_keep = keep_alive(req.version, req.headers)
+    client_keep = persistent_client(req.version, req.headers)
     for status, reason, fields in resp.informational:
         if req.version == "HTTP/1.1":
             client.send(_head(status, reason, fields.items(), ()))
@@ -318,8 +317,11 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
             client_keep = False  # HTTP/1.0 client: the body ends when we close
     if req.version == "HTTP/1.1" and not client_keep:
         framing.append(("Connection", "close"))
-    elif req.version == "HTTP/1.0" and client_keep:
-        framing.append(("Connection", "keep-alive"))
+    resp_fields: Headers = resp.headers  # type: ignore[assignment]
+    if chunked_down and resp.chunked:
+        framing += [("Trailer", value) for value in resp_fields.get_all("trailer")]
+    if "date" not in resp_fields:
+        framing.append(("Date", http_date()))  # RFC 9110 section 6.6.1: a forwarded response has one
     framing.append(("Via", _via(resp, req)))
     flow.response_headers = [*headers, *framing]
     head = _head(resp.status, resp.reason, headers, framing)
@@ -338,8 +340,27 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
     _stream_down(resp, req, client, flow, chunked_down, lease.conn)
     lease.settle()
     if chunked_down:
-        client.send(LAST_CHUNK)
+        client.send(_last_chunk(resp.trailers, flow))
     return client_keep
+
+
+# RFC 9110 section 6.5.1: fields a trailer must not carry (framing, routing,
+# authentication, controls); with the hop-by-hop ones they are not passed on.
+_NOT_IN_TRAILER = HOP_BY_HOP | {"content-length", "host", "authorization", "set-cookie",
+                                "content-type", "content-encoding", "content-range", "cache-control",
+                                "expect", "max-forwards", "age", "expires", "date", "location",
+                                "retry-after", "vary", "www-authenticate"}
+
+
+def _last_chunk(trailers: Headers | None, flow: Flow) -> bytes:
+    """The last chunk, with the origin's trailer fields (RFC 9112 section 7.1.2) passed on."""
+    if not trailers:
+        return LAST_CHUNK
+    drop = _NOT_IN_TRAILER | trailers.tokens("connection")
+    fields = [(name, value) for key, name, value in trailers.fields if key not in drop]
+    flow.response_trailers = fields
+    lines = "".join(f"{name}: {value}\r\n" for name, value in fields)
+    return b"0\r\n" + lines.encode("latin-1") + b"\r\n"
 
 
 def _has_body(resp: UpstreamResponse, req: Request) -> bool:

@@ -21,6 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
+from . import maxforwards
 from .chunked import read_chunked
 from .errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
 from .faults import ShapedDownstream
@@ -30,8 +31,8 @@ from .headers import (
     Headers,
     RequestLine,
     content_length,
-    keep_alive,
     parse_request_line,
+    persistent_client,
     read_fields,
     request_body_length,
 )
@@ -180,6 +181,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.server.host_rules.check(origin.host)
         flow.host, flow.port, flow.path = origin.host, origin.port, path
         flow.request_headers = _redacted(headers)
+        left = maxforwards.remaining(line.method, headers)
+        if left == 0:
+            return self._answer_as_final_recipient(line, headers, flow)
+        if left is not None:
+            headers = maxforwards.counted_down(headers, left - 1)
         length = request_body_length(headers, line.version)
         if config.max_body is not None and length is not None and length > config.max_body:
             raise BadRequest(f"request body larger than {config.max_body} bytes", status=413)
@@ -194,6 +200,16 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 return False  # answered by a fault rule
             downstream = shaped
         return forward(req, downstream, self.server.pool, flow)
+
+    def _answer_as_final_recipient(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
+        """OPTIONS or TRACE with Max-Forwards: 0 stop here (RFC 9110 section 7.6.2)."""
+        self._discard_body(request_body_length(headers, line.version))
+        content_type, body, fields = maxforwards.final_answer(line.method, self.requestline, headers)
+        keep = persistent_client(line.version, headers)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in fields)
+        self._send_simple(200, body, content_type, head_only=False, close=not keep, extra=extra)
+        flow.status, flow.bytes_down = 200, len(body)
+        return keep
 
     def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> None:
         flow.kind = "tunnel"
@@ -242,7 +258,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 raise ProxyError(f"failure injected by a fault rule for {host}{path}",
                                  status=p["status"], kind="proxy_internal_response")
             elif fault.action == "respond" and req is not None:
-                self._discard_body(req)
+                self._discard_body(req.body_length)
                 self._send_response(p["status"], p["body"], p["headers"], flow,
                                     head_only=method == "HEAD")
                 return None
@@ -254,13 +270,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return self.downstream
         return ShapedDownstream(self.downstream, rate=rate, reset_after=reset_after)
 
-    def _discard_body(self, req: Request) -> None:
-        if req.body_length is None:
+    def _discard_body(self, length: int | None) -> None:
+        if length is None:
             self.downstream.progress()
             for _ in read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read):
                 pass
-        elif req.body_length:
-            self.downstream.read_exact(req.body_length)
+        elif length:
+            self.downstream.read_exact(length)
 
     def _send_response(self, status: int, body: bytes, headers: list[tuple[str, str]], flow: Flow,
                        head_only: bool) -> None:
@@ -291,7 +307,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if request_body_length(headers):
             raise BadRequest("/healthz takes no body")
         body = (json.dumps(self.server.status()) + "\n").encode()
-        keep = keep_alive(line.version, headers)
+        keep = persistent_client(line.version, headers)
         self._send_simple(200, body, "application/json", head_only=line.method == "HEAD", close=not keep)
         flow.status, flow.bytes_down = 200, len(body)
         return keep

@@ -78,7 +78,8 @@ class Deadline:
 
     def __repr__(self) -> str:
         at, how = self._due
-        state = "fired" if self._fired else "idle" if at == math.inf else f"due in {at - time.monotonic():.2f}s"
+        state = "idle" if at == math.inf else f"due in {at - time.monotonic():.2f}s"
+        state = "fired" if self._fired else state
         return f"<Deadline {state} cuts={'read' if how == socket.SHUT_RD else 'both'}>"
 
 
@@ -105,10 +106,13 @@ class Watchdog:
             self._watched.pop(deadline.key, None)
 
     def every_tick(self, chore: Callable[[], None]) -> None:
-        """Run ``chore`` on the watchdog thread at every tick (it must be quick and never raise)."""
+        """Run ``chore`` on the watchdog thread at every tick (it must be quick and never raise).
+
+        The thread itself starts with the first ``watch``: a chore needs no
+        thread before any socket exists (and the CLI forks workers before then).
+        """
         with self._lock:
             self._chores.append(chore)
-            self._start()
 
     def stop(self) -> None:
         self._stop.set()
