@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("deny-private", "") not in ("", "0", "false"),
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
+    access.add_argument("--upgrade-protocols", default=_env("upgrade-protocols", "websocket"),
+                        metavar="LIST",
+                        help="Upgrade protocols a plain (ws://) request may switch to; '' for none "
+                             "(default %(default)s). CONNECT tunnels are not affected")
     serve.add_argument("--workers", type=int, default=_env("workers", _DEFAULTS.workers),
                        help="processes sharing the port with SO_REUSEPORT (default %(default)s); "
                             "more than one uses more cores for many small requests")
@@ -159,7 +163,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                       max_header_count=int(ns.max_headers),
                       max_body=None if ns.max_body is None else int(ns.max_body),
                       max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                      workers=int(ns.workers))
+                      workers=int(ns.workers),
+                      upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
+                                              if p.strip()))
     except OSError as exc:
         parser.exit(2, f"fwdproxy: cannot read {exc.filename}: {exc.strerror}\n")
     except ValueError as exc:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BufferedReader
 
+from . import upgrade
 from .chunked import LAST_CHUNK, encode_chunk, read_chunked
 from .errors import Abort, BadRequest, UpstreamError, UpstreamTimeout, connect_failure
 from .flows import Flow
@@ -49,6 +50,7 @@ class Request:
     via: str  # this proxy's Via entry, e.g. "1.1 fwdproxy-1a2b3c"
     max_body: int | None = None
     capture: int = 0  # body bytes each way to keep in the flow record
+    upgrade: str | None = None  # protocols offered in Upgrade, when the policy lets them through
 
     @property
     def url(self) -> str:
@@ -103,8 +105,19 @@ class Downstream:
         return data
 
 
-def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
-    """Carry one request to its origin and the response back; True if the client may send another."""
+@dataclass
+class Upgraded:
+    """A 101 was relayed: the upstream socket, and bytes the origin sent after its head, for a tunnel."""
+
+    upstream: socket.socket
+    early: bytes
+
+
+def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool | Upgraded:
+    """Carry one request to its origin and the response back; True if the client may send another.
+
+    After a 101 to an Upgrade the policy allowed, returns the upstream socket to relay instead.
+    """
     expects_continue = req.version == "HTTP/1.1" and "100-continue" in req.headers.tokens("expect")
     body: bytes | None = b""
     if req.body_length is None or req.body_length > SMALL_BODY or (expects_continue and req.body_length):
@@ -135,6 +148,8 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
     flow.upstream_reused = reused
     lease = _Lease(pool, conn, resp, clean_upload)
     try:
+        if resp.status == 101 and req.upgrade:
+            return _switch(resp, req, client, flow, lease)
         keep = _relay_response(resp, req, client, flow, lease)
     finally:
         lease.abandon()
@@ -164,6 +179,18 @@ class _Lease:
         else:
             self.conn.requests += 1
             self.pool.release(self.conn)
+
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """After a 101: take the socket out of http.client, with bytes already read past the head."""
+        self.settled = True
+        sock = self.conn.detach()
+        sock.setblocking(False)
+        try:
+            early = self.resp.fp.read1(65536) or b""
+        except OSError:
+            early = b""
+        self.resp.close()  # its reader only: the socket is ours now
+        return sock, early
 
     def abandon(self) -> None:
         """The exchange ended early: the connection's state is unknown, so it is closed."""
@@ -197,6 +224,9 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
         for name, value in end_to_end(req.headers, _REPLACED_UP):
             conn.putheader(name, value)
         conn.putheader("Via", req.via)
+        if req.upgrade:
+            conn.putheader("Connection", "Upgrade")
+            conn.putheader("Upgrade", req.upgrade)
         if req.body_length is None:
             conn.putheader("Transfer-Encoding", "chunked")
         elif req.body_length or "content-length" in req.headers:
@@ -361,6 +391,28 @@ def _last_chunk(trailers: Headers | None, flow: Flow) -> bytes:
     flow.response_trailers = fields
     lines = "".join(f"{name}: {value}\r\n" for name, value in fields)
     return b"0\r\n" + lines.encode("latin-1") + b"\r\n"
+
+
+def _switch(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow,
+            lease: _Lease) -> Upgraded:
+    """Relay a 101 (RFC 9110 section 15.2.2) and hand over the upstream socket for a tunnel."""
+    fields: Headers = resp.headers  # type: ignore[assignment]
+    assert req.upgrade is not None
+    protocol = upgrade.accepted(fields, req.upgrade)
+    if protocol is None:
+        raise UpstreamError(f"{req.origin.authority} switched to a protocol that was not offered",
+                            kind="http_upgrade_failed")
+    flow.status = 101
+    framing = [("Connection", "Upgrade"), ("Upgrade", protocol), ("Via", _via(resp, req))]
+    headers = end_to_end(fields, _REPLACED_DOWN)
+    flow.response_headers = [*headers, *framing]
+    upstream, early = lease.detach()
+    try:
+        client.send(_head(101, resp.reason, headers, framing))
+    except BaseException:
+        upstream.close()
+        raise
+    return Upgraded(upstream, early)
 
 
 def _has_body(resp: UpstreamResponse, req: Request) -> bool:

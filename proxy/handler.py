@@ -21,12 +21,12 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
-from . import maxforwards
+from . import maxforwards, upgrade
 from .chunked import read_chunked
 from .errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
 from .faults import ShapedDownstream
 from .flows import Flow
-from .forward import Downstream, Request, forward
+from .forward import Downstream, Request, Upgraded, forward
 from .headers import (
     Headers,
     RequestLine,
@@ -191,7 +191,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise BadRequest(f"request body larger than {config.max_body} bytes", status=413)
         req = Request(line.method, origin, path, line.version, headers, length,
                       via=f"{line.version[5:]} {self.server.via_name}", max_body=config.max_body,
-                      capture=config.capture_bodies)
+                      capture=config.capture_bodies,
+                      upgrade=upgrade.offered(headers, config.upgrade_protocols))
         flow.url = req.url
         downstream = self.downstream
         if self.server.faults:
@@ -199,7 +200,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if shaped is None:
                 return False  # answered by a fault rule
             downstream = shaped
-        return forward(req, downstream, self.server.pool, flow)
+        result = forward(req, downstream, self.server.pool, flow)
+        if isinstance(result, Upgraded):
+            self._relay(result.upstream, result.early, flow)
+            return False
+        return result
 
     def _answer_as_final_recipient(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
         """OPTIONS or TRACE with Max-Forwards: 0 stop here (RFC 9110 section 7.6.2)."""
@@ -230,9 +235,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
             upstream.close()
             raise
         flow.status = 200
+        self._relay(upstream, b"", flow)
+
+    def _relay(self, upstream: socket.socket, early_down: bytes, flow: Flow) -> None:
+        """Hand both sockets to the tunnel relay (after CONNECT's 200 or an Upgrade's 101)."""
         self.deadline.clear()
         # From here the relay owns both sockets and records the flow when the tunnel ends.
-        self.server.relay_tunnel(self.connection, upstream, self._buffered_bytes(), flow, self._start)
+        self.server.relay_tunnel(self.connection, upstream, self._buffered_bytes(), flow, self._start,
+                                 early_down=early_down)
         self.flow_deferred = True
 
     def _apply_faults(self, method: str, host: str, path: str, headers: Headers, flow: Flow,

@@ -82,6 +82,10 @@ class UpstreamResponse(http.client.HTTPResponse):
             self.length = None if chunked else length
         # Without a length the body runs to the close (RFC 9112 section 6.3 rule 8).
         self.will_close = not keep_alive(version, fields) or (not chunked and self.length is None)
+        if status == 101:
+            # The connection goes on in another protocol: the forward step takes the
+            # socket over (or closes it); otherwise getresponse() would close it first.
+            self.will_close = False
 
     def _read_status(self) -> tuple[str, int, str]:
         while True:
@@ -155,6 +159,16 @@ class UpstreamConnection(http.client.HTTPConnection):
         """Resting in the pool: no deadline (the pool's idle expiry applies instead)."""
         if self.deadline is not None:
             self.deadline.clear()
+
+    def detach(self) -> socket.socket:
+        """Hand the socket over (a protocol switch): no deadline, no pool, not closed with this."""
+        sock = self.sock
+        assert sock is not None
+        if self.deadline is not None and self._watchdog is not None:
+            self._watchdog.forget(self.deadline)
+            self.deadline = None
+        self.sock = None
+        return sock
 
     def timed_out(self) -> bool:
         return self.deadline is not None and self.deadline.fired

@@ -161,20 +161,22 @@ class ProxyServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def relay_tunnel(self, client: socket.socket, upstream: socket.socket, early: bytes,
-                     flow: Flow, start: float) -> None:
+                     flow: Flow, start: float, *, early_down: bytes = b"") -> None:
         """Hand an established tunnel to the relay; its flow is emitted when it ends."""
         def closed(tunnel: Tunnel) -> None:
             with self._lock:
                 self._detached.discard(client)
                 self._active -= 1
-            flow.bytes_up, flow.bytes_down, flow.error = tunnel.bytes_up, tunnel.bytes_down, tunnel.error
+            flow.bytes_up += tunnel.bytes_up
+            flow.bytes_down += tunnel.bytes_down
+            flow.error = tunnel.error
             flow.finish(start)
             self.flows.emit(flow)
 
         with self._lock:
             self._detached.add(client)
         self.flows.emit_opened(flow)
-        self.relay.add(client, upstream, early, closed)
+        self.relay.add(client, upstream, early, closed, early_down=early_down)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         try:

@@ -61,17 +61,17 @@ class Tunnel:
     """A relayed pair of sockets and what went through it; changed only by the relay thread."""
 
     def __init__(self, client: socket.socket, upstream: socket.socket, early: bytes,
-                 on_close: Callable[[Tunnel], None]) -> None:
+                 on_close: Callable[[Tunnel], None], early_down: bytes = b"") -> None:
         self.client, self.upstream = client, upstream
         self.on_close = on_close
         self.state = State.OPEN
         self.bytes_up = len(early)
-        self.bytes_down = 0
+        self.bytes_down = len(early_down)
         self.error = ""
         self.last_active = time.monotonic()
         # Bytes read from one side that the other has not taken yet, keyed by
         # the socket they are waiting to be written to.
-        self.pending: dict[socket.socket, bytes] = {upstream: early} if early else {}
+        self.pending = {sock: data for sock, data in ((upstream, early), (client, early_down)) if data}
         # Spliced bytes a socket has not taken yet: the pipe holding them and how many.
         self.piped: dict[socket.socket, tuple[Pipe, int]] = {}
         self.ended: set[socket.socket] = set()  # sockets that sent EOF
@@ -119,11 +119,11 @@ class Relay:
     # -- called from other threads -----------------------------------------
 
     def add(self, client: socket.socket, upstream: socket.socket, early: bytes,
-            on_close: Callable[[Tunnel], None]) -> Tunnel:
+            on_close: Callable[[Tunnel], None], *, early_down: bytes = b"") -> Tunnel:
         """Take over both sockets; ``on_close`` runs (on the relay thread) when the tunnel ends."""
         client.setblocking(False)
         upstream.setblocking(False)
-        tunnel = Tunnel(client, upstream, early, on_close)
+        tunnel = Tunnel(client, upstream, early, on_close, early_down)
         with self._lock:
             self._incoming.append(tunnel)
             if self._thread is None:
