@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, descriptors, fetch, health
+from . import __version__, descriptors, fetch, health, memory
 from .config import LOG_FORMATS, LOG_LEVELS, Config
 from .policy import LOOPBACK_NETWORKS, ConfigError, parse_networks, parse_ports
 from .server import ProxyServer
@@ -180,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(args)
     _setup_logging(config)
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
+    memory.tune_allocator()  # few malloc arenas: resident memory plateaus under churn
     descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
     try:
         server = ProxyServer(config)

@@ -62,6 +62,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.faults = Faults()
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self.allow_reuse_port = config.workers > 1
+        self._spare_fd: int | None = None  # server_close() may run inside TCPServer.__init__
         super().__init__((self.config.host, self.config.port), ProxyHandler)
         self.budget = Budget.for_limit(soft_limit(), config.max_clients, config.pool_max_idle_total)
         if note := self.budget.note(config.max_clients):
@@ -70,7 +71,7 @@ class ProxyServer(ThreadingHTTPServer):
                          max_idle_total=self.budget.max_idle, idle_timeout=self.config.pool_idle_timeout)
         self.watchdog.every_tick(self.pool.sweep)
         # Held so that, out of descriptors, one can be freed to accept a client and answer it.
-        self._spare_fd: int | None = _open_spare()
+        self._spare_fd = _open_spare()
         self._accept_backoff = 0.0
         self._busy = _busy_response(self.via_name)
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
