@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-from .errors import Forbidden, LoopDetected
+from ..http1.errors import Forbidden, LoopDetected
 from .policy import is_private
 from .pool import ConnectFn
 

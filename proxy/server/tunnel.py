@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .errors import connect_failure
+from ..http1.errors import connect_failure
 from .pool import ConnectFn
 
 RELAY_BUFFER = 262144

@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .chunked import MAX_SIZE_LINE, parse_chunk_size
-from .errors import ProxyError
-from .headers import Headers, Limits, content_length, is_chunked, keep_alive, read_fields
-from .target import Origin
+from ..http1.chunked import MAX_SIZE_LINE, parse_chunk_size
+from ..http1.errors import ProxyError
+from ..http1.headers import Headers, Limits, content_length, is_chunked, keep_alive, read_fields
+from ..http1.target import Origin
 from .watchdog import Deadline, Watchdog
 
 # Origins may send more and larger fields than we accept from clients (cookies).

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BufferedReader
 
-from .chunked import LAST_CHUNK, encode_chunk, read_chunked
-from .errors import Abort, BadRequest, UpstreamError, UpstreamTimeout, connect_failure
-from .flows import Flow
-from .headers import Headers, content_length, end_to_end, keep_alive
+from ..http1.chunked import LAST_CHUNK, encode_chunk, read_chunked
+from ..http1.errors import Abort, BadRequest, UpstreamError, UpstreamTimeout, connect_failure
+from ..http1.headers import Headers, content_length, end_to_end, keep_alive
+from ..http1.target import Origin
+from ..record.flows import Flow
 from .pool import Pool, UpstreamConnection, UpstreamResponse
-from .target import Origin
 from .watchdog import Deadline
 
 # Bodies up to this size are read whole and sent with their head in one write;

@@ -19,14 +19,10 @@ import re
 import socket
 import time
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING
 
-from .chunked import read_chunked
-from .errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
-from .faults import ShapedDownstream
-from .flows import Flow
-from .forward import Downstream, Request, forward
-from .headers import (
+from ..http1.chunked import read_chunked
+from ..http1.errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
+from ..http1.headers import (
     Headers,
     RequestLine,
     content_length,
@@ -35,12 +31,13 @@ from .headers import (
     read_fields,
     request_body_length,
 )
+from ..http1.target import parse_absolute, parse_authority
+from ..record.flows import Flow
+from .faults import ShapedDownstream
+from .forward import Downstream, Request, forward
 from .policy import check_connect_port, check_credentials, client_allowed
-from .target import parse_absolute, parse_authority
+from .shared import ServerBase
 from .tunnel import open_upstream
-
-if TYPE_CHECKING:
-    from .server import ProxyServer
 
 log = logging.getLogger("fwdproxy")
 
@@ -55,7 +52,7 @@ _USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
 class ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: ProxyServer
+    server: ServerBase
 
     def setup(self) -> None:
         super().setup()

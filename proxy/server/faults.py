@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Abort
+from ..http1.errors import Abort
 from .forward import Downstream
 
 PathMatcher = str | re.Pattern[str] | None
