@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..http1.errors import Abort
-from .forward import Downstream
+from .downstream import Downstream
 
 PathMatcher = str | re.Pattern[str] | None
 

@@ -22,14 +22,15 @@ from typing import Any
 
 from .. import __version__
 from ..config import Config
+from ..http1 import responses
 from ..http1.headers import Limits
 from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
-from .connect import Connector
+from .connect import ConnectFn, Connector
 from .faults import Faults
 from .handler import ProxyHandler
 from .policy import HostRules
-from .pool import ConnectFn, Pool, UpstreamConnection
+from .pool import Pool, UpstreamConnection
 from .shared import Client, ServerBase
 from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
@@ -174,9 +175,8 @@ class ProxyServer(ServerBase):
 
     def _refuse_loop(self) -> None:
         body = b"fwdproxy: too many client connections; retry shortly\n"
-        response = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-                    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        response = responses.head(503, [("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8"),
+                                        ("Connection", "close"), ("Content-Length", str(len(body)))]) + body
         while True:
             sock = self._refused.get()
             try:

@@ -25,7 +25,8 @@ from .watchdog import Watchdog
 class Client(Protocol):
     """A live client connection as the server sees it: busy mid-exchange, and cut on shutdown."""
 
-    busy: bool
+    @property
+    def busy(self) -> bool: ...
 
     def close_now(self) -> None: ...
 
