@@ -125,3 +125,11 @@ def test_unasked_101_is_still_a_502(proxy, raw_origin):
     switcher = raw_origin(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
     raw = exchange(proxy.address, f"GET http://{switcher.authority}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert raw.startswith(b"HTTP/1.1 502 ")
+
+
+def test_upgrade_protocols_flag():
+    from proxy.cli import parse_config
+
+    assert parse_config([]).upgrade_protocols == ("websocket",)
+    assert parse_config(["--upgrade-protocols", "WebSocket, foo"]).upgrade_protocols == ("websocket", "foo")
+    assert parse_config(["--upgrade-protocols", ""]).upgrade_protocols == ()

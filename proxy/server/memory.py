@@ -6,8 +6,8 @@ up to eight per core, and raises its mmap threshold each time a large block
 is freed, so 64 KiB-256 KiB body buffers, once served by mmap and returned
 to the system on free, end up carved out of those arenas and stay resident.
 Two arenas and a fixed mmap threshold lower the plateau the resident size
-reaches under churn by about a fifth (figures in docs/design-notes.md), at
-no measurable cost: the GIL already serialises the allocating threads.
+reaches under churn by about a fifth (figures in docs/design-notes.md); fewer
+arenas cost little contention, since the GIL already serialises the threads.
 """
 
 from __future__ import annotations
