@@ -15,8 +15,9 @@ import ssl
 import threading
 from dataclasses import dataclass, field
 
-from proxy.testing.origins import Origin, OriginConnection
-from proxy.testing.origins import OriginRequest as Received
+from proxy.testing.origins import Origin, OriginConnection, OriginRequest
+
+Received = OriginRequest
 
 
 def _echo(h: OriginConnection, r: Received) -> None:

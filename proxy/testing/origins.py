@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 DEFAULT_CERT_NAMES = ("localhost", "127.0.0.1", "::1")
 Fields = Mapping[str, str] | list[tuple[str, str]]
@@ -269,7 +269,7 @@ class Origin(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hangs up or rejects the certificate is the test's business, not stderr's
 
-    def start(self) -> Origin:
+    def start(self) -> Self:
         # A short poll: stop() waits for the serving loop to notice, once per test.
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.01},
                          name=f"origin-{self.port}", daemon=True).start()
@@ -287,7 +287,7 @@ class Origin(ThreadingHTTPServer):
             except OSError:
                 pass
 
-    def __enter__(self) -> Origin:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
