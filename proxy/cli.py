@@ -1,6 +1,7 @@
 """Command line: flags and FWDPROXY_* environment variables -> Config -> a running ProxyServer.
 
-``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand. Every flag
+``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand, beside
+``fwdproxy health`` (``server/health.py``) and ``fwdproxy fetch`` (``client/fetch.py``). Every flag
 can also be set as an environment variable named FWDPROXY_ plus the flag in
 upper case (``--connect-timeout`` -> ``FWDPROXY_CONNECT_TIMEOUT``); a flag on
 the command line wins.
