@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from .chunked import read_chunked
 from .errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
 from .faults import ShapedDownstream
-from .flows import Flow
+from .flows import Flow, elapsed_ms
 from .forward import Downstream, Request, forward
 from .headers import (
     Headers,
@@ -107,7 +107,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 if self.deadline.fired:  # the watchdog cut the head short: say so, not "malformed"
                     error = BadRequest(f"request head not received within {config.header_timeout:g}s",
                                        status=408)
-                flow.status, flow.error = error.status, error.reason
+                flow.status, flow.error, flow.error_kind = error.status, error.reason, error.kind
                 self._send_error(error, head_only=flow.method == "HEAD")
         except Abort as exc:
             flow.error = str(exc)
@@ -115,7 +115,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             flow.error = f"client connection failed: {exc}"
         except Exception:
             log.exception("internal error on %s %s", flow.method, flow.url)
-            flow.status, flow.error = 500, "internal error"
+            flow.status, flow.error, flow.error_kind = 500, "internal error", ProxyError.kind
             self._send_error(ProxyError("internal error; see the proxy's log"))
         finally:
             if not self.flow_deferred:
@@ -153,6 +153,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         """Read, check, route and carry out one request; True if the connection may be reused."""
         line, headers = self._read_head()
         flow.method, flow.url = line.method, _USERINFO.sub("", line.target)
+        flow.http_version = line.version
         if len(headers.get_all("host")) > 1:
             raise BadRequest("more than one Host header")  # RFC 9112 section 3.2
         if line.target.startswith("/") or line.target == "*":
@@ -207,7 +208,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if self.server.faults:
             self._apply_faults("CONNECT", host, "", headers, flow, None)
         config = self.server.config
+        asked = time.monotonic()
         upstream = open_upstream(host, port, self.server.connect, config.connect_timeout)
+        flow.connect_ms = elapsed_ms(asked, time.monotonic())
         try:
             self.downstream.send(_ESTABLISHED)
         except BaseException:
