@@ -109,7 +109,7 @@ def test_schema_check_rejects_a_broken_document() -> None:
     document = har_log([http_flow()])
     del document["log"]["entries"][0]["timings"]["wait"]
     document["log"]["entries"][0]["startedDateTime"] = "yesterday"
-    with pytest.raises(AssertionError, match="wait.*required|required.*wait|does not match"):
+    with pytest.raises(AssertionError, match=r"'wait' is a required property"):
         assert_valid_har(document)
 
 

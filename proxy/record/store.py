@@ -434,7 +434,8 @@ class Reader:
         found = self._query(f"SELECT {', '.join(_COLUMNS)} FROM flows WHERE id = ?", [flow_id])
         if not found:
             return None
-        bodies: dict[int, bytes] = dict(self._query("SELECT part, data FROM bodies WHERE flow_id = ?", [flow_id]))
+        parts = self._query("SELECT part, data FROM bodies WHERE flow_id = ?", [flow_id])
+        bodies: dict[int, bytes] = dict(parts)
         return _stored(found[0], bodies)
 
     def flows(self, filters: Filters | None = None, *, batch: int = 200) -> Iterator[StoredFlow]:
