@@ -30,11 +30,16 @@ def _raw(status: int, fields: list[tuple[str, str]], body: bytes):
 
 @pytest.fixture
 def recorded(proxy_factory, origin, tmp_path):
-    """A proxy recording to a fresh store; ``stored()`` commits what is queued and reads it back."""
+    """A proxy recording to a fresh store; ``stored(n)`` waits for n flows, commits and reads them back.
+
+    A flow is emitted just after the client has its response, so the test waits
+    for it (the recorder is offered each flow before the test's own sink sees it).
+    """
     path = tmp_path / "flows.sqlite"
     running = proxy_factory(record=str(path), capture_bodies=1 << 20)
 
-    def stored(**filters: object) -> list[StoredFlow]:
+    def stored(count: int, **filters: object) -> list[StoredFlow]:
+        running.wait_flows(count)
         assert running.server.recording.recorder is not None
         assert running.server.recording.recorder.flush()
         with Reader(path) as reader:
@@ -62,7 +67,7 @@ def test_an_exchange_is_stored_in_full(recorded, origin):
     body = first.read()
     _, again = through(recorded.address, "GET", origin.url("/cookies"), conn=conn)
     conn.close()
-    post, cookies = recorded.stored()
+    post, cookies = recorded.stored(2)
     f = post.flow
     assert (f.kind, f.method, f.url, f.http_version) == ("http", "POST", origin.url("/echo/a?q=1"), "HTTP/1.1")
     assert [(n, v) for n, v in f.request_headers if n.startswith("X-")] == [
@@ -133,7 +138,7 @@ def test_odd_bodies_and_huge_headers_pass_intact_and_are_stored_as_sent(recorded
     _, packed = through(recorded.address, "GET", origin.url("/gz"))
     assert broken == BROKEN_GZIP and latin == LATIN1 and gzip.decompress(packed) == b'{"ok": true}'
     assert json.loads(echoed)["body"] == "\x00\xff\xfe"
-    flows = {s.flow.path: s.flow for s in recorded.stored()}
+    flows = {s.flow.path: s.flow for s in recorded.stored(4)}
     assert flows["/badgz"].response_body == BROKEN_GZIP and flows["/latin1"].response_body == LATIN1
     assert flows["/echo"].request_body == b"\x00\xff\xfe"
     assert dict(flows["/echo"].request_headers)["X-Huge"] == big_value
@@ -163,7 +168,7 @@ def test_tunnels_local_answers_and_errors_are_recorded(recorded, origin):
     assert resp.status == 502
     exchange(recorded.address, b"GET http://[bad HTTP/1.1\r\nHost: x\r\n\r\n")
     by_kind = {}
-    for s in recorded.stored():
+    for s in recorded.stored(4):
         by_kind.setdefault(s.flow.kind, []).append(s.flow)
     tunnel = by_kind["tunnel"][0]
     assert (tunnel.method, tunnel.status, tunnel.host, tunnel.port) == ("CONNECT", 200, "127.0.0.1", origin.port)
@@ -176,7 +181,7 @@ def test_tunnels_local_answers_and_errors_are_recorded(recorded, origin):
 
 def test_healthz_reports_the_recorder(recorded, origin):
     through(recorded.address, "GET", origin.url("/bytes/10"))
-    recorded.server.recording.recorder.flush()
+    recorded.stored(1)
     _, body = through(recorded.address, "GET", "/healthz")
     store = json.loads(body)["record"]["store"]
     assert store["path"] == str(recorded.path) and store["written"] >= 1
