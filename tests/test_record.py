@@ -6,11 +6,10 @@ import gzip
 import http.client
 import json
 import socket
-from pathlib import Path
 
 import pytest
 from har_check import assert_valid_har
-from servers import OriginServer, Received, _OriginHandler
+from servers import Received, _OriginHandler
 from wire import exchange, through
 
 from proxy.flows import REDACTED
@@ -65,7 +64,7 @@ def test_an_exchange_is_stored_in_full(recorded, origin):
     conn.endheaders(b"hello")
     first = conn.getresponse()
     body = first.read()
-    _, again = through(recorded.address, "GET", origin.url("/cookies"), conn=conn)
+    through(recorded.address, "GET", origin.url("/cookies"), conn=conn)
     conn.close()
     post, cookies = recorded.stored(2)
     f = post.flow
