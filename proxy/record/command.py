@@ -121,7 +121,8 @@ def _list(ns: argparse.Namespace, out: TextIO) -> int:
     filters = filters_from(ns)
     with Reader(ns.store) as reader:
         rows = reader.list(filters, limit=ns.limit) if ns.limit > 0 else _all_rows(reader, filters)
-        width = shutil.get_terminal_size((120, 24)).columns
+        # URLs are cut to fit a terminal; piped into another program, lines stay whole.
+        width = shutil.get_terminal_size((120, 24)).columns if out.isatty() else 1 << 16
         count = 0
         out.write(_table_line("ID", "METHOD", "URL", "STATUS", "SIZE", "TIME", width) + "\n")
         for row in rows:
@@ -156,7 +157,8 @@ def _table_line(ident: str, method: str, url: str, status: str, size: str, took:
     room = max(width - fixed, 20)
     if len(url) > room:
         url = url[:room - 1] + "…"
-    return f"{ident:>7} {method:<8} {url:<{room}} {status:>6} {size:>9} {took:>8}".rstrip()
+    pad = min(room, 60)
+    return f"{ident:>7} {method:<8} {url:<{pad}} {status:>6} {size:>9} {took:>8}".rstrip()
 
 
 def _size(n: int) -> str:
