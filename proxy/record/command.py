@@ -247,7 +247,9 @@ def _export(ns: argparse.Namespace, out: TextIO) -> int:
 
 # -- curl -------------------------------------------------------------------------
 
-_CURL_SETS = frozenset({"host", "content-length", "transfer-encoding", "connection", "proxy-authorization"})
+# Fields curl sets itself, and hop-by-hop fields meant for the proxy, not the request.
+_CURL_SETS = frozenset({"host", "content-length", "transfer-encoding", "connection", "proxy-connection",
+                        "keep-alive", "te", "trailer", "upgrade", "proxy-authorization"})
 
 
 def curl_command(flow: Flow, proxy: str | None = None) -> str:
@@ -260,7 +262,7 @@ def curl_command(flow: Flow, proxy: str | None = None) -> str:
         args += ["-x", proxy]
     if flow.method == "HEAD":
         args.append("--head")
-    elif flow.method != "GET" or flow.request_body:
+    elif flow.method != ("POST" if flow.request_body else "GET"):
         args += ["-X", flow.method]
     for name, value in flow.request_headers:
         if name.lower() in _CURL_SETS:
