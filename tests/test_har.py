@@ -10,8 +10,8 @@ import json
 import pytest
 from har_check import assert_valid_har
 
-from proxy.flows import REDACTED, Flow
-from proxy.har import har_entry, har_log, write_har
+from proxy.record.flows import REDACTED, Flow
+from proxy.record.har import har_entry, har_log, write_har
 
 REQUIRED_REQUEST = {"method", "url", "httpVersion", "cookies", "headers", "queryString", "headersSize", "bodySize"}
 REQUIRED_RESPONSE = {"status", "statusText", "httpVersion", "cookies", "headers", "content", "redirectURL",

@@ -12,7 +12,7 @@ from har_check import assert_valid_har
 from servers import Received, _OriginHandler
 from wire import exchange, through
 
-from proxy.flows import REDACTED
+from proxy.record.flows import REDACTED
 from proxy.record.recording import export_har
 from proxy.record.store import Filters, Reader, StoredFlow
 

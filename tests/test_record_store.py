@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.flows import REDACTED, Flow
+from proxy.record.flows import REDACTED, Flow
 from proxy.record.spool import Queued, Spool
 from proxy.record.store import SCHEMA_VERSION, Filters, Reader, Recorder, StoreError
 

@@ -1,6 +1,7 @@
-"""Flow records and their sinks: the SQLite flow store and its queries, HAR and JSON lines.
+"""Records of traffic: the Flow of one exchange or tunnel, its sinks, and what turns flows into files.
 
-Nothing here touches a socket or imports the server, the client or the
-pytest plugin: flows come in as plain ``Flow`` values and leave as rows,
-files and text.
+Owns plain records and their formats (HAR, JSON lines), the SQLite flow store
+and its queries, and ``fwdproxy flows``; knows nothing of sockets or pytest.
+May import ``proxy.http1`` only; the server, the client and the testing kit
+import it.
 """

@@ -22,8 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from ..flows import REDACTED, Flow
 from .bodies import decode, printable, render
+from .flows import REDACTED, Flow
 from .recording import _atomic_write, export_har, flow_json
 from .store import Filters, FlowRow, Reader, StoredFlow, StoreError
 

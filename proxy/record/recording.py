@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ..flows import Flow, Sink, redact
-from ..har import write_har
+from .flows import Flow, Sink, redact
+from .har import write_har
 from .spool import Queued, Spool
 from .store import Filters, Reader, Recorder, StoreError
 

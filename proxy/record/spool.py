@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..flows import Flow
+from .flows import Flow
 
 log = logging.getLogger("fwdproxy.record")
 

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..flows import Flow, redact
+from .flows import Flow, redact
 from .spool import MAX_BODY_BYTES, MAX_FLOWS, Queued, Spool
 
 SCHEMA_VERSION = 1

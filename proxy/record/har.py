@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qsl
 
-from . import __version__
+from .. import __version__
+from .bodies import decode
 from .flows import REDACTED, Flow
-from .record.bodies import decode
 
 Json = dict[str, Any]
 PAGE_ID = "page_1"
