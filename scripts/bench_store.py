@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.record.flows import Flow  # noqa: E402
-from proxy.record.store import Reader, Recorder  # noqa: E402
+from proxy.record.flows import Flow
+from proxy.record.store import Reader, Recorder
 
 
 def rss_mib() -> float:
@@ -57,7 +57,8 @@ def synthetic(n: int, body: bytes) -> Flow:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--flows", default="10000,100000,1000000", help="checkpoints (default %(default)s)")
-    p.add_argument("--body", type=int, default=1024, help="response body bytes per flow (default %(default)s)")
+    p.add_argument("--body", type=int, default=1024,
+                   help="response body bytes per flow (default %(default)s)")
     p.add_argument("--burst", type=int, default=5000, help="flows handed over between flushes")
     p.add_argument("--dir", type=Path, default=None, help="where the store goes (default: a temp dir)")
     args = p.parse_args()
@@ -81,8 +82,8 @@ def main() -> int:
                     raise SystemExit("writer did not keep up within 120 s")
             rate = stretch / (time.monotonic() - stretch_start)
             size = sum(f.stat().st_size for f in folder.iterdir())
-            print(f"| {target:,} | {rate:,.0f} | {rss_mib():.1f} | {size / 2**20:.1f} | {size / target:,.0f} |",
-                  flush=True)
+            print(f"| {target:,} | {rate:,.0f} | {rss_mib():.1f} | {size / 2**20:.1f} "
+                  f"| {size / target:,.0f} |", flush=True)
         stats = recorder.stats()
     finally:
         recorder.close()
