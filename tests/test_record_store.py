@@ -262,3 +262,13 @@ def test_a_locked_file_fills_the_queue_then_the_flows_land_marked(tmp_path):
         assert stored.flow.bytes_down == 100  # the true size is still known
         whole = reader.get(rows[0].id)
         assert whole is not None and whole.flow.response_body == b"b" * 100 and not whole.bodies_dropped
+
+
+def test_line_breaks_in_values_and_empty_field_lists_are_stored_safely(tmp_path):
+    """A fault rule may answer with any value; a line break must not split one field into two."""
+    odd = flow(request_headers=[], response_headers=[("X-A", "one\ntwo"), ("X-B", "b")])
+    record(tmp_path / "odd.sqlite", [odd])
+    with Reader(tmp_path / "odd.sqlite") as reader:
+        stored = reader.get(1)
+    assert stored is not None and stored.flow.request_headers == []
+    assert stored.flow.response_headers == [("X-A", "one two"), ("X-B", "b")]
