@@ -380,7 +380,7 @@ def _lines(fields: list[tuple[str, str]], redacting: bool) -> str:
                           for n, v in fields])
     else:
         text = "\n".join([f"{n}: {v}" for n, v in fields])
-    if fields and text.count("\n") >= len(fields):  # a value with a line break (never from the wire): flatten it
+    if fields and text.count("\n") >= len(fields):  # a value with a line break (not from the wire)
         return _lines([(n, v.replace("\r", " ").replace("\n", " ")) for n, v in fields], redacting)
     return text
 
