@@ -6,13 +6,14 @@ import gzip
 import http.client
 import json
 import socket
+import threading
 
 import pytest
 from har_check import assert_valid_har
 from servers import Received, _OriginHandler
 from wire import exchange, through
 
-from proxy.record.flows import REDACTED
+from proxy.record.flows import REDACTED, log_sink
 from proxy.record.recording import export_har
 from proxy.record.store import Filters, Reader, StoredFlow
 
@@ -214,3 +215,20 @@ def test_har_is_written_at_stop_from_a_temporary_store(proxy_factory, origin, tm
     assert [e["request"]["method"] for e in entries] == ["POST", "GET"]
     assert entries[0]["request"]["postData"] == {"mimeType": "application/json", "text": '{"a": 1}'}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["capture.har"]  # no temporary files left
+
+
+def test_json_log_lines_never_carry_secret_values(proxy_factory, origin, caplog):
+    """--log-format json writes whole flows: the secrets redacted in recordings are redacted there too."""
+    running = proxy_factory(log_format="json")
+    logged = threading.Event()
+    running.server.flows.add(log_sink("json"))
+    running.server.flows.add(lambda flow: logged.set())  # sinks run in order: the line is out
+    with caplog.at_level("INFO", logger="fwdproxy.access"):
+        through(running.address, "GET", origin.url("/cookies"),
+                headers={"Authorization": "Bearer tok-9", "Cookie": "sid=s3"})
+        assert logged.wait(10)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "fwdproxy.access"]
+    assert len(lines) == 1
+    assert ["Authorization", REDACTED] in lines[0]["request_headers"]
+    assert ["Set-Cookie", REDACTED] in lines[0]["response_headers"]
+    assert "tok-9" not in caplog.text and "sid=s3" not in caplog.text and "a=1" not in caplog.text

@@ -276,3 +276,36 @@ def test_flows_curl_replays_the_request(store, origin, proxy_factory, capsys):
     assert again.header("X-Request-Id") == "req-4242"
     _, out, _ = flows(capsys, "curl", str(store), "2")
     assert out.strip() == f"curl -H 'Accept-Encoding: identity' {origin.url('/blob')}"
+
+
+@needs_mount
+def test_a_disk_filling_up_mid_run_costs_flows_not_traffic(tmp_path, origin):
+    """The store's file system fills while the proxy runs: writes fail and are counted, traffic flows on."""
+    mnt = tmp_path / "mnt"
+    wrap = _in_tmpfs(tmp_path, "true", "12m")
+    proc = subprocess.Popen([*wrap, sys.executable, "-m", "proxy", "--port", "0", "--record",
+                             f"{mnt}/flows.sqlite", "--log-level", "warning"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", proc.stderr.readline())
+        assert match
+        address = ("127.0.0.1", int(match.group(1)))
+        filled = subprocess.run(["nsenter", "--target", str(proc.pid), "--mount", "dd", "if=/dev/zero",
+                                 f"of={mnt}/filler", "bs=64k"], capture_output=True, timeout=30)
+        assert b"No space left" in filled.stderr
+        statuses = [through(address, "POST", origin.url("/echo"), body=b"z" * 65536)[0].status
+                    for _ in range(20)]
+        assert statuses == [200] * 20
+        logged = proc.stderr.readline()  # the writer says so (once a minute at most)
+        assert "flows lost" in logged and "full" in logged, logged
+        _, body = through(address, "GET", "/healthz")
+        store = json.loads(body)["record"]["store"]
+        assert store["failed"] > 0 and store["dropped_flows"] == 0, store
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
