@@ -93,6 +93,8 @@ class Rule:
     name: ClassVar[str] = "rule"
     # Answers the request itself (the search ends, the origin is never contacted).
     answers: ClassVar[bool] = False
+    # Adds to what earlier rules of its kind did (delays); otherwise the first to fire sets it.
+    stacks: ClassVar[bool] = False
     acts_on: ClassVar[frozenset[Exchange]] = frozenset({Exchange.HTTP})
 
     def __post_init__(self) -> None:
@@ -190,6 +192,7 @@ class Delay(Rule):
 
     seconds: float = 0.0
     name: ClassVar[str] = "delay"
+    stacks: ClassVar[bool] = True
     acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
 
     def params(self) -> str:
@@ -245,6 +248,7 @@ class Stall(Rule):
 class FirstByteDelay(Rule):
     seconds: float = 0.0
     name: ClassVar[str] = "first_byte_delay"
+    stacks: ClassVar[bool] = True
 
     def params(self) -> str:
         return f"{self.seconds:g}"
@@ -536,7 +540,11 @@ def _shadows(earlier: Rule, later: Rule) -> bool:
         return False
     if type(earlier).answers:
         return later.acts_on <= earlier.acts_on
-    return type(earlier) is type(later) and not isinstance(earlier, (Chaos, Replay))
+    if type(earlier) is not type(later) or earlier.stacks or isinstance(earlier, (Chaos, Replay)):
+        return False
+    if isinstance(earlier, Throttle) and isinstance(later, Throttle):
+        return earlier.direction in (Direction.BOTH, later.direction)
+    return True
 
 
 def _apply(rule: Rule, request: Request, plan: Plan) -> bool:
@@ -559,34 +567,44 @@ def _apply(rule: Rule, request: Request, plan: Plan) -> bool:
         return _replay(rule, request, plan)
     elif isinstance(rule, Chaos):
         _chaos(rule.choose(request.route), plan)
+    elif isinstance(rule, Delay):
+        plan.delay += rule.seconds
+    elif isinstance(rule, FirstByteDelay):
+        plan.shape.first_byte_delay += rule.seconds
+    elif isinstance(rule, Throttle):
+        return _throttle(rule, plan.shape)
     else:
-        _modify(rule, plan)
+        return _modify(rule, plan)
     return True
 
 
-def _modify(rule: Rule, plan: Plan) -> None:
+def _modify(rule: Rule, plan: Plan) -> bool:
+    """Set what a single-valued rule sets, unless an earlier rule did (then it does not fire)."""
     shape = plan.shape
-    if isinstance(rule, RequireAuth):
+    if isinstance(rule, RequireAuth) and plan.auth is None:
         plan.auth = (rule.user, rule.password)
-    elif isinstance(rule, Delay):
-        plan.delay += rule.seconds
-    elif isinstance(rule, Throttle):
-        if rule.direction is not Direction.UP:
-            shape.rate_down = rule.bytes_per_second
-        if rule.direction is not Direction.DOWN:
-            shape.rate_up = rule.bytes_per_second
-    elif isinstance(rule, Reset):
+    elif isinstance(rule, Reset) and shape.reset_after is None:
         shape.reset_after = rule.after_bytes
-    elif isinstance(rule, Truncate):
+    elif isinstance(rule, Truncate) and shape.truncate_after is None:
         shape.truncate_after = rule.after_bytes
-    elif isinstance(rule, Stall):
+    elif isinstance(rule, Stall) and not shape.stall:
         shape.stall, shape.stall_seconds = True, rule.seconds
-    elif isinstance(rule, FirstByteDelay):
-        shape.first_byte_delay += rule.seconds
-    elif isinstance(rule, Fragment):
+    elif isinstance(rule, Fragment) and shape.fragment is None:
         shape.fragment = rule.size
-    elif isinstance(rule, CorruptChunk):
+    elif isinstance(rule, CorruptChunk) and not shape.corrupt:
         shape.corrupt = True
+    else:
+        return False
+    return True
+
+
+def _throttle(rule: Throttle, shape: Shape) -> bool:
+    fired = False
+    if rule.direction is not Direction.UP and shape.rate_down is None:
+        shape.rate_down, fired = rule.bytes_per_second, True
+    if rule.direction is not Direction.DOWN and shape.rate_up is None:
+        shape.rate_up, fired = rule.bytes_per_second, True
+    return fired
 
 
 def _chaos(choice: ChaosChoice, plan: Plan) -> None:
