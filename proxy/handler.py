@@ -18,6 +18,7 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
@@ -244,7 +245,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise Abort("connection closed without a response by a fault rule")
         if req is not None and plan.answer:
             if body is None:
-                self._discard_body(req)
+                self._discard_body(req, flow)
+            else:
+                flow.bytes_up = len(body)
+                flow.keep("request_body", body, req.capture)
             answer = plan.answer
             self._send_response(answer.status, answer.body, answer.headers, flow, head_only=method == "HEAD")
             return None
@@ -259,12 +263,15 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return None
         return self.downstream.read_exact(req.body_length) if req.body_length else b""
 
-    def _discard_body(self, req: Request) -> None:
+    def _discard_body(self, req: Request, flow: Flow) -> None:
+        """Read the body of a request a rule answers; the flow keeps it, as a forwarded one's."""
         if req.body_length is None:
-            for _ in read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read):
-                pass
-        elif req.body_length:
-            self.downstream.read_exact(req.body_length)
+            pieces: Iterable[bytes] = read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read)
+        else:
+            pieces = [self.downstream.read_exact(req.body_length)] if req.body_length else []
+        for piece in pieces:
+            flow.bytes_up += len(piece)
+            flow.keep("request_body", piece, req.capture)
 
     def _send_response(self, status: int, body: bytes, headers: list[tuple[str, str]], flow: Flow,
                        head_only: bool) -> None:
