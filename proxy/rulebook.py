@@ -10,9 +10,10 @@ at the call. This module knows nothing of pytest.
 
 from __future__ import annotations
 
+import json as jsonlib
 import random
 from collections.abc import Iterable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .faults import (
     Chaos,
@@ -54,11 +55,17 @@ class RuleBook:
     # -- answers ------------------------------------------------------------------
 
     def respond(self, status: int = 200, body: bytes = b"", headers: Fields | None = None, *,
-                times: int | None = None, method: str | None = None, host: str | None = None,
-                path: PathMatcher = None) -> Respond:
-        """The proxy answers matching requests itself; the origin is never contacted."""
-        return self._add(Respond(_match(method, host, path), times, status=status, body=body,
-                                 headers=fields_list(headers)))
+                json: Any = None, times: int | None = None, method: str | None = None,
+                host: str | None = None, path: PathMatcher = None) -> Respond:
+        """The proxy answers matching requests itself; the origin is never contacted.
+
+        ``json=`` is a shortcut for a JSON body with its Content-Type.
+        """
+        fields = fields_list(headers)
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            fields.append(("Content-Type", "application/json"))
+        return self._add(Respond(_match(method, host, path), times, status=status, body=body, headers=fields))
 
     def fail(self, status: int = 502, *, times: int | None = None, method: str | None = None,
              host: str | None = None, path: PathMatcher = None) -> Fail:

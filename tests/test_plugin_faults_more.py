@@ -37,10 +37,11 @@ def test_a_counted_fail_steps_aside_after_n_requests(fwdproxy: FwdProxy, origin_
 
 def test_counted_responds_are_tried_in_order(fwdproxy: FwdProxy, origin_http: Origin) -> None:
     fwdproxy.respond(500, b"first", times=1, path="/v")
-    fwdproxy.respond(200, b"then", path="/v")
+    fwdproxy.respond(200, json={"then": True}, path="/v")
     with httpx.Client(proxy=fwdproxy.url, timeout=10) as client:
-        bodies = [client.get(origin_http.url("/v")).content for _ in range(3)]
-    assert bodies == [b"first", b"then", b"then"] and origin_http.requests == []
+        replies = [client.get(origin_http.url("/v")) for _ in range(3)]
+    assert [r.content for r in replies] == [b"first", b'{"then": true}', b'{"then": true}']
+    assert replies[1].headers["Content-Type"] == "application/json" and origin_http.requests == []
 
 
 def test_times_zero_and_hidden_rules_fail_at_the_call(fwdproxy: FwdProxy) -> None:
