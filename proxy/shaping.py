@@ -106,8 +106,10 @@ class ShapedDownstream(Downstream):
         limit = self.shape.stall_seconds if self.shape.stall_seconds is not None else self.timeout
         end = time.monotonic() + limit
         self.rest()
+        poller = select.poll()  # not select(): descriptors past 1023 are common in a busy proxy
+        poller.register(self.sock, select.POLLIN | select.POLLRDHUP)
         while (left := end - time.monotonic()) > 0:
-            readable, _, _ = select.select([self.sock], [], [], left)
+            readable = poller.poll(left * 1000)
             if readable and not _peek(self.sock):
                 raise Abort("stalled by a fault rule until the client closed")
             if readable:  # pipelined bytes, not a close: look again after a moment

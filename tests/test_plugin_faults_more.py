@@ -235,3 +235,13 @@ def test_clearing_between_tests_takes_microseconds(fwdproxy: FwdProxy, origin_ht
     assert fwdproxy.server.faults.rules() == [] and not fwdproxy.server.faults
     assert get(fwdproxy, origin_http.url("/")).status_code == 200
     assert os.environ.get("HTTP_PROXY") is None
+
+
+def test_counts_hold_under_concurrent_clients(fwdproxy: FwdProxy, origin_http: Origin) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rule = fwdproxy.fail(503, times=5)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda i: get(fwdproxy, origin_http.url(f"/{i}")).status_code, range(24)))
+    assert sorted(codes) == [200] * 19 + [503] * 5 and rule.hits == 5
+    assert len(origin_http.requests) == 19
