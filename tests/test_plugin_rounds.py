@@ -207,7 +207,7 @@ def test_a_request_missing_from_the_cassette_is_refused_and_named(pytester: pyte
 def test_a_subprocess_client_is_answered_from_the_cassette(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_api=RECORD_TEST)
     run(pytester, "--fwdproxy-record=once").assert_outcomes(passed=1)
-    pytester.makepyfile(test_curl="""
+    pytester.makepyfile(test_replayed_to_curl="""
         import os, subprocess, pytest
 
         @pytest.mark.fwdproxy_cassette("api.har")
@@ -216,7 +216,7 @@ def test_a_subprocess_client_is_answered_from_the_cassette(pytester: pytest.Pyte
                                  capture_output=True, check=True, timeout=30)
             assert out.stdout == b'{"items": [1, 2]}'
     """)
-    run(pytester, "test_curl.py", "-o", "fwdproxy_offline=true").assert_outcomes(passed=1)
+    run(pytester, "test_replayed_to_curl.py", "-o", "fwdproxy_offline=true").assert_outcomes(passed=1)
 
 
 def test_record_modes(pytester: pytest.Pytester) -> None:
