@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.flows import Flow  # noqa: E402
-from proxy.pytest_plugin import FwdProxy, start_proxy  # noqa: E402
+from proxy.record.flows import Flow
+from proxy.testing.pytest_plugin import FwdProxy, start_proxy
 
 
 def measure(rounds: int, setup: Callable[[], None], action: Callable[[], None]) -> tuple[float, float]:

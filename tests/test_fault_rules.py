@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from proxy.faults import (
+from proxy.server.faults import (
     Chaos,
     Delay,
     Exchange,
@@ -19,7 +19,7 @@ from proxy.faults import (
     Respond,
     Throttle,
 )
-from proxy.faults import Request as FaultRequest
+from proxy.server.faults import Request as FaultRequest
 
 
 def get(path: str = "/api/items", host: str = "api.test", method: str = "GET",

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import requests
 
-from proxy.pytest_plugin import FwdProxy, Origin
+from proxy.testing.pytest_plugin import FwdProxy, Origin
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 

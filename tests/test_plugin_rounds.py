@@ -149,7 +149,7 @@ RECORD_TEST = """
     @pytest.mark.fwdproxy_cassette("api.har")
     def test_api(fwdproxy, origin_http):
         def answer(request):
-            from proxy.pytest_plugin import OriginReply
+            from proxy.testing.pytest_plugin import OriginReply
             if request.method == "POST":
                 return OriginReply(201, request.body, [("Content-Type", "application/json")])
             return OriginReply(200, b'{"items": [1, 2]}', [("Content-Type", "application/json"),

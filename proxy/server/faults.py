@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
-from .errors import ProxyError
+from ..http1.errors import ProxyError
 
 PathMatcher = str | re.Pattern[str] | None
 

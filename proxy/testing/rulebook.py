@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterable
 from typing import Any, Literal, TypeVar
 
-from .faults import (
+from ..server.faults import (
     Chaos,
     Close,
     CorruptChunk,

@@ -16,9 +16,9 @@ import socket
 import struct
 import time
 
-from .errors import Abort
+from ..http1.errors import Abort
+from .downstream import Downstream
 from .faults import Shape
-from .forward import Downstream
 
 _PACE = 20  # writes (or reads) a second when throttled
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
-from .faults import Match, PathMatcher
+from ..record.flows import Flow
+from ..server.faults import Match, PathMatcher
 from .flowassert import MISSING, Expected, label, near_misses
-from .flows import Flow
 from .origins import Fields
 
 

@@ -27,15 +27,15 @@ from typing import Any
 
 import pytest
 
+from ..config import Config
+from ..record.flows import Flow
+from ..record.har import har_log
+from ..server.faults import UNPLANNED, Replay
+from ..server.listener import ProxyServer
 from . import cassette
-from .config import Config
-from .faults import UNPLANNED, Replay
-from .flows import Flow
 from .flowstore import FlowStore
-from .har import har_log
 from .origins import Origin, OriginCA, OriginReply, OriginRequest
 from .rulebook import RuleBook
-from .server import ProxyServer
 
 __all__ = ["FwdProxy", "HostMap", "Origin", "OriginCA", "OriginReply", "OriginRequest"]
 

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .faults import Match, PathMatcher
-from .flows import Flow
+from ..record.flows import Flow
+from ..server.faults import Match, PathMatcher
 from .origins import Fields, fields_list
 
 NEAR_MISSES = 3

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .faults import Recorded
-from .flows import Flow
-from .har import har_log
+from ..record.flows import Flow
+from ..record.har import har_log
+from ..server.faults import Recorded
 
 MODES = ("none", "once", "new", "all")
 # Header fields whose values never reach a cassette unless asked for.
