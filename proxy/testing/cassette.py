@@ -14,6 +14,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ REDACTED = "[redacted]"
 # Framing and hop-by-hop fields a replayed answer does not repeat: the proxy frames it anew.
 _NOT_REPLAYED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "via",
                            "proxy-connection", "trailer", "upgrade"})
+
+
+# How a HAR writer notes a body it kept only the start of.
+_PARTIAL = re.compile(r"first \d+ bytes of \d+")
 
 
 class CassetteError(ValueError):
@@ -49,7 +54,7 @@ def plan(path: Path, mode: str) -> tuple[bool, bool]:
         raise CassetteError(f"cassette {path} does not exist; record it with --fwdproxy-record=once")
     if mode == "once":
         return exists, not exists
-    return mode in ("none", "new"), mode in ("new", "all")
+    return exists and mode in ("none", "new"), mode in ("new", "all")
 
 
 def load(path: Path) -> list[Recorded]:
@@ -91,22 +96,27 @@ def _entry(path: Path, number: int, entry: Any) -> Recorded:
         raise CassetteError(f"{where} is malformed: missing or wrong {exc}") from exc
     if method == "CONNECT":
         raise CassetteError(f"{where} is a CONNECT tunnel, which cannot be replayed")
-    if "comment" in content or "comment" in request.get("postData", {}):
-        raise CassetteError(f"{where} ({method} {url}) holds only part of a body: "
-                            f"{content.get('comment') or request['postData']['comment']}")
-    label = f"{path.name} entry {number}"
+    post = request.get("postData", {})
+    for part in (content, post):
+        partial = _PARTIAL.search(str(part.get("comment", "")))
+        if partial:
+            raise CassetteError(f"{where} ({method} {url}) holds only part of a body: {partial.group()}")
     try:
-        body = _body(content)
+        body, sent = _body(content), _body(post)
     except (binascii.Error, ValueError) as exc:
-        raise CassetteError(f"{where} ({method} {url}): response body is not valid base64") from exc
-    sent = str(request.get("postData", {}).get("text", "")).encode("utf-8")
-    kept = [(n, v) for n, v in headers if n.lower() not in _NOT_REPLAYED]
-    return Recorded(method, url, sent, status, kept, body, label)
+        raise CassetteError(f"{where} ({method} {url}): a body is not valid base64") from exc
+    # A HAR writer may store a gzip or deflate body decoded (then it notes the compression saved):
+    # the answer then goes out decoded, without the Content-Encoding that no longer applies.
+    decoded = "compression" in content
+    kept = [(n, v) for n, v in headers
+            if n.lower() not in _NOT_REPLAYED and not (decoded and n.lower() == "content-encoding")]
+    return Recorded(method, url, sent, status, kept, body, f"{path.name} entry {number}")
 
 
-def _body(content: dict[str, Any]) -> bytes:
-    text = str(content.get("text", ""))
-    if content.get("encoding") == "base64":
+def _body(part: dict[str, Any]) -> bytes:
+    """content.text or postData.text as bytes (HAR 1.2: base64 when ``encoding`` says so)."""
+    text = str(part.get("text", ""))
+    if part.get("encoding") == "base64":
         return base64.b64decode(text, validate=True)
     return text.encode("utf-8")
 
