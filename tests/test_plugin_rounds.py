@@ -200,7 +200,9 @@ def test_a_request_missing_from_the_cassette_is_refused_and_named(pytester: pyte
     pytester.makepyfile(test_api=REPLAY_TEST.replace('"http://api.test/items", proxies', '"http://api.test/other", proxies'))
     result = run(pytester, "-o", "fwdproxy_offline=true")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*fwdproxy: GET http://api.test/other is not in the cassette *api.har*"])
+    result.stdout.fnmatch_lines(["*faults=unplanned error='GET http://api.test/other is not in the cassette *api.har "
+                                 "(or was played already), so it was not sent on; "
+                                 "it holds GET http://api.test/items, POST http://api.test/items'"])
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

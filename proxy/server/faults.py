@@ -626,8 +626,10 @@ def _replay(rule: Replay, request: Request, plan: Plan) -> bool:
         plan.answer = Answer(entry.status, entry.body, entry.headers)
         return True
     if rule.strict:
+        held = list(dict.fromkeys(f"{e.method} {e.url}" for e in rule.entries))
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
         plan.fired.append(UNPLANNED)
         plan.error = ProxyError(f"{request.method} {request.url} is not in the cassette {rule.source} "
-                                "(or was played already), so it was not sent on", status=502,
-                                kind="http_request_denied")
+                                "(or was played already), so it was not sent on; "
+                                f"it holds {shown or 'nothing'}", status=502, kind="http_request_denied")
     return False
