@@ -7,19 +7,11 @@ import threading
 
 import pytest
 
-from proxy.server.faults import (
-    Chaos,
-    Delay,
-    Exchange,
-    Fail,
-    Faults,
-    Match,
-    Recorded,
-    Replay,
-    Respond,
-    Throttle,
-)
+from proxy.server.chaos import Chaos
+from proxy.server.faults import Faults
 from proxy.server.faults import Request as FaultRequest
+from proxy.server.replay import Recorded, Replay
+from proxy.server.rules import Delay, Exchange, Fail, Match, Respond, Throttle
 
 
 def get(path: str = "/api/items", host: str = "api.test", method: str = "GET",

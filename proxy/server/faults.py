@@ -1,395 +1,46 @@
-"""Fault rules: which requests the proxy misbehaves on, how, and how many times.
+"""Faults: the registry of rules in force, and the Plan it makes for one request.
 
-A rule is a typed value (one dataclass per kind of fault) with a Match (method,
-host glob, path: exact, glob or compiled regex), a budget ``times`` (None: no
-limit) and a ``hits`` count. The Faults registry keeps rules in the order they
-were added and turns one request into a Plan: the rules are tried in that
-order, each matching rule with budget left fires and counts a hit, and the
-first rule that answers the request itself (respond, fail, close, ...) ends
-the search. The handler carries the Plan out; shaping of the client side
-(throttle, truncate, stall, ...) lives in ``shaping``. This module is pure:
-no sockets, no clocks, no pytest. Chaos is random only through a seed.
+The Faults registry keeps rules (see ``rules``, ``chaos``, ``replay``) in the
+order they were added and turns one request into a Plan: the rules are tried
+in that order, each matching rule with budget left fires and counts a hit
+(under one lock, so counts are exact under concurrent requests), and the
+first rule that answers the request itself ends the search. A rule that an
+earlier unlimited one hides is refused when added. The handler carries the
+Plan out; shaping the client side (throttle, truncate, stall, ...) is
+``shaping``'s. Pure: no sockets, no clocks, no pytest.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import random
-import re
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import ClassVar
 
 from ..http1.errors import ProxyError
-
-PathMatcher = str | re.Pattern[str] | None
-
-
-@dataclass(frozen=True)
-class Match:
-    """Which requests a fault applies to; None matches anything."""
-
-    method: str | None = None
-    host: str | None = None
-    path: PathMatcher = None
-
-    def matches(self, method: str, host: str, path: str) -> bool:
-        if self.method is not None and self.method.upper() != method.upper():
-            return False
-        if self.host is not None and not fnmatch.fnmatchcase(host.lower(), self.host.lower()):
-            return False
-        return self.path is None or _path_matches(self.path, path)
-
-    def covers(self, other: Match) -> bool:
-        """True if every request ``other`` matches is matched here too (conservatively)."""
-        return (_covers(self.method and self.method.upper(), other.method and other.method.upper())
-                and _covers(self.host and self.host.lower(), other.host and other.host.lower())
-                and _covers(self.path, other.path))
-
-    def __str__(self) -> str:
-        shown = [f"{name}={value!r}" for name, value in
-                 (("method", self.method), ("host", self.host), ("path", _show_path(self.path)))
-                 if value is not None]
-        return ", ".join(shown) or "every request"
-
-
-def _path_matches(matcher: str | re.Pattern[str], path: str) -> bool:
-    if isinstance(matcher, re.Pattern):
-        return matcher.search(path) is not None
-    bare = path.split("?", 1)[0]
-    return matcher in (path, bare) or fnmatch.fnmatchcase(bare, matcher)
-
-
-def _covers(mine: PathMatcher, theirs: PathMatcher) -> bool:
-    if mine is None or mine == theirs:
-        return True
-    if theirs is None or isinstance(mine, re.Pattern) or isinstance(theirs, re.Pattern):
-        return False
-    return fnmatch.fnmatchcase(theirs, mine)  # a glob that matches the other's pattern text
-
-
-def _show_path(path: PathMatcher) -> str | None:
-    return f"re:{path.pattern}" if isinstance(path, re.Pattern) else path
-
-
-class Exchange(Enum):
-    """What kind of exchange a rule can act on."""
-
-    HTTP = "http"  # a forwarded request (plain, or inside an intercepted tunnel)
-    TUNNEL = "tunnel"  # a CONNECT request, before the tunnel opens
-
-
-@dataclass(eq=False)
-class Rule:
-    """One fault rule. Subclasses say what it does; ``times`` limits how often it fires."""
-
-    match: Match = field(default_factory=Match)
-    times: int | None = None
-    hits: int = field(default=0, init=False)
-    number: int = field(default=0, init=False)  # its place in the registry, from 1
-
-    name: ClassVar[str] = "rule"
-    # Answers the request itself (the search ends, the origin is never contacted).
-    answers: ClassVar[bool] = False
-    # Adds to what earlier rules of its kind did (delays); otherwise the first to fire sets it.
-    stacks: ClassVar[bool] = False
-    acts_on: ClassVar[frozenset[Exchange]] = frozenset({Exchange.HTTP})
-
-    def __post_init__(self) -> None:
-        if self.times is not None and (isinstance(self.times, bool) or self.times < 1):
-            raise ValueError(f"{self.name}: times={self.times!r}; a rule fires at least once "
-                             "(times=None, the default, means on every matching request)")
-
-    @property
-    def spent(self) -> bool:
-        return self.times is not None and self.hits >= self.times
-
-    @property
-    def used(self) -> bool:
-        """Fired on as many requests as planned: at least once, or ``times`` times."""
-        return self.hits >= (self.times or 1)
-
-    def params(self) -> str:
-        return ""
-
-    def describe(self) -> str:
-        times = "" if self.times is None else f", times={self.times}"
-        return f"#{self.number} {self.name}({self.params()}) on {self.match}{times}"
-
-    def __repr__(self) -> str:
-        return f"<{self.describe()} hits={self.hits}>"
-
-
-# -- rules that answer the request --------------------------------------------------
-
-
-@dataclass(eq=False, repr=False)
-class Respond(Rule):
-    status: int = 200
-    body: bytes = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    name: ClassVar[str] = "respond"
-    answers: ClassVar[bool] = True
-
-    def params(self) -> str:
-        return f"{self.status}, {len(self.body)} bytes"
-
-
-@dataclass(eq=False, repr=False)
-class Fail(Rule):
-    status: int = 502
-    name: ClassVar[str] = "fail"
-    answers: ClassVar[bool] = True
-
-    def params(self) -> str:
-        return str(self.status)
-
-
-@dataclass(eq=False, repr=False)
-class Close(Rule):
-    name: ClassVar[str] = "close"
-    answers: ClassVar[bool] = True
-    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
-
-
-@dataclass(eq=False, repr=False)
-class DnsError(Rule):
-    name: ClassVar[str] = "dns_error"
-    answers: ClassVar[bool] = True
-    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
-
-
-@dataclass(eq=False, repr=False)
-class RefuseConnect(Rule):
-    status: int = 403
-    name: ClassVar[str] = "refuse_connect"
-    answers: ClassVar[bool] = True
-    acts_on: ClassVar[frozenset[Exchange]] = frozenset({Exchange.TUNNEL})
-
-    def params(self) -> str:
-        return str(self.status)
-
-
-# -- rules that change how the exchange goes ---------------------------------------
-
-
-@dataclass(eq=False, repr=False)
-class RequireAuth(Rule):
-    user: str = ""
-    password: str = ""
-    name: ClassVar[str] = "require_auth"
-    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
-
-    def params(self) -> str:
-        return repr(self.user)
-
-
-@dataclass(eq=False, repr=False)
-class Delay(Rule):
-    """Wait before forwarding (or tunnelling)."""
-
-    seconds: float = 0.0
-    name: ClassVar[str] = "delay"
-    stacks: ClassVar[bool] = True
-    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
-
-    def params(self) -> str:
-        return f"{self.seconds:g}"
-
-
-class Direction(Enum):
-    DOWN = "down"  # the response, toward the client
-    UP = "up"  # the request body, from the client
-    BOTH = "both"
-
-
-@dataclass(eq=False, repr=False)
-class Throttle(Rule):
-    bytes_per_second: float = 0.0
-    direction: Direction = Direction.DOWN
-    name: ClassVar[str] = "throttle"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.bytes_per_second <= 0:
-            raise ValueError(f"throttle: bytes_per_second={self.bytes_per_second!r} must be positive")
-
-    def params(self) -> str:
-        return f"{self.bytes_per_second:g}, {self.direction.value}"
-
-
-@dataclass(eq=False, repr=False)
-class Reset(Rule):
-    after_bytes: int = 0
-    name: ClassVar[str] = "reset"
-
-    def params(self) -> str:
-        return f"after_bytes={self.after_bytes}"
-
-
-@dataclass(eq=False, repr=False)
-class Truncate(Rule):
-    after_bytes: int = 0
-    name: ClassVar[str] = "truncate"
-
-    def params(self) -> str:
-        return f"after_bytes={self.after_bytes}"
-
-
-@dataclass(eq=False, repr=False)
-class Stall(Rule):
-    seconds: float | None = None  # None: until the proxy's timeout
-    name: ClassVar[str] = "stall"
-
-
-@dataclass(eq=False, repr=False)
-class FirstByteDelay(Rule):
-    seconds: float = 0.0
-    name: ClassVar[str] = "first_byte_delay"
-    stacks: ClassVar[bool] = True
-
-    def params(self) -> str:
-        return f"{self.seconds:g}"
-
-
-@dataclass(eq=False, repr=False)
-class Fragment(Rule):
-    size: int = 1
-    name: ClassVar[str] = "fragment"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.size < 1:
-            raise ValueError(f"fragment: size={self.size!r} must be at least 1")
-
-    def params(self) -> str:
-        return f"size={self.size}"
-
-
-@dataclass(eq=False, repr=False)
-class CorruptChunk(Rule):
-    name: ClassVar[str] = "corrupt_chunk"
-
-
-# -- probabilistic and recorded answers ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChaosChoice:
-    """What chaos did to the ``n``-th matching request of ``route`` (from 0)."""
-
-    route: str
-    n: int
-    outcome: str  # "pass", "error 503", "reset", "truncate"
-    latency: float
-
-    def __str__(self) -> str:
-        return f"{self.route} #{self.n}: {self.outcome}" + (f" +{self.latency:.3f}s" if self.latency else "")
-
-
-@dataclass(eq=False, repr=False)
-class Chaos(Rule):
-    """Random faults whose choices depend only on the seed and each route's request order."""
-
-    seed: int = 0
-    error_rate: float = 0.0
-    statuses: tuple[int, ...] = (500, 502, 503, 504)
-    latency: tuple[float, float] | None = None
-    reset_rate: float = 0.0
-    truncate_rate: float = 0.0
-    choices: list[ChaosChoice] = field(default_factory=list, init=False)
-    _counts: dict[str, int] = field(default_factory=dict, init=False)
-    name: ClassVar[str] = "chaos"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        rates = {"error_rate": self.error_rate, "reset_rate": self.reset_rate,
-                 "truncate_rate": self.truncate_rate}
-        for key, rate in rates.items():
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"chaos: {key}={rate!r} is not between 0 and 1")
-        if sum(rates.values()) > 1.0:
-            raise ValueError(f"chaos: error_rate, reset_rate and truncate_rate add up to "
-                             f"{sum(rates.values()):g}, more than 1")
-        if self.error_rate and not self.statuses:
-            raise ValueError("chaos: error_rate needs at least one status in statuses")
-        if self.latency is not None and not 0 <= self.latency[0] <= self.latency[1]:
-            raise ValueError(f"chaos: latency={self.latency!r} must be (low, high) with 0 <= low <= high")
-
-    def choose(self, route: str) -> ChaosChoice:
-        """The next choice for ``route`` (call with the registry's lock held)."""
-        n = self._counts.get(route, 0)
-        self._counts[route] = n + 1
-        rng = random.Random(f"{self.seed}/{route}/{n}")  # str seeds are hashed with SHA-512: stable
-        latency = rng.uniform(*self.latency) if self.latency else 0.0
-        draw = rng.random()
-        if draw < self.error_rate:
-            outcome = f"error {rng.choice(self.statuses)}"
-        elif draw < self.error_rate + self.reset_rate:
-            outcome = "reset"
-        elif draw < self.error_rate + self.reset_rate + self.truncate_rate:
-            outcome = "truncate"
-        else:
-            outcome = "pass"
-        choice = ChaosChoice(route, n, outcome, latency)
-        self.choices.append(choice)
-        return choice
-
-    def params(self) -> str:
-        return f"seed={self.seed}"
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """One recorded exchange a Replay rule can answer with."""
-
-    method: str
-    url: str
-    request_body: bytes
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    label: str  # where it came from, for messages: "api.har entry 3"
-
-
-@dataclass(eq=False, repr=False)
-class Replay(Rule):
-    """Answers from recorded exchanges (each played once, in order), matched by method, URL and body."""
-
-    entries: Sequence[Recorded] = ()
-    source: str = ""
-    match_body: bool = True
-    strict: bool = True  # a request with no recording left gets a 502 and counts as unplanned
-    _played: set[int] = field(default_factory=set, init=False)
-    name: ClassVar[str] = "replay"
-
-    def take(self, method: str, url: str, body: bytes | None) -> Recorded | None:
-        """The first unplayed recording for this request (call with the registry's lock held)."""
-        for i, entry in enumerate(self.entries):
-            if i in self._played or entry.method != method.upper() or entry.url != url:
-                continue
-            if self.match_body and body is not None and not _same_text(entry.request_body, body):
-                continue
-            self._played.add(i)
-            return entry
-        return None
-
-    def params(self) -> str:
-        return f"{self.source!r}, {len(self.entries)} entries"
-
-    def describe(self) -> str:
-        return f"#{self.number} replay of {self.source} ({len(self._played)} of {len(self.entries)} played)"
-
-    @property
-    def used(self) -> bool:
-        return len(self._played) == len(self.entries)
-
-
-def _same_text(a: bytes, b: bytes) -> bool:
-    # HAR keeps request bodies as text: compare as the cassette could store them.
-    return a == b or a.decode("utf-8", "replace") == b.decode("utf-8", "replace")
+from .chaos import Chaos, ChaosChoice
+from .replay import Replay
+from .rules import (
+    Close,
+    CorruptChunk,
+    Delay,
+    Direction,
+    DnsError,
+    Exchange,
+    Fail,
+    FirstByteDelay,
+    Fragment,
+    Match,
+    PathMatcher,
+    RefuseConnect,
+    RequireAuth,
+    Reset,
+    Respond,
+    Rule,
+    Stall,
+    Throttle,
+    Truncate,
+)
+
+__all__ = ["UNPLANNED", "Answer", "Exchange", "Faults", "Match", "PathMatcher", "Plan", "Request", "Shape"]
 
 
 # -- what one request gets ----------------------------------------------------------

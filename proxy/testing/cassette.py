@@ -21,7 +21,7 @@ from typing import Any
 
 from ..record.flows import Flow
 from ..record.har import har_log
-from ..server.faults import Recorded
+from ..server.replay import Recorded
 
 MODES = ("none", "once", "new", "all")
 # Header fields whose values never reach a cassette unless asked for.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..record.flows import Flow
-from ..server.faults import Match, PathMatcher
+from ..server.rules import Match, PathMatcher
 from .origins import Fields, fields_list
 
 NEAR_MISSES = 3

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
 from ..record.flows import Flow
-from ..server.faults import Match, PathMatcher
+from ..server.rules import Match, PathMatcher
 from .flowassert import MISSING, Expected, label, near_misses
 from .origins import Fields
 

@@ -30,8 +30,9 @@ import pytest
 from ..config import Config
 from ..record.flows import Flow
 from ..record.har import har_log
-from ..server.faults import UNPLANNED, Replay
+from ..server.faults import UNPLANNED
 from ..server.listener import ProxyServer
+from ..server.replay import Replay
 from . import cassette
 from .flowstore import FlowStore
 from .origins import Origin, OriginCA, OriginReply, OriginRequest

@@ -15,22 +15,21 @@ import random
 from collections.abc import Iterable
 from typing import Any, Literal, TypeVar
 
-from ..server.faults import (
-    Chaos,
+from ..server.chaos import Chaos
+from ..server.faults import Faults
+from ..server.replay import Recorded, Replay
+from ..server.rules import (
     Close,
     CorruptChunk,
     Delay,
     Direction,
     DnsError,
     Fail,
-    Faults,
     FirstByteDelay,
     Fragment,
     Match,
     PathMatcher,
-    Recorded,
     RefuseConnect,
-    Replay,
     RequireAuth,
     Reset,
     Respond,
