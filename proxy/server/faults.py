@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..http1.errors import ProxyError
 from .chaos import Chaos, ChaosChoice
@@ -39,6 +40,8 @@ from .rules import (
     Throttle,
     Truncate,
 )
+
+R = TypeVar("R", bound=Rule)
 
 __all__ = ["UNPLANNED", "Answer", "Exchange", "Faults", "Match", "PathMatcher", "Plan", "Request", "Shape"]
 
@@ -120,7 +123,7 @@ class Faults:
         self.strict = False
         self._added = 0
 
-    def add(self, rule: Rule) -> Rule:
+    def add(self, rule: R) -> R:
         """Append a rule. Raises ValueError if an earlier rule leaves it nothing to match."""
         with self._lock:
             self._added += 1

@@ -4,12 +4,16 @@ Leave out ``seed=`` to get a fresh one per run; a failing test's report then pri
 "chaos seed N: replay with --fwdproxy-seed N".
 """
 
+from __future__ import annotations
+
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from proxy.testing.pytest_plugin import FwdProxy, Origin
 
-def test_client_rides_out_a_flaky_api(fwdproxy, origin_http):
+
+def test_client_rides_out_a_flaky_api(fwdproxy: FwdProxy, origin_http: Origin) -> None:
     chaos = fwdproxy.chaos(seed=1234, error_rate=0.3, statuses=[502, 503], path="/api/*")
     with requests.Session() as session:
         retry = Retry(total=5, status_forcelist=[502, 503], backoff_factor=0)
