@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from servers import OriginServer, loopback_only
@@ -155,7 +156,7 @@ def render(text: str, origin: OriginServer) -> bytes:
 
 
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
-def test_rejected_and_nothing_behind_it_is_processed(proxy, origin, c):
+def test_rejected_and_nothing_behind_it_is_processed(proxy: ProxyServer, origin: OriginServer, c: Any) -> None:
     before = len(origin.received)
     response = send(proxy, render(c.raw + SMUGGLED, origin))
     if c.expect:
@@ -171,7 +172,7 @@ def test_rejected_and_nothing_behind_it_is_processed(proxy, origin, c):
 
 
 @pytest.mark.parametrize("c", PASSES, ids=[c.id for c in PASSES])
-def test_legal_but_suspicious_requests_are_served_clean(proxy, origin, c):
+def test_legal_but_suspicious_requests_are_served_clean(proxy: ProxyServer, origin: OriginServer, c: Any) -> None:
     response = send(proxy, render(c.raw, origin))
     assert response.startswith(b"HTTP/1.1 200 "), response[:300]
     got = origin.received[-1]
@@ -181,7 +182,7 @@ def test_legal_but_suspicious_requests_are_served_clean(proxy, origin, c):
     canary(proxy, origin)
 
 
-def test_case_count():
+def test_case_count() -> None:
     """The issue asks for at least 60 adversarial cases; keep the suite honest about it."""
     assert len(CASES) + len(PASSES) >= 60
     assert len({c.id for c in CASES + PASSES}) == len(CASES) + len(PASSES)

@@ -16,8 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests  # noqa: F401  (see below)
 
 pytest_plugins = ["pytester"]
+
+# The inner test files use requests. Imported here first, it stays in sys.modules;
+# otherwise pytester's in-process runs each import it afresh and drop it again, and a
+# later run's session mixes two copies of http.cookiejar ("You can only merge into
+# CookieJar") whenever this file runs on its own.
 
 
 # Inner runs load only this plugin, by name: other installed plugins (hypothesis takes
@@ -48,8 +54,10 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_fixtures_are_listed_with_their_docs(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_nothing(): pass")
     result = run(pytester, "--fixtures")
-    result.stdout.fnmatch_lines(["fwdproxy -- *", "*shared by the session*",
-                                 "fwdproxy_factory -- *", "origin_http -- *", "origin_https -- *"])
+    # pytest sorts the listing by "path:line" as text, so the order says nothing: check each fixture.
+    result.stdout.fnmatch_lines(["fwdproxy -- *", "*shared by the session*"])
+    for name in ("fwdproxy_factory", "origin_http", "origin_https"):
+        result.stdout.fnmatch_lines([f"{name} -- *"])
 
 
 def test_the_issue_example_passes_offline(pytester: pytest.Pytester) -> None:
@@ -317,6 +325,7 @@ def test_origin_https_presents_certificates_only_for_its_names(pytester: pytest.
     run(pytester, "-o", "fwdproxy_offline=true").assert_outcomes(passed=1)
 
 
+@pytest.mark.slow
 def test_xdist_workers_each_get_their_own_proxy(pytester: pytest.Pytester,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("xdist")
@@ -337,6 +346,7 @@ def test_xdist_workers_each_get_their_own_proxy(pytester: pytest.Pytester,
     assert len(workers) == 2 and len(set(workers.values())) == 2
 
 
+@pytest.mark.slow
 def test_the_pytest11_entry_point_loads_the_plugin(pytester: pytest.Pytester,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """An installed distribution's entry point, as pyproject.toml declares it, is all it takes."""

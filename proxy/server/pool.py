@@ -43,7 +43,7 @@ class UpstreamResponse(http.client.HTTPResponse):
     the email package (tens of microseconds per response, the hottest spot on
     the forward path), silently stops at a line without a colon, reads "5, 5"
     as no Content-Length and lets Transfer-Encoding quietly win over
-    Content-Length. Here the head goes through ``headers.read_fields`` and
+    Content-Length. Here the head goes through ``http1.headers.read_fields`` and
     ambiguous framing raises MalformedResponse (RFC 9112 section 6.3). The
     attributes http.client's body readers use (chunked, chunk_left, length,
     will_close) are set exactly as the stdlib defines them; ``headers`` and
