@@ -19,8 +19,9 @@ import re
 import socket
 import time
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from . import intercept
 from .chunked import read_chunked
 from .errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
 from .faults import ShapedDownstream
@@ -36,7 +37,8 @@ from .headers import (
     request_body_length,
 )
 from .policy import check_connect_port, check_credentials, client_allowed
-from .target import parse_absolute, parse_authority
+from .target import Origin, parse_absolute, parse_authority
+from .tls.stream import TLSStream
 from .tunnel import open_upstream
 
 if TYPE_CHECKING:
@@ -73,6 +75,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.in_head = False
         self.flow_deferred = False
         self._start = 0.0
+        # Set once a CONNECT is intercepted: requests then come over TLS, all for this origin.
+        self.intercepted: Origin | None = None
+        self.tls: TLSStream | None = None
+        self._tunnel_flow: Flow | None = None
+        self._tunnel_auth: str | None = None
+        self._tunnel_start = 0.0
 
     def handle(self) -> None:
         self.server.track(self)
@@ -82,6 +90,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.server.untrack(self)
 
     def finish(self) -> None:
+        if self.tls is not None and self._tunnel_flow is not None:
+            self.tls.close_notify()
+            flow = self._tunnel_flow
+            flow.bytes_up, flow.bytes_down = self.tls.bytes_in, self.tls.bytes_out
+            flow.finish(self._tunnel_start)
+            self.server.flows.emit(flow)
         self.server.watchdog.forget(self.deadline)
         super().finish()
 
@@ -121,6 +135,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if not self.flow_deferred:
                 flow.finish(start)
                 self.server.flows.emit(flow)
+            elif self.tls is not None:
+                self.flow_deferred = False  # an intercepted tunnel's flow is emitted in finish()
             self.busy = False  # after the flow is recorded: see ProxyServer.busy()
             if self.server.stopping:
                 self.close_connection = True
@@ -155,13 +171,17 @@ class ProxyHandler(BaseHTTPRequestHandler):
         flow.method, flow.url = line.method, _USERINFO.sub("", line.target)
         if len(headers.get_all("host")) > 1:
             raise BadRequest("more than one Host header")  # RFC 9112 section 3.2
+        if self.intercepted is not None:  # admitted at CONNECT; every request goes to its origin
+            self._check_loop(headers)
+            flow.intercepted = True
+            return self._forward(line, headers, flow,
+                                 *intercept.inner_target(self.intercepted, line.target, line.method))
         if line.target.startswith("/") or line.target == "*":
             return self._local(line, headers, flow)
         self._admit(headers)
         if line.method == "CONNECT":
-            self._tunnel(line, headers, flow)
-            return False
-        return self._forward(line, headers, flow)
+            return self._tunnel(line, headers, flow)
+        return self._forward(line, headers, flow, *parse_absolute(line.target, line.method))
 
     def _admit(self, headers: Headers) -> None:
         """Client network, credentials and loop checks; each refusal raises its status."""
@@ -170,14 +190,18 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
         if config.auth:
             check_credentials(headers.get("proxy-authorization"), config.auth)
+        self._check_loop(headers)
+
+    def _check_loop(self, headers: Headers) -> None:
         for via in headers.get_all("via"):
             if self.server.via_name in via:
                 raise LoopDetected("request already passed through this proxy (Via)")
 
-    def _forward(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
+    def _forward(self, line: RequestLine, headers: Headers, flow: Flow, origin: Origin, path: str) -> bool:
         config = self.server.config
-        origin, path = parse_absolute(line.target, line.method)
         self.server.host_rules.check(origin.host)
+        if origin.scheme == "https":
+            flow.upstream_tls = "unverified" if config.upstream_insecure else "verified"
         flow.host, flow.port, flow.path = origin.host, origin.port, path
         flow.request_headers = _redacted(headers)
         length = request_body_length(headers, line.version)
@@ -195,7 +219,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             downstream = shaped
         return forward(req, downstream, self.server.pool, flow)
 
-    def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> None:
+    def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
         flow.kind = "tunnel"
         host, port = parse_authority(line.target)
         flow.host, flow.port = host, port
@@ -204,8 +228,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
         check_connect_port(port, self.server.config.allowed_connect_ports)
         if "transfer-encoding" in headers or content_length(headers):
             raise BadRequest("a CONNECT request has no body")  # RFC 9110 section 9.3.6
+        interception = self.server.interception
+        intercepting = interception is not None and interception.wants(host)
         if self.server.faults:
-            self._apply_faults("CONNECT", host, "", headers, flow, None)
+            self._apply_faults("CONNECT", host, "", headers, flow, None, intercepting=intercepting)
+        if interception is not None and intercepting:
+            self._tunnel_auth = headers.get("proxy-authorization")  # it covers the requests inside
+            return self._intercept(interception, host, port, flow)
         config = self.server.config
         upstream = open_upstream(host, port, self.server.connect, config.connect_timeout)
         try:
@@ -218,9 +247,54 @@ class ProxyHandler(BaseHTTPRequestHandler):
         # From here the relay owns both sockets and records the flow when the tunnel ends.
         self.server.relay_tunnel(self.connection, upstream, self._buffered_bytes(), flow, self._start)
         self.flow_deferred = True
+        return False
+
+    def _intercept(self, interception: intercept.Interception, host: str, port: int, flow: Flow) -> bool:
+        """Answer 200, then terminate TLS if the client starts it; else relay blindly."""
+        self.downstream.send(_ESTABLISHED)
+        flow.status = 200
+        self.deadline.clear()
+        early = intercept.first_bytes(self.connection, self._buffered_bytes(), interception.first_bytes_wait)
+        if not intercept.is_tls(early):
+            return self._relay_blindly(host, port, early, flow)
+        flow.intercepted = True
+        self.deadline.set(self.server.config.header_timeout)  # the whole handshake, like a head
+        try:
+            stream = interception.accept(self.connection, early, host)
+        except (OSError, ValueError) as exc:
+            reason, refused = intercept.handshake_failure(exc)
+            if self.deadline.fired:
+                limit = self.server.config.header_timeout
+                reason = f"TLS handshake with the client not completed within {limit:g}s"
+            elif refused:
+                interception.hint_once(self.client_label, host, reason)
+            raise Abort(reason) from None
+        self.deadline.clear()
+        self.rfile.close()  # its buffer was emptied into ``early``; it holds a reference to the socket
+        self.tls = stream
+        # The rest of this connection speaks through the TLS stream, which has the socket
+        # calls the handler and Downstream use (sendall, shutdown, setsockopt, makefile).
+        self.connection = cast(socket.socket, stream)
+        self.rfile = stream.makefile("rb")
+        self.downstream = Downstream(self.rfile, self.connection, self.deadline, self.server.config.timeout)
+        self.intercepted = Origin("https", host, port)
+        self._tunnel_flow, self._tunnel_start = flow, self._start
+        self.flow_deferred = True
+        self.server.flows.emit_opened(flow)
+        return True
+
+    def _relay_blindly(self, host: str, port: int, early: bytes, flow: Flow) -> bool:
+        """A tunnel whose client did not start TLS: dial now, relay, the bytes already read first."""
+        try:
+            upstream = open_upstream(host, port, self.server.connect, self.server.config.connect_timeout)
+        except ProxyError as exc:  # 200 is said already: all that is left is to close
+            raise Abort(exc.reason) from None
+        self.server.relay_tunnel(self.connection, upstream, early, flow, self._start)
+        self.flow_deferred = True
+        return False
 
     def _apply_faults(self, method: str, host: str, path: str, headers: Headers, flow: Flow,
-                      req: Request | None) -> Downstream | None:
+                      req: Request | None, *, intercepting: bool = False) -> Downstream | None:
         """Carry out the fault rules matching this request (see faults.py).
 
         Returns the client side to forward through (throttled or resetting as
@@ -232,8 +306,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
             flow.faults.append(fault.action)
             p = fault.params
             if fault.action == "require_auth":
-                check_credentials(headers.get("proxy-authorization"), [(p["user"], p["password"])])
-            elif fault.action == "delay":
+                credentials = headers.get("proxy-authorization")
+                if self.intercepted is not None:
+                    credentials = self._tunnel_auth  # sent with the CONNECT, not inside TLS
+                check_credentials(credentials, [(p["user"], p["password"])])
+            elif fault.action == "delay" and not (intercepting and fault.match.method is None):
+                # An intercepted tunnel's requests are delayed one by one, not the CONNECT too.
                 time.sleep(p["seconds"])
             elif fault.action == "refuse_connect" and req is None:
                 raise ProxyError(f"CONNECT to {host} refused by a fault rule", status=p["status"],

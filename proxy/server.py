@@ -28,9 +28,11 @@ from .faults import Faults
 from .flows import Flow, FlowLog, Sink, log_sink
 from .handler import ProxyHandler
 from .headers import Limits
+from .intercept import Interception, UpstreamTLSConnection
 from .policy import HostRules
 from .pool import ConnectFn, Pool, UpstreamConnection
 from .target import Origin
+from .tls.contexts import OriginTLS
 from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
 
@@ -58,6 +60,8 @@ class ProxyServer(ThreadingHTTPServer):
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
         self.watchdog = Watchdog()
         self.faults = Faults()
+        self.interception = interception(config) if config.intercept else None
+        self._origin_tls: OriginTLS | None = None
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self.allow_reuse_port = config.workers > 1
         super().__init__((self.config.host, self.config.port), ProxyHandler)
@@ -82,9 +86,21 @@ class ProxyServer(ThreadingHTTPServer):
         self.server_name, self.server_port = self.config.host, self.server_address[1]
 
     def _new_connection(self, origin: Origin) -> UpstreamConnection:
+        if origin.scheme == "https":
+            return UpstreamTLSConnection(origin, self.origin_tls, connect_timeout=self.config.connect_timeout,
+                                         read_timeout=self.config.timeout, connect=self.connect,
+                                         watchdog=self.watchdog)
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
                                   read_timeout=self.config.timeout, connect=self.connect,
                                   watchdog=self.watchdog)
+
+    @property
+    def origin_tls(self) -> OriginTLS:
+        """What origins are verified against; made on first use (loading the system's roots takes a while)."""
+        with self._lock:
+            if self._origin_tls is None:
+                self._origin_tls = OriginTLS(self.config.upstream_ca, insecure=self.config.upstream_insecure)
+            return self._origin_tls
 
     @property
     def port(self) -> int:
@@ -270,3 +286,15 @@ class ProxyServer(ThreadingHTTPServer):
 
     def __repr__(self) -> str:
         return f"<ProxyServer {self.url} clients={len(self._clients)} tunnels={self.relay.count()}>"
+
+
+def interception(config: Config) -> Interception:
+    """Interception as configured, with the CA saved in the CA folder (tls.ca raises CAError if unusable)."""
+    from pathlib import Path
+
+    from .tls.ca import LocalCA, default_ca_dir
+    from .tls.leaves import LeafMint
+
+    ca = LocalCA.load(Path(config.ca_dir) if config.ca_dir else default_ca_dir())
+    return Interception(LeafMint(ca.ca), config.intercept_hosts, config.no_intercept_hosts,
+                        first_bytes_wait=config.intercept_wait)
