@@ -31,6 +31,7 @@ from .config import Config
 from .faults import Fault, Match, PathMatcher
 from .flowstore import FlowStore
 from .har import har_log
+from .intercept import Interception
 from .origins import Fields, Origin, OriginCA, OriginReply, OriginRequest, fields_list
 from .server import ProxyServer
 
@@ -97,6 +98,26 @@ def _is_loopback(host: str) -> bool:
 # -- the proxy a test sees --------------------------------------------------------
 
 
+class SessionTLS:
+    """The session's interception CA (a throwaway trustme CA), its files, and the leaves it mints."""
+
+    def __init__(self, directory: Path, origin_ca: OriginCA) -> None:
+        from .tls.ca import LocalCA, system_roots_file
+        from .tls.leaves import LeafMint
+
+        ca = LocalCA.throwaway()
+        self.mint = LeafMint(ca.ca)
+        self.ca_file = str(directory / "fwdproxy-intercept-ca.pem")
+        ca.ca.cert_pem.write_to_path(self.ca_file)
+        self.origin_ca_file = origin_ca.ca_file
+        # For clients that take one bundle: the system's roots, this CA, and the session's
+        # origins' CA (so tunnels that are not intercepted still verify).
+        self.bundle_file = str(directory / "fwdproxy-ca-bundle.pem")
+        roots = Path(system).read_bytes().rstrip(b"\n") + b"\n" if (system := system_roots_file()) else b""
+        Path(self.bundle_file).write_bytes(roots + ca.ca.cert_pem.bytes()
+                                           + Path(origin_ca.ca_file).read_bytes())
+
+
 class FwdProxy:
     """A running proxy as a test uses it: address, environment, flows, faults, host mappings."""
 
@@ -106,6 +127,9 @@ class FwdProxy:
         self.flows = FlowStore(f"{label} {server.url}", busy=server.busy)
         server.flows.add(self.flows.record)
         server.flows.add_opened(self.flows.opened)
+        self._configured_interception = server.interception
+        self._tls_source: Callable[[], SessionTLS] | None = None
+        self._tls: SessionTLS | None = None  # set while this test intercepts
 
     @property
     def url(self) -> str:
@@ -120,9 +144,40 @@ class FwdProxy:
         return self.server.port
 
     def env(self) -> dict[str, str]:
-        """Proxy variables in both cases (curl reads only lowercase http_proxy), NO_PROXY emptied."""
-        return {"HTTP_PROXY": self.url, "HTTPS_PROXY": self.url, "http_proxy": self.url,
-                "https_proxy": self.url, "NO_PROXY": "", "no_proxy": ""}
+        """Proxy variables in both cases (curl reads only lowercase http_proxy), NO_PROXY emptied.
+
+        While the test intercepts, also the CA variables of common clients (see ``intercept``).
+        """
+        env = {"HTTP_PROXY": self.url, "HTTPS_PROXY": self.url, "http_proxy": self.url,
+               "https_proxy": self.url, "NO_PROXY": "", "no_proxy": ""}
+        if self._tls is not None:
+            from .tls.ca import BUNDLE_VARIABLES, EXTRA_CA_VARIABLES
+
+            env.update({name: self._tls.bundle_file for name in BUNDLE_VARIABLES})
+            env.update({name: self._tls.ca_file for name in EXTRA_CA_VARIABLES})
+        return env
+
+    def intercept(self, *host_patterns: str, no_intercept: tuple[str, ...] = ()) -> str:
+        """Decrypt HTTPS through this proxy for this test (only ``host_patterns``, if given); the CA file.
+
+        Clients must trust ``ca_file`` (``env()`` and ``apply_env()`` now point the usual
+        variables at it); the proxy trusts the session's ``origin_https`` CA. Faults and
+        flow queries then apply to each request inside the tunnel, with https:// URLs.
+        """
+        if self._tls_source is None:
+            raise RuntimeError("intercept() needs the fwdproxy or fwdproxy_factory fixture")
+        self._tls = tls = self._tls_source()
+        self.server.origin_tls.trust(tls.origin_ca_file)
+        self.server.interception = Interception(tls.mint, tuple(host_patterns), tuple(no_intercept),
+                                                first_bytes_wait=self.server.config.intercept_wait)
+        return tls.ca_file
+
+    @property
+    def ca_file(self) -> str:
+        """The CA certificate (PEM) clients must trust while this test intercepts."""
+        if self._tls is None:
+            raise AttributeError("ca_file exists once the test calls fwdproxy.intercept()")
+        return self._tls.ca_file
 
     def apply_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Point this process's environment at the proxy for the test (a preset NO_PROXY removed)."""
@@ -143,6 +198,7 @@ class FwdProxy:
         if isinstance(to, Origin):
             if to.tls:
                 to.add_name(host)
+                self.server.origin_tls.trust(to.ca_file)  # for intercepted and https:// requests
             self.hosts.add(host, to.host, to.port, only_port=only_port)
         elif isinstance(to, tuple):
             self.hosts.add(host, to[0], to[1], only_port=only_port)
@@ -194,6 +250,8 @@ class FwdProxy:
         """Forget flows, fault rules and host mappings, and close idle upstream connections."""
         self.server.faults.clear()
         self.hosts.clear()
+        self.server.interception = self._configured_interception
+        self._tls = None
         self.server.pool.close()  # so upstream opened/reused counts start from nothing
         self.flows.clear()
 
@@ -242,10 +300,13 @@ def _fwdproxy_shared(pytestconfig: pytest.Config) -> Iterator[FwdProxy]:
 def fwdproxy(_fwdproxy_shared: FwdProxy, request: pytest.FixtureRequest) -> Iterator[FwdProxy]:
     """A running proxy shared by the session, with flows, faults and host mappings cleared for this test."""
     _fwdproxy_shared.clear()
+    _fwdproxy_shared._tls_source = lambda: request.getfixturevalue("_fwdproxy_tls")
     _used_by(request.node).append(_fwdproxy_shared)
     yield _fwdproxy_shared
     _fwdproxy_shared.server.faults.clear()  # a fault must never outlive its test
     _fwdproxy_shared.hosts.clear()
+    _fwdproxy_shared.server.interception = _fwdproxy_shared._configured_interception
+    _fwdproxy_shared._tls = _fwdproxy_shared._tls_source = None
 
 
 @pytest.fixture
@@ -256,6 +317,7 @@ def fwdproxy_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., F
     def make(**settings: Any) -> FwdProxy:
         settings.setdefault("offline", _offline(request.config))
         proxy = start_proxy(f"fwdproxy_factory#{len(made) + 1}", **settings)
+        proxy._tls_source = lambda: request.getfixturevalue("_fwdproxy_tls")
         made.append(proxy)
         _used_by(request.node).append(proxy)
         return proxy
@@ -268,6 +330,11 @@ def fwdproxy_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., F
 @pytest.fixture(scope="session")
 def _fwdproxy_ca(tmp_path_factory: pytest.TempPathFactory) -> OriginCA:
     return OriginCA(tmp_path_factory.mktemp("fwdproxy-ca"))
+
+
+@pytest.fixture(scope="session")
+def _fwdproxy_tls(tmp_path_factory: pytest.TempPathFactory, _fwdproxy_ca: OriginCA) -> SessionTLS:
+    return SessionTLS(tmp_path_factory.mktemp("fwdproxy-intercept"), _fwdproxy_ca)
 
 
 @pytest.fixture

@@ -112,8 +112,8 @@ class LocalCA:
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
         except ValueError as exc:
-            raise CAError(f"{cert_file} is not a PEM certificate ({exc}): restore it, or delete "
-                          f"{cert_file} and {key_file} and run `fwdproxy ca init`") from None
+            raise CAError(f"{cert_file} is not a valid PEM certificate ({type(exc).__name__}): restore "
+                          f"it, or delete {cert_file} and {key_file} and run `fwdproxy ca init`") from None
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError) as exc:
