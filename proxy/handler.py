@@ -303,6 +303,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
         """
         rate = reset_after = None
         for fault in self.server.faults.applying(method, host, path):
+            if fault.action == "delay" and intercepting and fault.match.method is None:
+                continue  # an intercepted tunnel's requests are delayed one by one instead
             flow.faults.append(fault.action)
             p = fault.params
             if fault.action == "require_auth":
@@ -310,8 +312,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 if self.intercepted is not None:
                     credentials = self._tunnel_auth  # sent with the CONNECT, not inside TLS
                 check_credentials(credentials, [(p["user"], p["password"])])
-            elif fault.action == "delay" and not (intercepting and fault.match.method is None):
-                # An intercepted tunnel's requests are delayed one by one, not the CONNECT too.
+            elif fault.action == "delay":
                 time.sleep(p["seconds"])
             elif fault.action == "refuse_connect" and req is None:
                 raise ProxyError(f"CONNECT to {host} refused by a fault rule", status=p["status"],
