@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import socket
 import ssl
 import subprocess
 import urllib.error

@@ -266,7 +266,7 @@ class Subprocess:
                    int(threads.group(1)) - status["idle_workers"])
             quiet = status["client_connections"] <= 1
             reached = now == last if at_most is None else now[0] <= at_most[0] and now[1] <= at_most[1]
-            if quiet and reached or time.monotonic() > deadline:
+            if (quiet and reached) or time.monotonic() > deadline:
                 return now
             last = now
             time.sleep(0.05)
@@ -281,7 +281,7 @@ def separate(tmp_path_factory: pytest.TempPathFactory, _fwdproxy_ca: OriginCA) -
 
 
 def through_separate(proxy: Subprocess, origin: Origin) -> None:
-    resp = requests.get(origin.url("/after"), proxies={"https": "http://%s:%d" % proxy.address},
+    resp = requests.get(origin.url("/after"), proxies={"https": "http://{}:{}".format(*proxy.address)},
                         verify=proxy.ca_file, timeout=10)
     assert resp.status_code == 200
 
