@@ -19,10 +19,20 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, ca_cmd, fetch, health
-from .config import LOG_FORMATS, LOG_LEVELS, Config
-from .policy import LOOPBACK_NETWORKS, ConfigError, parse_networks, parse_ports
-from .server import ProxyServer
+from . import __version__
+from .client import fetch
+from .config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    LOOPBACK_NETWORKS,
+    Config,
+    ConfigError,
+    parse_networks,
+    parse_ports,
+)
+from .server import health
+from .server.listener import ProxyServer
+from .tls import command as ca_cmd
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()

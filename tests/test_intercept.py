@@ -20,7 +20,7 @@ import httpx
 import pytest
 import requests
 
-from proxy.pytest_plugin import FwdProxy, Origin, OriginReply, OriginRequest
+from proxy.testing.pytest_plugin import FwdProxy, Origin, OriginReply, OriginRequest
 
 
 def echo(request: OriginRequest) -> OriginReply:

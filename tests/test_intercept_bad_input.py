@@ -27,8 +27,8 @@ import requests
 import trustme
 from servers import RawOrigin
 
-from proxy.origins import OriginCA
-from proxy.pytest_plugin import FwdProxy, Origin
+from proxy.testing.origins import OriginCA
+from proxy.testing.pytest_plugin import FwdProxy, Origin
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.pytest_plugin import FwdProxy, Origin, OriginReply, OriginRequest
+from proxy.testing.pytest_plugin import FwdProxy, Origin, OriginReply, OriginRequest
 
 NODE = Path(__file__).resolve().parent / "node"
 PAGE = b"<html><head><title>t</title></head><body><p id=greeting>hello from the origin</p></body></html>"

@@ -19,14 +19,20 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 
-from .errors import BadRequest, Forbidden, UpstreamError, UpstreamTimeout
+from ..config import Config
+from ..http1.errors import Abort, BadRequest, Forbidden, ProxyError, UpstreamTimeout
+from ..http1.target import Origin, parse_absolute
+from ..tls.ca import LocalCA, default_ca_dir
+from ..tls.contexts import OriginTLS
+from ..tls.leaves import LeafMint, certificate_name
+from ..tls.stream import TLSStream, looks_like_client_hello
+from .connect import dial
+from .failures import Step, upstream_failure
 from .policy import HostRules
 from .pool import UpstreamConnection
-from .target import Origin, parse_absolute
-from .tls.contexts import OriginTLS
-from .tls.leaves import LeafMint, certificate_name
-from .tls.stream import TLSStream, looks_like_client_hello
+from .watchdog import Deadline
 
 log = logging.getLogger("fwdproxy")
 
@@ -34,6 +40,13 @@ log = logging.getLogger("fwdproxy")
 # relayed blindly (so SMTP or anything else where the server speaks first works).
 FIRST_BYTES_WAIT = 1.0
 _HINTED_MAX = 1024
+
+
+def configured_interception(config: Config) -> Interception:
+    """Interception as configured, with the CA saved in the CA folder (CAError if it is unusable)."""
+    ca = LocalCA.load(Path(config.ca_dir) if config.ca_dir else default_ca_dir())
+    return Interception(LeafMint(ca.ca), config.intercept_hosts, config.no_intercept_hosts,
+                        first_bytes_wait=config.intercept_wait)
 
 
 class Interception:
@@ -54,10 +67,25 @@ class Interception:
             return False
         return True
 
-    def accept(self, sock: socket.socket, early: bytes, host: str) -> TLSStream:
-        """The client's TLS session, handshake done, presenting a leaf for its SNI (else ``host``)."""
+    def accept(self, sock: socket.socket, early: bytes, host: str, deadline: Deadline, timeout: float,
+               client: str) -> TLSStream:
+        """The client's TLS session, handshake done within timeout, with a leaf for its SNI (else host).
+
+        A failed handshake raises Abort with a one-line reason (the flow's error); a client
+        that refused our certificate also gets a hint in the log, once per host.
+        """
+        deadline.set(timeout)  # the whole handshake, as for a request head
         stream = TLSStream(sock, self.mint.context(certificate_name(host) or host), early)
-        stream.handshake()
+        try:
+            stream.handshake()
+        except (OSError, ValueError) as exc:
+            reason, refused = handshake_failure(exc)
+            if deadline.fired:
+                reason = f"TLS handshake with the client not completed within {timeout:g}s"
+            elif refused:
+                self.hint_once(client, host, reason)
+            raise Abort(reason) from None
+        deadline.clear()
         return stream
 
     def hint_once(self, client: str, host: str, error: str) -> None:
@@ -134,8 +162,9 @@ class UpstreamTLSConnection(UpstreamConnection):
         self.tls = tls
 
     def connect(self) -> None:
-        raw = self._connect_fn((self.host, self.port), self.connect_timeout)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Dial and complete the TLS handshake within connect_timeout; failures raise what to answer."""
+        where = self.origin.authority
+        raw = dial(self._connect_fn, self.host, self.port, self.connect_timeout, where)
         try:
             sock = self.tls.context.wrap_socket(raw, server_hostname=self.origin.host,
                                                 do_handshake_on_connect=False)
@@ -160,16 +189,11 @@ class UpstreamTLSConnection(UpstreamConnection):
         else:
             sock.settimeout(self.read_timeout)
 
-    def _handshake_error(self, exc: Exception, timed_out: bool) -> UpstreamError | UpstreamTimeout:
+    def _handshake_error(self, exc: Exception, timed_out: bool) -> ProxyError:
         where = self.origin.authority
         if timed_out:
             return UpstreamTimeout(f"TLS handshake with {where} not completed within "
                                    f"{self.connect_timeout:g}s", kind="connection_timeout")
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return UpstreamError(f"{where} presented a certificate that does not verify: "
-                                 f"{exc.verify_message}", kind="tls_certificate_error")
         if isinstance(exc, ssl.SSLError):
-            return UpstreamError(f"TLS handshake with {where} failed: {exc.reason or exc}",
-                                 kind="tls_protocol_error")
-        return UpstreamError(f"TLS handshake with {where} failed: {exc or type(exc).__name__}",
-                             kind="tls_protocol_error")
+            return upstream_failure(Step.CONNECT, where, exc)  # certificate or protocol error
+        return upstream_failure(Step.CONNECT, where, ssl.SSLError(f"the connection ended: {exc}"))

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .tls.ca import CAError, LocalCA, default_ca_dir
+from .ca import CAError, LocalCA, default_ca_dir
 
 TRUST_HINT = "trust it with `eval \"$(fwdproxy ca env)\"`; other clients: docs/interception.md"
 

@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 
-from .config import Config
-from .faults import Fault, Match, PathMatcher
+from ..config import Config
+from ..record.har import har_log
+from ..server.faults import Fault, Match, PathMatcher
+from ..server.intercept import Interception
+from ..server.listener import ProxyServer
 from .flowstore import FlowStore
-from .har import har_log
-from .intercept import Interception
 from .origins import Fields, Origin, OriginCA, OriginReply, OriginRequest, fields_list
-from .server import ProxyServer
 
 __all__ = ["FwdProxy", "HostMap", "Origin", "OriginCA", "OriginReply", "OriginRequest"]
 
@@ -102,8 +102,8 @@ class SessionTLS:
     """The session's interception CA (a throwaway trustme CA), its files, and the leaves it mints."""
 
     def __init__(self, directory: Path, origin_ca: OriginCA) -> None:
-        from .tls.ca import LocalCA, system_roots_file
-        from .tls.leaves import LeafMint
+        from ..tls.ca import LocalCA, system_roots_file
+        from ..tls.leaves import LeafMint
 
         ca = LocalCA.throwaway()
         self.mint = LeafMint(ca.ca)
@@ -151,7 +151,7 @@ class FwdProxy:
         env = {"HTTP_PROXY": self.url, "HTTPS_PROXY": self.url, "http_proxy": self.url,
                "https_proxy": self.url, "NO_PROXY": "", "no_proxy": ""}
         if self._tls is not None:
-            from .tls.ca import BUNDLE_VARIABLES, EXTRA_CA_VARIABLES
+            from ..tls.ca import BUNDLE_VARIABLES, EXTRA_CA_VARIABLES
 
             env.update({name: self._tls.bundle_file for name in BUNDLE_VARIABLES})
             env.update({name: self._tls.ca_file for name in EXTRA_CA_VARIABLES})

@@ -17,22 +17,23 @@ import socket
 import socketserver
 import threading
 import time
-from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from . import __version__
-from .config import Config
-from .connect import Connector
+from .. import __version__
+from ..config import Config
+from ..http1 import responses
+from ..http1.headers import Limits
+from ..http1.target import Origin
+from ..record.flows import Flow, FlowLog, Sink, log_sink
+from ..tls.contexts import OriginTLS
+from .connect import ConnectFn, Connector
 from .faults import Faults
-from .flows import Flow, FlowLog, Sink, log_sink
 from .handler import ProxyHandler
-from .headers import Limits
-from .intercept import Interception, UpstreamTLSConnection
+from .intercept import UpstreamTLSConnection, configured_interception
 from .policy import HostRules
-from .pool import ConnectFn, Pool, UpstreamConnection
-from .target import Origin
-from .tls.contexts import OriginTLS
+from .pool import Pool, UpstreamConnection
+from .shared import Client, ServerBase
 from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
 
@@ -41,7 +42,7 @@ _MAX_IDLE_WORKERS = 64
 _WORKER_IDLE_SECONDS = 30.0
 
 
-class ProxyServer(ThreadingHTTPServer):
+class ProxyServer(ServerBase):
     """A forward proxy on one listening socket; ``with ProxyServer(cfg) as s:`` runs it in the background."""
 
     daemon_threads = True
@@ -60,7 +61,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
         self.watchdog = Watchdog()
         self.faults = Faults()
-        self.interception = interception(config) if config.intercept else None
+        self.interception = configured_interception(config) if config.intercept else None
         self._origin_tls: OriginTLS | None = None
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self.allow_reuse_port = config.workers > 1
@@ -70,7 +71,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
         self.started = time.monotonic()
         self.stopping = False
-        self._clients: set[ProxyHandler] = set()
+        self._clients: set[Client] = set()
         self._active = 0  # connections accepted and not yet closed, threads included
         self._idle_slots: list[queue.SimpleQueue[tuple[Any, Any] | None]] = []  # idle worker threads
         self._refused: queue.Queue[socket.socket] = queue.Queue(256)
@@ -190,9 +191,8 @@ class ProxyServer(ThreadingHTTPServer):
 
     def _refuse_loop(self) -> None:
         body = b"fwdproxy: too many client connections; retry shortly\n"
-        response = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-                    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        response = responses.head(503, [("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8"),
+                                        ("Connection", "close"), ("Content-Length", str(len(body)))]) + body
         while True:
             sock = self._refused.get()
             try:
@@ -207,13 +207,13 @@ class ProxyServer(ThreadingHTTPServer):
             finally:
                 sock.close()
 
-    def track(self, handler: ProxyHandler) -> None:
+    def track(self, client: Client) -> None:
         with self._lock:
-            self._clients.add(handler)
+            self._clients.add(client)
 
-    def untrack(self, handler: ProxyHandler) -> None:
+    def untrack(self, client: Client) -> None:
         with self._lock:
-            self._clients.discard(handler)
+            self._clients.discard(client)
 
     def busy(self) -> bool:
         """Whether some exchange is in progress (its flow not recorded yet)."""
@@ -287,14 +287,3 @@ class ProxyServer(ThreadingHTTPServer):
     def __repr__(self) -> str:
         return f"<ProxyServer {self.url} clients={len(self._clients)} tunnels={self.relay.count()}>"
 
-
-def interception(config: Config) -> Interception:
-    """Interception as configured, with the CA saved in the CA folder (tls.ca raises CAError if unusable)."""
-    from pathlib import Path
-
-    from .tls.ca import LocalCA, default_ca_dir
-    from .tls.leaves import LeafMint
-
-    ca = LocalCA.load(Path(config.ca_dir) if config.ca_dir else default_ca_dir())
-    return Interception(LeafMint(ca.ca), config.intercept_hosts, config.no_intercept_hosts,
-                        first_bytes_wait=config.intercept_wait)
