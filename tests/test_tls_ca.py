@@ -46,7 +46,7 @@ def test_create_writes_a_private_key_and_a_certificate_naming_fwdproxy(tmp_path:
     cert = x509.load_pem_x509_certificate((tmp_path / "certs" / "ca.pem").read_bytes())
     assert "O=fwdproxy" in cert.subject.rfc4514_string() and "fwdproxy local CA for" in cert.subject.rfc4514_string()
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    assert cert.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=3650)
+    assert cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3650)
     assert ca.cert_file == tmp_path / "certs" / "ca.pem"
     with pytest.raises(CAError, match="already exists"):
         LocalCA.create(tmp_path / "certs")  # never replaces a CA clients may trust
@@ -130,7 +130,7 @@ def mint() -> LeafMint:
 
 
 def test_a_leaf_is_short_lived_and_starts_in_the_past(mint: LeafMint) -> None:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     leaf = mint.mint("api.example", now)
     assert leaf.not_valid_before_utc < now - datetime.timedelta(minutes=30)  # clock skew
     assert leaf.not_valid_after_utc - now <= LEAF_LIFETIME <= datetime.timedelta(days=30)
