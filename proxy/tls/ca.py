@@ -156,7 +156,7 @@ class LocalCA:
         return [f"certificate: {self.cert_file}",
                 f"subject:     {cert.subject.rfc4514_string()}",
                 f"sha256:      {':'.join(digest[i:i + 2] for i in range(0, len(digest), 2))}",
-                f"expires:     {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"]
+                f"expires:     {not_after(cert):%Y-%m-%d %H:%M:%S} UTC"]
 
     def write_bundle(self) -> Path:
         """Write the system's roots plus this CA as one PEM bundle; its path."""
@@ -172,6 +172,14 @@ class LocalCA:
         bundle, cert = shlex.quote(str(self.bundle_file)), shlex.quote(str(self.cert_file))
         return ([f"export {name}={bundle}" for name in BUNDLE_VARIABLES]
                 + [f"export {name}={cert}" for name in EXTRA_CA_VARIABLES])
+
+
+def not_after(cert: x509.Certificate) -> datetime.datetime:
+    """When cert expires, timezone-aware (``not_valid_after_utc`` is cryptography 42+; Debian 12 has 38)."""
+    aware = getattr(cert, "not_valid_after_utc", None)
+    if isinstance(aware, datetime.datetime):
+        return aware
+    return cert.not_valid_after.replace(tzinfo=datetime.UTC)
 
 
 def system_roots_file() -> str | None:
@@ -206,8 +214,8 @@ def _check_pair(cert: x509.Certificate, key: PrivateKey, cert_file: Path, key_fi
     if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
         raise CAError(f"{key_file} is not the key of {cert_file}: restore the matching pair, or delete "
                       "both and run `fwdproxy ca init`")
-    if cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
-        raise CAError(f"{cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d}: delete {cert_file} "
+    if not_after(cert) <= datetime.datetime.now(datetime.UTC):
+        raise CAError(f"{cert_file} expired on {not_after(cert):%Y-%m-%d}: delete {cert_file} "
                       f"and {key_file} and run `fwdproxy ca init`")
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca

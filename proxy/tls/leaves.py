@@ -21,6 +21,8 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from .ca import not_after
+
 if TYPE_CHECKING:
     import trustme
     from cryptography import x509
@@ -76,7 +78,7 @@ class LeafMint:
         cert = self.mint(name, now)
         context = self._server_context(cert)
         with self._lock:
-            self._contexts[name] = (context, cert.not_valid_after_utc)
+            self._contexts[name] = (context, not_after(cert))
             self._contexts.move_to_end(name)
             while len(self._contexts) > self._max_cached:
                 self._contexts.popitem(last=False)
