@@ -316,10 +316,16 @@ def fwdproxy_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., F
 
     def make(**settings: Any) -> FwdProxy:
         settings.setdefault("offline", _offline(request.config))
+        # intercept=True takes the session's CA, not a CA folder: the same as .intercept().
+        intercepting = settings.pop("intercept", False)
+        hosts, no_hosts = settings.pop("intercept_hosts", ()), settings.pop("no_intercept_hosts", ())
         proxy = start_proxy(f"fwdproxy_factory#{len(made) + 1}", **settings)
         proxy._tls_source = lambda: request.getfixturevalue("_fwdproxy_tls")
         made.append(proxy)
         _used_by(request.node).append(proxy)
+        if intercepting:
+            proxy.intercept(*hosts, no_intercept=tuple(no_hosts))
+            proxy._configured_interception = proxy.server.interception  # kept across clear()
         return proxy
 
     yield make
