@@ -377,3 +377,32 @@ def test_a_client_hello_split_over_many_writes_is_intercepted(fwdproxy: FwdProxy
         answer = client.request(b"GET /split HTTP/1.1\r\nHost: api.test\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"GET /split\n")
     assert fwdproxy.flows.one(kind="http").url == "https://api.test/split"
+
+
+def test_a_client_hello_pipelined_behind_the_connect_is_intercepted(fwdproxy: FwdProxy, api: Origin) -> None:
+    sock = socket.create_connection((fwdproxy.host, fwdproxy.port), timeout=10)
+    with sock:
+        client = ManualTLS(sock, ssl.create_default_context(cafile=fwdproxy.ca_file), "api.test")
+        sock.sendall(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test\r\n\r\n" + client.hello())  # one write
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        client.finish_handshake()
+        answer = client.request(b"GET /pipelined HTTP/1.1\r\nHost: api.test\r\n\r\n")
+    assert answer.endswith(b"GET /pipelined\n")
+
+
+def test_shutdown_ends_idle_intercepted_sessions(fwdproxy_factory, origin_https: Origin) -> None:
+    proxy: FwdProxy = fwdproxy_factory(intercept=True)
+    proxy.map_host("api.test", origin_https)
+    context = ssl.create_default_context(cafile=proxy.ca_file)
+    with context.wrap_socket(connect(proxy, "api.test:443"), server_hostname="api.test") as tls:
+        tls.sendall(b"GET /one HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        assert tls.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        started = time.monotonic()
+        proxy.server.stop(grace=5)  # an idle kept-alive session is not waited for
+        assert time.monotonic() - started < 3
+        assert tls.recv(65536) == b""  # the proxy's close_notify, then the end of the stream
+    tunnel = proxy.flows.wait_for(kind="tunnel", finished=True)
+    assert tunnel.intercepted and tunnel.bytes_up > 0 and tunnel.bytes_down > 0
