@@ -1,6 +1,7 @@
 """Command line: flags and FWDPROXY_* environment variables -> Config -> a running ProxyServer.
 
-``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand. Every flag
+``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand, beside
+``fwdproxy health`` (``server/health.py``) and ``fwdproxy fetch`` (``client/fetch.py``). Every flag
 can also be set as an environment variable named FWDPROXY_ plus the flag in
 upper case (``--connect-timeout`` -> ``FWDPROXY_CONNECT_TIMEOUT``); a flag on
 the command line wins.
@@ -12,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import signal
 import sys
 import threading
@@ -30,7 +30,7 @@ from .config import (
     parse_networks,
     parse_ports,
 )
-from .server import health
+from .server import descriptors, health, memory
 from .server.listener import ProxyServer
 from .tls import command as ca_cmd
 
@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--upstream-insecure", action="store_true",
                      default=_env("upstream-insecure", "") not in ("", "0", "false"),
                      help="do not verify origins' certificates (development only; every flow is marked)")
+    access.add_argument("--upgrade-protocols", default=_env("upgrade-protocols", "websocket"),
+                        metavar="LIST",
+                        help="Upgrade protocols a plain (ws://) request may switch to; '' for none "
+                             "(default %(default)s). CONNECT tunnels are not affected")
     serve.add_argument("--workers", type=int, default=_env("workers", _DEFAULTS.workers),
                        help="processes sharing the port with SO_REUSEPORT (default %(default)s); "
                             "more than one uses more cores for many small requests")
@@ -194,7 +198,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                       intercept_hosts=tuple(ns.intercept_host),
                       no_intercept_hosts=tuple(ns.no_intercept_host),
                       ca_dir=str(ca_cmd.ca_dir(ns.ca_dir)), upstream_ca=tuple(ns.upstream_ca),
-                      upstream_insecure=ns.upstream_insecure)
+                      upstream_insecure=ns.upstream_insecure,
+                      upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
+                                              if p.strip()))
     except OSError as exc:
         parser.exit(2, f"fwdproxy: cannot read {exc.filename}: {exc.strerror}\n")
     except ValueError as exc:
@@ -221,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fwdproxy: --upstream-ca {cafile}: no such file", file=sys.stderr)
             return 2
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
-    _raise_fd_limit()
+    memory.tune_allocator()  # few malloc arenas: resident memory plateaus under churn
+    descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
     try:
         server = ProxyServer(config)
     except OSError as exc:
@@ -273,16 +280,6 @@ def _announce(config: Config, text: str) -> None:
     """Startup lines: plain text, or one JSON object per line under --log-format json."""
     line = json.dumps({"level": "info", "message": text}) if config.log_format == "json" else text
     print(line, file=sys.stderr, flush=True)
-
-
-def _raise_fd_limit() -> None:
-    """Each tunnel holds two descriptors: lift the soft limit (often 1024) to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
-        except (ValueError, OSError):
-            pass  # keep what we have
 
 
 def _fork_workers(server: ProxyServer, config: Config) -> tuple[ProxyServer, list[int] | None]:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,7 @@ from proxy.testing.origins import OriginCA
 from proxy.testing.pytest_plugin import FwdProxy, Origin
 
 ROOT = Path(__file__).resolve().parent.parent
+Factory = Callable[..., FwdProxy]
 
 
 def connect(proxy: FwdProxy, target: str) -> socket.socket:
@@ -121,7 +122,7 @@ def expired_origin() -> Iterator[TLSOrigin]:
 
 @pytest.mark.parametrize("case", ["wrong-name", "unknown-ca", "expired"])
 def test_an_origin_certificate_that_fails_is_a_502_inside_the_tls_session(
-        case: str, fwdproxy: FwdProxy, api: Origin, expired_origin: TLSOrigin, tmp_path) -> None:
+        case: str, fwdproxy: FwdProxy, api: Origin, expired_origin: TLSOrigin, tmp_path: Path) -> None:
     if case == "wrong-name":  # the origin's certificate does not carry the name asked for
         fwdproxy.hosts.add("bad.test", api.host, api.port)
     elif case == "unknown-ca":
@@ -144,7 +145,7 @@ def test_an_origin_certificate_that_fails_is_a_502_inside_the_tls_session(
     still_serves(fwdproxy)
 
 
-def test_upstream_insecure_accepts_it_and_marks_the_flow(fwdproxy_factory, expired_origin: TLSOrigin) -> None:
+def test_upstream_insecure_accepts_it_and_marks_the_flow(fwdproxy_factory: Factory, expired_origin: TLSOrigin) -> None:
     proxy: FwdProxy = fwdproxy_factory(upstream_insecure=True)
     proxy.intercept()
     proxy.hosts.add("bad.test", "127.0.0.1", expired_origin.port)
@@ -162,7 +163,7 @@ def test_an_origin_that_does_not_speak_tls_is_a_502(fwdproxy: FwdProxy, api: Ori
     still_serves(fwdproxy)
 
 
-def test_an_origin_that_never_finishes_the_handshake_is_a_504(fwdproxy_factory, origin_https: Origin) -> None:
+def test_an_origin_that_never_finishes_the_handshake_is_a_504(fwdproxy_factory: Factory, origin_https: Origin) -> None:
     proxy: FwdProxy = fwdproxy_factory(connect_timeout=0.3)
     proxy.intercept()
     silent = RawOrigin(reply=b"", then="hang")  # accepts, then says nothing
@@ -207,7 +208,7 @@ def greeter() -> Iterator[int]:
     listener.close()
 
 
-def test_a_server_that_speaks_first_still_works(fwdproxy_factory, greeter: int) -> None:
+def test_a_server_that_speaks_first_still_works(fwdproxy_factory: Factory, greeter: int) -> None:
     proxy: FwdProxy = fwdproxy_factory(intercept_wait=0.2)
     proxy.intercept()
     with connect(proxy, f"127.0.0.1:{greeter}") as sock:
@@ -317,7 +318,7 @@ def test_a_broken_client_handshake_is_recorded(fwdproxy: FwdProxy, api: Origin) 
     still_serves(fwdproxy)
 
 
-def test_a_client_that_never_finishes_its_handshake_is_cut_off(fwdproxy_factory, origin_https: Origin) -> None:
+def test_a_client_that_never_finishes_its_handshake_is_cut_off(fwdproxy_factory: Factory, origin_https: Origin) -> None:
     proxy: FwdProxy = fwdproxy_factory(header_timeout=0.3)
     proxy.intercept()
     proxy.map_host("api.test", origin_https)
@@ -393,7 +394,7 @@ def test_a_client_hello_pipelined_behind_the_connect_is_intercepted(fwdproxy: Fw
     assert answer.endswith(b"GET /pipelined\n")
 
 
-def test_shutdown_ends_idle_intercepted_sessions(fwdproxy_factory, origin_https: Origin) -> None:
+def test_shutdown_ends_idle_intercepted_sessions(fwdproxy_factory: Factory, origin_https: Origin) -> None:
     proxy: FwdProxy = fwdproxy_factory(intercept=True)
     proxy.map_host("api.test", origin_https)
     context = ssl.create_default_context(cafile=proxy.ca_file)

@@ -74,7 +74,7 @@ class Interception:
         A failed handshake raises Abort with a one-line reason (the flow's error); a client
         that refused our certificate also gets a hint in the log, once per host.
         """
-        deadline.set(timeout)  # the whole handshake, as for a request head
+        deadline.arm_write(timeout)  # the whole handshake, as for a request head (it writes too)
         stream = TLSStream(sock, self.mint.context(certificate_name(host) or host), early)
         try:
             stream.handshake()
@@ -177,7 +177,7 @@ class UpstreamTLSConnection(UpstreamConnection):
         else:
             sock.settimeout(None)
             self.deadline = self._watchdog.watch(sock)
-            self.deadline.at = time.monotonic() + self.connect_timeout
+            self.deadline.arm_write(self.connect_timeout)
         try:
             sock.do_handshake()
         except (OSError, ValueError) as exc:
