@@ -37,6 +37,15 @@ def api(fwdproxy: FwdProxy, origin_https: Origin) -> Origin:
     return origin_https
 
 
+@pytest.fixture(scope="session")
+def node_packages() -> Path:
+    """tests/node/node_modules, installed from the lockfile if scripts/test has not done it yet."""
+    if not (NODE / "node_modules" / "https-proxy-agent").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE, check=True,
+                       timeout=300, capture_output=True)
+    return NODE / "node_modules"
+
+
 def node(proxy: FwdProxy, url: str, *, ca_file: str | None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "NODE_EXTRA_CA_CERTS"}
     if ca_file:
@@ -45,6 +54,7 @@ def node(proxy: FwdProxy, url: str, *, ca_file: str | None) -> subprocess.Comple
                           capture_output=True, text=True, timeout=60, env=env, cwd=NODE)
 
 
+@pytest.mark.usefixtures("node_packages")
 def test_node_https_through_a_proxy_agent(fwdproxy: FwdProxy, api: Origin) -> None:
     out = node(fwdproxy, "https://api.test/items?q=1", ca_file=fwdproxy.ca_file)
     assert out.returncode == 0, out.stderr
@@ -55,6 +65,7 @@ def test_node_https_through_a_proxy_agent(fwdproxy: FwdProxy, api: Origin) -> No
     assert flow.response_body == b"seen ping"
 
 
+@pytest.mark.usefixtures("node_packages")
 def test_node_without_the_ca_gets_nothing_through(fwdproxy: FwdProxy, api: Origin) -> None:
     out = node(fwdproxy, "https://api.test/items", ca_file=None)
     assert out.returncode == 1 and "UNABLE_TO_VERIFY_LEAF_SIGNATURE" in out.stderr
@@ -84,6 +95,7 @@ def chromium(proxy: FwdProxy, url: str, tmp_path: Path, *, ca_file: str | None) 
     return out.stdout
 
 
+@pytest.mark.slow  # a browser start takes a second or more
 def test_chromium_with_the_ca_in_its_nss_db(fwdproxy: FwdProxy, api: Origin, tmp_path: Path) -> None:
     dom = chromium(fwdproxy, "https://api.test/page", tmp_path, ca_file=fwdproxy.ca_file)
     assert '<p id="greeting">hello from the origin</p>' in dom
@@ -94,6 +106,7 @@ def test_chromium_with_the_ca_in_its_nss_db(fwdproxy: FwdProxy, api: Origin, tmp
     assert all(f.host == "api.test" for f in fwdproxy.flows.all())  # the PAC sent nothing else our way
 
 
+@pytest.mark.slow
 def test_chromium_without_the_ca_shows_a_privacy_error(fwdproxy: FwdProxy, api: Origin, tmp_path: Path) -> None:
     dom = chromium(fwdproxy, "https://api.test/page", tmp_path, ca_file=None)
     assert "hello from the origin" not in dom and "Privacy error" in dom
