@@ -23,13 +23,14 @@ Reading (``Reader``), from any process, also while a recorder writes::
     reader.wait_for_new(after_id, timeout=25.0)              # True once a flow with a larger id exists
 
 ``list`` returns ``FlowRow`` summaries (no headers or bodies; the response's
-Content-Type is cut from its header lines) in ascending id order. With ``after_id`` it returns the ``limit`` oldest flows past it;
-otherwise the ``limit`` newest flows below ``before_id`` (or of all).
+Content-Type is cut from its header lines) in ascending id order. With
+``after_id`` it returns the ``limit`` oldest flows past it; otherwise the ``limit`` newest flows below ``before_id`` (or of all).
 Ids only grow, so an id is a stable paging cursor. ``Filters`` fields are
 ANDed: ``host`` a case-insensitive glob, ``method``, ``status`` ("404",
 "5xx"; 0 is "no response"), ``grep`` a case-insensitive substring of the
 URL or of any "Name: value" header line, ``since`` a Unix time, ``kind``,
-``min_id`` the first id (what a cleared page still shows). A Reader may be shared by threads (one lock around its connection).
+``min_id`` the first id (what a cleared page still shows). A Reader may be
+shared by threads (one lock around its connection).
 
 Schema (version ``SCHEMA_VERSION`` in ``PRAGMA user_version``, and
 ``APPLICATION_ID`` in ``PRAGMA application_id``): see ``SCHEMA`` below.
@@ -111,7 +112,8 @@ _ROW_COLUMNS = ("id", "started", "kind", "client", "method", "url", "status", "r
 _HEADERS_NL = "(char(10) || response_headers || char(10))"
 _TYPE_AT = f"instr(lower({_HEADERS_NL}), char(10) || 'content-type: ')"
 _TYPE_REST = f"substr({_HEADERS_NL}, {_TYPE_AT} + 15)"
-_CONTENT_TYPE = f"CASE {_TYPE_AT} WHEN 0 THEN '' ELSE substr({_TYPE_REST}, 1, instr({_TYPE_REST}, char(10)) - 1) END"
+_CONTENT_TYPE = (f"CASE {_TYPE_AT} WHEN 0 THEN '' "
+                 f"ELSE substr({_TYPE_REST}, 1, instr({_TYPE_REST}, char(10)) - 1) END")
 _ROW_SELECT = ", ".join(_CONTENT_TYPE if c == "content_type" else c for c in _ROW_COLUMNS)
 
 
