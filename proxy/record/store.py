@@ -24,8 +24,9 @@ Reading (``Reader``), from any process, also while a recorder writes::
 
 ``list`` returns ``FlowRow`` summaries (no headers or bodies; the response's
 Content-Type is cut from its header lines) in ascending id order. With
-``after_id`` it returns the ``limit`` oldest flows past it; otherwise the ``limit`` newest flows below ``before_id`` (or of all).
-Ids only grow, so an id is a stable paging cursor. ``Filters`` fields are
+``after_id`` it returns the ``limit`` oldest flows past it; otherwise the
+``limit`` newest flows below ``before_id`` (or of all). Ids only grow, so an
+id is a stable paging cursor. ``Filters`` fields are
 ANDed: ``host`` a case-insensitive glob, ``method``, ``status`` ("404",
 "5xx"; 0 is "no response"), ``grep`` a case-insensitive substring of the
 URL or of any "Name: value" header line, ``since`` a Unix time, ``kind``,
