@@ -1,6 +1,6 @@
 // The fwdproxy traffic page. Recorded content is data: it reaches the DOM only through
 // textContent, attributes set as properties on elements made here, and URLs built from
-// numeric ids. Nothing recorded is ever parsed as markup (no innerHTML anywhere).
+// numeric ids. Nothing recorded is ever parsed as markup: no HTML strings are built here.
 "use strict";
 
 const PAGE = 200;         // rows per request
