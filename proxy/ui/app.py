@@ -30,6 +30,7 @@ import logging
 import re
 import secrets
 import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,6 +94,11 @@ class UiServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a closed tab or an EventSource that moved on: nothing to report
+        log.exception("unhandled error serving %s", client_address)
 
     @property
     def url(self) -> str:

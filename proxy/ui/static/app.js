@@ -153,6 +153,7 @@ async function reload() {
   state.cursor = data.cursor;
   state.hasOlder = data.rows.length === PAGE;
   append(data.rows);
+  if (state.rows.has(state.selected)) state.rows.get(state.selected).tr.classList.add("selected");
   $("list").scrollTop = $("list").scrollHeight;
   setCount(data.total);
   const mode = data.live ? "recording to " : "saved capture ";
@@ -323,10 +324,10 @@ function renderFlow(flow) {
   }
   const waterfall = renderTimings(flow);
   if (waterfall) parts.push(el("h3", "", "timings"), waterfall);
-  parts.push(el("h3", "", "request headers"), keyValues(flow.request.headers));
+  parts.push(el("h3", "", "request headers"), keyValues(flow.request.headers, "request-headers"));
   parts.push(...renderBody("request body", flow.request.body, flow.id, "request"));
   if (flow.status) {
-    parts.push(el("h3", "", "response headers"), keyValues(flow.response.headers));
+    parts.push(el("h3", "", "response headers"), keyValues(flow.response.headers, "response-headers"));
     parts.push(...renderBody("response body", flow.response.body, flow.id, "response"));
   }
   parts.push(el("h3", "", "as curl"));
@@ -336,8 +337,8 @@ function renderFlow(flow) {
   return parts;
 }
 
-function keyValues(pairs) {
-  const table = el("table", "kv");
+function keyValues(pairs, className) {
+  const table = el("table", "kv" + (className ? " " + className : ""));
   for (const [name, value] of pairs) {
     const tr = el("tr");
     tr.append(el("td", "", name), el("td", "", value));
