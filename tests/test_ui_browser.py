@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 from har_check import assert_valid_har
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 from ui_setup import ITEMS, XSS_HEADER, Capture
 
 from proxy.config import Config
 from proxy.server.listener import ProxyServer
-
-from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REBIND = "rebind.test"  # resolves to 127.0.0.1 in this browser only: a DNS rebinding attack's view
