@@ -1,6 +1,7 @@
 """Command line: flags and FWDPROXY_* environment variables -> Config -> a running ProxyServer.
 
-``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand. Every flag
+``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand, beside
+``fwdproxy health`` (``server/health.py``) and ``fwdproxy fetch`` (``client/fetch.py``). Every flag
 can also be set as an environment variable named FWDPROXY_ plus the flag in
 upper case (``--connect-timeout`` -> ``FWDPROXY_CONNECT_TIMEOUT``); a flag on
 the command line wins.
@@ -12,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import signal
 import sys
 import threading
@@ -33,7 +33,7 @@ from .config import (
 )
 from .record import command as flows_command
 from .record.store import StoreError
-from .server import health
+from .server import descriptors, health, memory
 from .server.listener import ProxyServer
 from .ui import command as ui_command
 from .ui.app import UiServer
@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("deny-private", "") not in ("", "0", "false"),
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
+    access.add_argument("--upgrade-protocols", default=_env("upgrade-protocols", "websocket"),
+                        metavar="LIST",
+                        help="Upgrade protocols a plain (ws://) request may switch to; '' for none "
+                             "(default %(default)s). CONNECT tunnels are not affected")
     serve.add_argument("--workers", type=int, default=_env("workers", _DEFAULTS.workers),
                        help="processes sharing the port with SO_REUSEPORT (default %(default)s); "
                             "more than one uses more cores for many small requests")
@@ -208,7 +212,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                       max_header_count=int(ns.max_headers),
                       max_body=None if ns.max_body is None else int(ns.max_body),
                       max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                      workers=int(ns.workers), **_record_settings(ns))
+                      workers=int(ns.workers),
+                      upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
+                                              if p.strip()),
+                      **_record_settings(ns))
     except OSError as exc:
         parser.exit(2, f"fwdproxy: cannot read {exc.filename}: {exc.strerror}\n")
     except ValueError as exc:
@@ -250,7 +257,8 @@ def _ui_store(config: Config) -> Iterator[Config]:
 def _run(config: Config) -> int:
     _setup_logging(config)
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
-    _raise_fd_limit()
+    memory.tune_allocator()  # few malloc arenas: resident memory plateaus under churn
+    descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
     try:
         server = ProxyServer(config)
     except StoreError as exc:
@@ -321,16 +329,6 @@ def _announce(config: Config, text: str) -> None:
     """Startup lines: plain text, or one JSON object per line under --log-format json."""
     line = json.dumps({"level": "info", "message": text}) if config.log_format == "json" else text
     print(line, file=sys.stderr, flush=True)
-
-
-def _raise_fd_limit() -> None:
-    """Each tunnel holds two descriptors: lift the soft limit (often 1024) to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
-        except (ValueError, OSError):
-            pass  # keep what we have
 
 
 def _fork_workers(server: ProxyServer, config: Config) -> tuple[ProxyServer, list[int] | None]:

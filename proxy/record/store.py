@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .flows import Flow, redact
+from .flows import REDACTED, SECRET_FIELDS, Flow
 from .spool import MAX_BODY_BYTES, MAX_FLOWS, Queued, Spool
 
 SCHEMA_VERSION = 1
@@ -294,12 +294,11 @@ class Recorder:
 
     def _row(self, flow_id: int, queued: Queued) -> tuple[Any, ...]:
         f = queued.flow
-        request_headers, response_headers = f.request_headers, f.response_headers
-        if not self.secrets:
-            request_headers, response_headers = redact(request_headers), redact(response_headers)
+        redacting = not self.secrets
         kept = queued.bodies
         return (flow_id, f.started, f.kind, f.client, f.method, f.url, f.http_version, f.host, f.port,
-                f.path, f.status, f.reason, _join(request_headers), _join(response_headers),
+                f.path, f.status, f.reason, _lines(f.request_headers, redacting),
+                _lines(f.response_headers, redacting),
                 f.bytes_up, f.bytes_down, len(f.request_body) if kept else 0,
                 len(f.response_body) if kept else 0,
                 int(not kept and bool(f.request_body or f.response_body)),
@@ -390,8 +389,16 @@ def _explain(exc: sqlite3.Error) -> str:
     return text
 
 
-def _join(fields: list[tuple[str, str]]) -> str:
-    return "\n".join(f"{name}: {value}".replace("\n", " ") for name, value in fields)
+def _lines(fields: list[tuple[str, str]], redacting: bool) -> str:
+    """Header fields as "Name: value" lines (secret values redacted); the hot spot of the writer."""
+    if redacting:
+        text = "\n".join([f"{n}: {REDACTED}" if n.lower() in SECRET_FIELDS else f"{n}: {v}"
+                          for n, v in fields])
+    else:
+        text = "\n".join([f"{n}: {v}" for n, v in fields])
+    if fields and text.count("\n") >= len(fields):  # a value with a line break (not from the wire)
+        return _lines([(n, v.replace("\r", " ").replace("\n", " ")) for n, v in fields], redacting)
+    return text
 
 
 def _split(text: str) -> list[tuple[str, str]]:
