@@ -280,7 +280,7 @@ def test_line_breaks_in_values_and_empty_field_lists_are_stored_safely(tmp_path:
 # -- rows for a list page ---------------------------------------------------------------
 
 
-def test_rows_carry_host_path_and_the_response_content_type(tmp_path):
+def test_rows_carry_host_path_and_the_response_content_type(tmp_path: Path) -> None:
     path = tmp_path / "flows.sqlite"
     record(path, [
         flow(1, response_headers=[("Content-Length", "2"), ("content-type", "application/json; charset=utf-8"),
@@ -297,7 +297,7 @@ def test_rows_carry_host_path_and_the_response_content_type(tmp_path):
     ]
 
 
-def test_min_id_keeps_flows_from_that_id_on(tmp_path):
+def test_min_id_keeps_flows_from_that_id_on(tmp_path: Path) -> None:
     path = tmp_path / "flows.sqlite"
     record(path, [flow(n) for n in range(1, 6)])
     with Reader(path) as reader:

@@ -55,7 +55,7 @@ def get(capture: Capture, path: str, *, host: str | None = None, cookie: bool = 
 # -- the guard ----------------------------------------------------------------------------------
 
 
-def test_without_the_token_every_path_is_refused(capture):
+def test_without_the_token_every_path_is_refused(capture: Capture) -> None:
     for path in ("/", "/static/app.js", "/api/flows", "/api/flows/1", "/api/har", "/api/events"):
         resp, body = get(capture, path, cookie=False)
         assert resp.status == 403, path
@@ -65,7 +65,7 @@ def test_without_the_token_every_path_is_refused(capture):
     assert resp.status == 200
 
 
-def test_a_wrong_token_is_refused_in_the_query_and_in_the_cookie(capture):
+def test_a_wrong_token_is_refused_in_the_query_and_in_the_cookie(capture: Capture) -> None:
     resp, _ = get(capture, "/?token=" + "x" * len(capture.ui.token), cookie=False)
     assert resp.status == 403
     resp, _ = get(capture, "/", cookie=False,
@@ -73,7 +73,7 @@ def test_a_wrong_token_is_refused_in_the_query_and_in_the_cookie(capture):
     assert resp.status == 403
 
 
-def test_the_token_in_the_url_becomes_an_httponly_strict_cookie(capture):
+def test_the_token_in_the_url_becomes_an_httponly_strict_cookie(capture: Capture) -> None:
     resp, _ = get(capture, f"/?token={capture.ui.token}", cookie=False)
     assert resp.status == 303
     assert resp.getheader("Location") == "/"  # the token leaves the address bar
@@ -81,7 +81,7 @@ def test_the_token_in_the_url_becomes_an_httponly_strict_cookie(capture):
     assert cookie == f"{guard.cookie_name(capture.ui.port)}={capture.ui.token}; Path=/; HttpOnly; SameSite=Strict"
 
 
-def test_a_rebinding_host_is_refused_even_with_the_token(capture):
+def test_a_rebinding_host_is_refused_even_with_the_token(capture: Capture) -> None:
     port = capture.ui.port
     for host in (f"evil.example:{port}", f"127.0.0.1.evil.example:{port}", "127.0.0.1", f"localhost:{port + 1}"):
         resp, body = get(capture, "/api/flows", host=host)
@@ -92,7 +92,7 @@ def test_a_rebinding_host_is_refused_even_with_the_token(capture):
         assert resp.status == 200, host
 
 
-def test_every_answer_has_a_strict_csp_and_no_cors(capture):
+def test_every_answer_has_a_strict_csp_and_no_cors(capture: Capture) -> None:
     for path, cookie in (("/", True), ("/api/flows", True), ("/api/flows/1", True), ("/", False)):
         resp, _ = get(capture, path, cookie=cookie, headers={"Origin": "http://evil.example"})
         csp = resp.getheader("Content-Security-Policy")
@@ -102,7 +102,7 @@ def test_every_answer_has_a_strict_csp_and_no_cors(capture):
         assert not any(name.lower().startswith("access-control-") for name, _ in resp.getheaders())
 
 
-def test_the_page_has_no_inline_script():
+def test_the_page_has_no_inline_script() -> None:
     html = (ROOT / "proxy" / "ui" / "static" / "index.html").read_text()
     scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
     assert scripts and all('src="/static/' in attrs and not body.strip() for attrs, body in scripts)
@@ -111,15 +111,15 @@ def test_the_page_has_no_inline_script():
     assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(", script)
 
 
-def test_clear_from_another_origin_is_refused(capture):
+def test_clear_from_another_origin_is_refused(capture: Capture) -> None:
     resp, _ = get(capture, "/api/clear", method="POST", headers={"Origin": "http://evil.example"})
     assert resp.status == 403
     resp, body = get(capture, "/api/flows")
     assert json.loads(body)["total"] == 4  # nothing was hidden
 
 
-def test_the_proxy_port_never_serves_the_page(capture):
-    conn = http.client.HTTPConnection(*capture.proxy.server_address[:2], timeout=10)
+def test_the_proxy_port_never_serves_the_page(capture: Capture) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", capture.proxy.port, timeout=10)
     conn.request("GET", "/", headers={"Cookie": f"{guard.cookie_name(capture.ui.port)}={capture.ui.token}"})
     resp = conn.getresponse()
     body = resp.read()
@@ -133,14 +133,14 @@ def test_the_proxy_port_never_serves_the_page(capture):
     ("ui.lan.evil:8081", 8081, True), ("127.0.0.1:8082", 8081, True), ("", 8081, True),
     ("127.0.0.1:80:80", 8081, True), ("[::1", 8081, True), ("localhost", 80, False),
 ])
-def test_host_rules(host, port, refused):
+def test_host_rules(host: str, port: int, refused: bool) -> None:
     assert bool(guard.host_refusal(host, "ui.lan", port)) is refused
 
 
 # -- the API --------------------------------------------------------------------------------------
 
 
-def test_flows_lists_rows_with_columns_and_filters(capture):
+def test_flows_lists_rows_with_columns_and_filters(capture: Capture) -> None:
     resp, body = get(capture, "/api/flows")
     data = json.loads(body)
     assert resp.status == 200 and data["total"] == 4
@@ -157,7 +157,7 @@ def test_flows_lists_rows_with_columns_and_filters(capture):
     assert json.loads(body)["rows"] == []
 
 
-def test_pages_by_id_cursor(capture):
+def test_pages_by_id_cursor(capture: Capture) -> None:
     _, body = get(capture, "/api/flows?limit=2")
     newest = json.loads(body)["rows"]
     assert [r["path"] for r in newest] == ["/echo", "/blob"]
@@ -165,14 +165,14 @@ def test_pages_by_id_cursor(capture):
     assert [r["path"] for r in json.loads(body)["rows"]] == ["/api/items", "/missing"]
 
 
-def test_bad_filters_get_400_with_the_reason(capture):
+def test_bad_filters_get_400_with_the_reason(capture: Capture) -> None:
     resp, body = get(capture, "/api/flows?status=banana")
     assert resp.status == 400 and b"status must be" in body
     resp, body = get(capture, "/api/flows?limit=-3")
     assert resp.status == 400 and b"limit" in body
 
 
-def test_detail_pretty_prints_json_and_shows_binary_as_a_hex_head(capture):
+def test_detail_pretty_prints_json_and_shows_binary_as_a_hex_head(capture: Capture) -> None:
     _, body = get(capture, "/api/flows/1")
     flow = json.loads(body)
     assert flow["response"]["body"]["kind"] == "json"
@@ -187,14 +187,14 @@ def test_detail_pretty_prints_json_and_shows_binary_as_a_hex_head(capture):
     assert resp.status == 404
 
 
-def test_a_body_that_is_not_an_image_downloads_rather_than_renders(capture):
+def test_a_body_that_is_not_an_image_downloads_rather_than_renders(capture: Capture) -> None:
     resp, body = get(capture, "/api/flows/4/body/response")
     assert resp.getheader("Content-Type") == "application/octet-stream"
     assert resp.getheader("Content-Disposition", "").startswith("attachment")
     assert body == bytes(range(256)) * 4
 
 
-def test_har_of_what_the_filter_shows(capture):
+def test_har_of_what_the_filter_shows(capture: Capture) -> None:
     resp, body = get(capture, "/api/har?status=2xx")
     assert resp.getheader("Content-Disposition") == 'attachment; filename="fwdproxy.har"'
     har = json.loads(body)
@@ -202,7 +202,7 @@ def test_har_of_what_the_filter_shows(capture):
     assert [e["request"]["url"].rpartition("/")[2] for e in har["log"]["entries"]] == ["items", "echo", "blob"]
 
 
-def test_body_views():
+def test_body_views() -> None:
     text = [("Content-Type", "text/plain")]
     assert views.body_view(b"", 0, text)["kind"] == "empty"
     assert views.body_view(b"", 10, text)["note"].startswith("not recorded")
@@ -225,7 +225,7 @@ def _url_from(proc: subprocess.Popen[str], pattern: str) -> str:
     raise AssertionError("no traffic page URL printed")
 
 
-def test_fwdproxy_ui_serves_a_saved_capture(capture):
+def test_fwdproxy_ui_serves_a_saved_capture(capture: Capture) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "ui", str(capture.store), "--port", "0"], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -246,7 +246,7 @@ def test_fwdproxy_ui_serves_a_saved_capture(capture):
     assert proc.returncode == 0
 
 
-def test_fwdproxy_ui_refuses_a_file_that_is_not_a_store(tmp_path):
+def test_fwdproxy_ui_refuses_a_file_that_is_not_a_store(tmp_path: Path) -> None:
     bogus = tmp_path / "notes.txt"
     bogus.write_text("hello")
     out = subprocess.run([sys.executable, "-m", "proxy", "ui", str(bogus), "--port", "0"], cwd=ROOT,
@@ -254,7 +254,7 @@ def test_fwdproxy_ui_refuses_a_file_that_is_not_a_store(tmp_path):
     assert out.returncode == 1 and "not a fwdproxy flow store" in out.stderr
 
 
-def test_serve_with_ui_records_to_a_temporary_store_removed_at_exit(capture, tmp_path):
+def test_serve_with_ui_records_to_a_temporary_store_removed_at_exit(capture: Capture, tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--ui", "--ui-port", "0"], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True, env=env)

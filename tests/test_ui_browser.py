@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 from har_check import assert_valid_har
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
 from ui_setup import ITEMS, XSS_HEADER, Capture
 
 from proxy.config import Config
 from proxy.server.listener import ProxyServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DIALOGS: list[str] = []  # alert() and friends the page opened during the current test
 REBIND = "rebind.test"  # resolves to 127.0.0.1 in this browser only: a DNS rebinding attack's view
 pytestmark = pytest.mark.slow  # a browser start costs a few seconds
 expect.set_options(timeout=10_000)  # a loaded machine; live rows arrive within a second
@@ -56,9 +57,13 @@ def page(browser: Browser, capture: Capture) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1400, "height": 800})
     context.set_default_timeout(10_000)
     opened = context.new_page()
-    dialogs: list[str] = []
-    opened.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    opened.dialogs = dialogs  # type: ignore[attr-defined]
+    DIALOGS.clear()
+
+    def on_dialog(dialog: Dialog) -> None:
+        DIALOGS.append(dialog.message)
+        dialog.dismiss()
+
+    opened.on("dialog", on_dialog)
     response = opened.goto(capture.ui.url)
     assert response is not None and response.status == 200
     expect(opened.locator("#live")).to_have_text("live")
@@ -66,11 +71,11 @@ def page(browser: Browser, capture: Capture) -> Iterator[Page]:
     context.close()
 
 
-def rows(page: Page):  # type: ignore[no-untyped-def]
+def rows(page: Page) -> Locator:
     return page.locator("#rows tr")
 
 
-def test_flows_appear_live_and_the_filters_narrow_them(page, capture):
+def test_flows_appear_live_and_the_filters_narrow_them(page: Page, capture: Capture) -> None:
     before = rows(page).count()
     capture.send("GET", "/api/items?page=1")
     capture.send("GET", "/missing")
@@ -97,7 +102,7 @@ def test_flows_appear_live_and_the_filters_narrow_them(page, capture):
     expect(rows(page)).to_have_count(before + 5)
 
 
-def test_pause_holds_the_list_and_resume_catches_up(page, capture):
+def test_pause_holds_the_list_and_resume_catches_up(page: Page, capture: Capture) -> None:
     page.click("#pause")
     expect(page.locator("#live")).to_have_text("paused")
     count = rows(page).count()
@@ -108,7 +113,7 @@ def test_pause_holds_the_list_and_resume_catches_up(page, capture):
     expect(rows(page).last.locator(".c-path")).to_have_text("/while-paused")
 
 
-def test_detail_pane_pretty_prints_json_with_timings_and_keyboard_moves(page, capture):
+def test_detail_pane_pretty_prints_json_with_timings_and_keyboard_moves(page: Page, capture: Capture) -> None:
     capture.send("GET", "/api/items?detail")
     capture.send("GET", "/pixel.png")
     expect(rows(page).last.locator(".c-path")).to_have_text("/pixel.png")
@@ -129,7 +134,7 @@ def test_detail_pane_pretty_prints_json_with_timings_and_keyboard_moves(page, ca
     expect(page.locator("#detail")).to_be_hidden()
 
 
-def test_har_download_holds_what_the_filter_shows(page, capture, tmp_path):
+def test_har_download_holds_what_the_filter_shows(page: Page, capture: Capture, tmp_path: Path) -> None:
     capture.send("GET", "/missing")
     page.select_option("#f-status", "4xx")
     expect(rows(page).first.locator(".c-status")).to_have_text("404")
@@ -144,7 +149,7 @@ def test_har_download_holds_what_the_filter_shows(page, capture, tmp_path):
     assert {e["response"]["status"] for e in har["log"]["entries"]} == {404}
 
 
-def test_recorded_markup_and_script_are_shown_as_text_and_never_run(page, capture):
+def test_recorded_markup_and_script_are_shown_as_text_and_never_run(page: Page, capture: Capture) -> None:
     capture.send("GET", "/xss")
     rows(page).filter(has_text="/xss").click()
     body = page.locator("#d-body pre.body.text")
@@ -154,10 +159,10 @@ def test_recorded_markup_and_script_are_shown_as_text_and_never_run(page, captur
     expect(page.locator("#d-body .response-headers")).to_contain_text("<javascript:")
     assert page.locator("#d-body script, #d-body img, #d-body a").count() == 0  # no element was made
     assert page.evaluate("window.__xss") is None
-    assert page.dialogs == []  # type: ignore[attr-defined]
+    assert DIALOGS == []
 
 
-def test_clear_hides_what_came_before(page, capture):
+def test_clear_hides_what_came_before(page: Page, capture: Capture) -> None:
     expect(rows(page).first).to_be_visible()
     page.click("#clear")
     expect(rows(page)).to_have_count(0)
@@ -167,7 +172,7 @@ def test_clear_hides_what_came_before(page, capture):
     expect(rows(page).first.locator(".c-path")).to_have_text("/after-clear")
 
 
-def test_the_page_without_its_token_is_403(browser, capture):
+def test_the_page_without_its_token_is_403(browser: Browser, capture: Capture) -> None:
     context = browser.new_context()
     try:
         response = context.new_page().goto(capture.page + "/")
@@ -177,7 +182,7 @@ def test_the_page_without_its_token_is_403(browser, capture):
         context.close()
 
 
-def test_a_rebinding_name_is_refused(browser, capture):
+def test_a_rebinding_name_is_refused(browser: Browser, capture: Capture) -> None:
     context = browser.new_context()
     try:
         page = context.new_page()

@@ -77,7 +77,7 @@ class Capture:
         """One request through the proxy, committed to the store before this returns."""
         with self._changed:
             before = self._seen
-        resp, _ = through(self.proxy.server_address[:2], method, self.origin.url(path), body=body,
+        resp, _ = through(('127.0.0.1', self.proxy.port), method, self.origin.url(path), body=body,
                           headers=headers)
         with self._changed:  # a flow is emitted just after the client has its response
             assert self._changed.wait_for(lambda: self._seen > before, timeout=10)
