@@ -87,13 +87,16 @@ def main() -> int:
 def traffic(port: int) -> None:
     requests = [
         ("GET", "http://www.shop.test/", None), ("GET", "http://static.shop.test/app.css", None),
-        ("GET", "http://static.shop.test/logo.png", None), ("GET", "http://api.shop.test/v1/products?page=1", None),
+        ("GET", "http://static.shop.test/logo.png", None),
+        ("GET", "http://api.shop.test/v1/products?page=1", None),
         ("GET", "http://api.shop.test/v1/session", None),
         ("POST", "http://api.shop.test/v1/cart", b'{"product":101,"qty":1}'),
         ("GET", "http://api.shop.test/v1/recommendations?for=101", None),
-        ("GET", "http://static.shop.test/img/101.png", None), ("GET", "http://static.shop.test/img/102.png", None),
+        ("GET", "http://static.shop.test/img/101.png", None),
+        ("GET", "http://static.shop.test/img/102.png", None),
         ("POST", "http://pay.shop.test/v2/intents", b'{"amount":8900,"currency":"EUR"}'),
-        ("GET", "http://api.shop.test/v1/products?page=2", None), ("GET", "http://www.shop.test/favicon.ico", None),
+        ("GET", "http://api.shop.test/v1/products?page=2", None),
+        ("GET", "http://www.shop.test/favicon.ico", None),
     ]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     for method, url, body in requests:
