@@ -60,14 +60,14 @@ class Config:
     header_timeout: float = 10.0
     # Flow records keep plain HTTP bodies up to this many bytes each way (0: none).
     capture_bodies: int = 0
+    # Upgrade protocols forwarded on plain requests (RFC 9110 section 7.8); others are stripped.
+    upgrade_protocols: tuple[str, ...] = ("websocket",)
     # Recording (see proxy/record/): a SQLite flow store, a HAR file written at stop,
     # JSON lines per flow ("-": stdout); secrets kept in recordings only if asked.
     record: str = ""
     har: str = ""
     flows_jsonl: str = ""
     record_secrets: bool = False
-    # Upgrade protocols forwarded on plain requests (RFC 9110 section 7.8); others are stripped.
-    upgrade_protocols: tuple[str, ...] = ("websocket",)
     # The traffic page (proxy/ui/) on its own port, over the --record store (a temporary one without it).
     ui: bool = False
     ui_host: str = "127.0.0.1"

@@ -176,6 +176,7 @@ def test_tunnels_local_answers_and_errors_are_recorded(recorded: Recorded, origi
     closed.close()  # nothing listens there now: 502
     resp, _ = through(recorded.address, "GET", f"http://127.0.0.1:{port}/")
     assert resp.status == 502
+    recorded.running.wait_flows(3)  # recorded before the next one starts
     exchange(recorded.address, b"GET http://[bad HTTP/1.1\r\nHost: x\r\n\r\n")
     by_kind: dict[str, list[Flow]] = {}
     for s in recorded.stored(4):
@@ -201,8 +202,9 @@ def test_healthz_reports_the_recorder(recorded: Recorded, origin: OriginServer) 
 def test_flows_stream_as_json_lines(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, tmp_path: Path) -> None:
     out = tmp_path / "flows.jsonl"
     running = proxy_factory(flows_jsonl=str(out), capture_bodies=100)
-    for n in range(5):
+    for n in range(5):  # each recorded before the next starts: lines follow the order flows finish in
         through(running.address, "GET", origin.url(f"/bytes/{n}"), headers={"Cookie": "s=1"})
+        running.wait_flows(n + 1)
     running.server.stop()
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["url"] for line in lines] == [origin.url(f"/bytes/{n}") for n in range(5)]
@@ -216,7 +218,9 @@ def test_har_is_written_at_stop_from_a_temporary_store(proxy_factory: Callable[.
     running = proxy_factory(har=str(out), capture_bodies=1000)
     through(running.address, "POST", origin.url("/echo"), body=b'{"a": 1}',
             headers={"Content-Type": "application/json"})
+    running.wait_flows(1)
     through(running.address, "GET", origin.url("/bytes/3"))
+    running.wait_flows(2)
     assert not out.exists()  # written at stop, in one piece
     running.server.stop()
     document = json.loads(out.read_text())

@@ -211,9 +211,13 @@ def store(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, tmp_
     origin.routes["/down"] = raw(503, [("Retry-After", "1")], b"down\x1b[31m")
     path = tmp_path / "flows.sqlite"
     running = proxy_factory(record=str(path), capture_bodies=1 << 20)
+    # Ids follow the order flows finish in: each request waits for the one before to be recorded.
     through(running.address, "GET", origin.url("/api/users/7"))
+    running.wait_flows(1)
     through(running.address, "GET", origin.url("/blob"))
+    running.wait_flows(2)
     through(running.address, "GET", origin.url("/down"))
+    running.wait_flows(3)
     through(running.address, "POST", origin.url("/echo/orders?x=1"), body=b"it's \"quoted\"\n",
             headers={"X-Request-Id": "req-4242", "Content-Type": "text/plain"})
     running.wait_flows(4)

@@ -71,10 +71,10 @@ class ProxyServer(ServerBase):
         except BaseException:
             self.recording.close(write_har=False)
             raise
-        self.watchdog = Watchdog()
         self.budget = Budget.for_limit(soft_limit(), config.max_clients, config.pool_max_idle_total)
         if note := self.budget.note(config.max_clients):
             log.warning("%s", note)
+        self.watchdog = Watchdog()
         self.pool = Pool(self._new_connection, max_idle_per_origin=self.config.pool_max_idle_per_origin,
                          max_idle_total=self.budget.max_idle, idle_timeout=self.config.pool_idle_timeout)
         self.watchdog.every_tick(self.pool.sweep)
