@@ -297,6 +297,8 @@ def _start_page(server: ProxyServer, config: Config) -> UiServer | None:
         server.server_close()
         server.recording.close(write_har=False)
         return None
+    if page.exposure_warning:
+        _announce(config, f"fwdproxy: {page.exposure_warning}")
     _announce(config, f"fwdproxy: traffic page at {page.url}")
     return page
 

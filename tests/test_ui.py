@@ -112,7 +112,10 @@ def test_the_page_has_no_inline_script() -> None:
 
 
 def test_clear_from_another_origin_is_refused(capture: Capture) -> None:
-    resp, _ = get(capture, "/api/clear", method="POST", headers={"Origin": "http://evil.example"})
+    resp, _ = get(capture, "/api/clear", method="POST",
+                  headers={"Origin": "http://evil.example", "X-Fwdproxy-UI": "1"})
+    assert resp.status == 403
+    resp, _ = get(capture, "/api/clear", method="POST")  # a plain form post: no custom header
     assert resp.status == 403
     resp, body = get(capture, "/api/flows")
     assert json.loads(body)["total"] == 4  # nothing was hidden

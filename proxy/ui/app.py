@@ -95,6 +95,14 @@ class UiServer(ThreadingHTTPServer):
     def port(self) -> int:
         return int(self.server_address[1])
 
+    @property
+    def exposure_warning(self) -> str:
+        """A line worth printing at startup when the page is reachable from other machines."""
+        if guard.is_loopback(self.ui_host):
+            return ""
+        return (f"the traffic page listens on {self.ui_host}, beyond loopback: whoever has its URL "
+                "can read the recorded traffic, and the hop is plain HTTP")
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):
             return  # a closed tab or an EventSource that moved on: nothing to report
@@ -176,7 +184,9 @@ class UiHandler(BaseHTTPRequestHandler):
             return False
         token = self.server.token
         origin = self.headers.get("Origin")
-        if self.command == "POST" and origin is not None and urlsplit(origin).netloc != self.headers["Host"]:
+        if self.command == "POST" and (self.headers.get("X-Fwdproxy-UI") != "1" or (
+                origin is not None and urlsplit(origin).netloc != self.headers["Host"])):
+            # A custom header cannot be sent cross-origin without a CORS preflight, which fails here.
             self._error(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
             return False
         given = parse_qs(query).get("token", [""])[-1] if allow_token_param else ""

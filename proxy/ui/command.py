@@ -48,6 +48,8 @@ def run(ns: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with page:
+        if page.exposure_warning:
+            print(f"fwdproxy: {page.exposure_warning}", file=sys.stderr)
         print(f"fwdproxy: traffic page for {ns.store} at {page.url}", file=sys.stderr, flush=True)
         stop.wait()
     return 0
