@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -318,3 +319,25 @@ def test_a_disk_filling_up_mid_run_costs_flows_not_traffic(tmp_path: Path, origi
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
+
+
+def test_a_tunnel_is_shown_as_bytes_relayed_unread(proxy_factory: Callable[..., RunningProxy],
+                                                     origin: OriginServer, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "tunnel.sqlite"
+    running = proxy_factory(record=str(path))
+    with socket.create_connection(running.address, timeout=10) as sock:
+        sock.sendall(f"CONNECT {origin.authority} HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while sock.recv(65536):
+            pass
+    running.wait_flows(1)
+    running.server.stop()
+    code, out, _ = flows(capsys, "show", str(path), "1")
+    assert code == 0 and f"CONNECT {origin.authority} HTTP/1.1" in out and "HTTP/1.1 200 OK" in out
+    assert re.search(r"\[\d+ bytes relayed through the tunnel, unread\]", out)
+    _, out, _ = flows(capsys, "curl", str(path), "1")
+    assert "a CONNECT tunnel" in out and "nothing to replay" in out
+    _, out, _ = flows(capsys, "list", str(path), "--kind", "tunnel")
+    assert out.splitlines()[1].split()[:2] == ["1", "CONNECT"]

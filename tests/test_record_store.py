@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.record.command import parse_since
 from proxy.record.flows import REDACTED, Flow
 from proxy.record.spool import Queued, Spool
 from proxy.record.store import SCHEMA_VERSION, Filters, Reader, Recorder, StoreError
@@ -275,6 +276,16 @@ def test_line_breaks_in_values_and_empty_field_lists_are_stored_safely(tmp_path:
         stored = reader.get(1)
     assert stored is not None and stored.flow.request_headers == []
     assert stored.flow.response_headers == [("X-A", "one two"), ("X-B", "b")]
+
+
+def test_since_takes_durations_times_and_unix_seconds() -> None:
+    now = 1_800_000_000.0
+    assert parse_since("90s", now) == now - 90 and parse_since("10m", now) == now - 600
+    assert parse_since("2h", now) == now - 7200 and parse_since("1d", now) == now - 86400
+    assert parse_since("1700000000.5") == 1_700_000_000.5
+    assert parse_since("2023-11-14T22:13:20+00:00") == 1_700_000_000.0
+    with pytest.raises(ValueError, match="--since takes 30s, 10m"):
+        parse_since("yesterday")
 
 
 # -- rows for a list page ---------------------------------------------------------------
