@@ -22,7 +22,7 @@ _UNSAFE_IN_LINE = re.compile(r"[\x00-\x20\x7f]")
 
 
 def request_head(method: str, target: str, fields: Iterable[tuple[str, str]]) -> bytes:
-    """``method target HTTP/1.1``, the fields in order, the empty line; ValueError if any part breaks a line."""
+    """``method target HTTP/1.1``, the fields in order, the empty line; ValueError if a part breaks a line."""
     lines = [f"{method} {target} HTTP/1.1"]
     lines += [f"{name}: {value}" for name, value in fields]
     lines += ["", ""]
