@@ -38,6 +38,7 @@ class Config:
     # Upstream pool: idle connections kept per origin, and for how long.
     pool_max_idle_per_origin: int = 256
     pool_idle_timeout: float = 30.0
+    pool_max_idle_total: int = 1024  # over all origins
     # How long SIGINT/SIGTERM waits for in-flight exchanges.
     shutdown_grace: float = 5.0
     log_level: str = "info"
@@ -59,20 +60,42 @@ class Config:
     header_timeout: float = 10.0
     # Flow records keep plain HTTP bodies up to this many bytes each way (0: none).
     capture_bodies: int = 0
+    # Upgrade protocols forwarded on plain requests (RFC 9110 section 7.8); others are stripped.
+    upgrade_protocols: tuple[str, ...] = ("websocket",)
+    # Recording (see proxy/record/): a SQLite flow store, a HAR file written at stop,
+    # JSON lines per flow ("-": stdout); secrets kept in recordings only if asked.
+    record: str = ""
+    har: str = ""
+    flows_jsonl: str = ""
+    record_secrets: bool = False
+    # The traffic page (proxy/ui/) on its own port, over the --record store (a temporary one without it).
+    ui: bool = False
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 8081
     # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
     workers: int = 1
+    # TLS interception (intercept.py): off unless asked; targets by glob/CIDR, no-intercept wins.
+    intercept: bool = False
+    intercept_hosts: tuple[str, ...] = ()
+    no_intercept_hosts: tuple[str, ...] = ()
+    ca_dir: str | None = None  # None: tls.ca.default_ca_dir()
+    # Seconds a client may take to send its first bytes in a tunnel before it is relayed blindly.
+    intercept_wait: float = 1.0
+    # TLS toward origins (intercepted and https:// absolute-form requests).
+    upstream_ca: tuple[str, ...] = ()
+    upstream_insecure: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
         for field in ("connect_timeout", "timeout", "client_idle_timeout", "header_timeout",
-                      "tunnel_idle_timeout", "pool_idle_timeout"):
+                      "tunnel_idle_timeout", "pool_idle_timeout", "intercept_wait"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         if self.shutdown_grace < 0:
             raise ValueError("shutdown_grace must not be negative")
-        if self.pool_max_idle_per_origin < 0:
-            raise ValueError("pool_max_idle_per_origin must not be negative")
+        if self.pool_max_idle_per_origin < 0 or self.pool_max_idle_total < 0:
+            raise ValueError("pool_max_idle_per_origin and pool_max_idle_total must not be negative")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:
@@ -80,6 +103,14 @@ class Config:
         for field in ("max_request_line", "max_header_bytes", "max_header_count", "max_clients", "workers"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1")
+        if self.capture_bodies < 0:
+            raise ValueError("capture_bodies must not be negative")
+        if self.workers > 1 and (self.record or self.har or self.flows_jsonl):
+            raise ValueError("--record, --har and --flows-jsonl need --workers 1 (one writer per file)")
+        if self.workers > 1 and self.ui:
+            raise ValueError("--ui needs --workers 1 (the page reads the one recording)")
+        if not 0 <= self.ui_port <= 65535:
+            raise ValueError(f"ui_port must be 0..65535, not {self.ui_port}")
         if self.max_body is not None and self.max_body < 0:
             raise ValueError("max_body must not be negative")
         for user, _ in self.auth:
