@@ -5,7 +5,8 @@
 pooling), ``response`` what a caller gets back, ``client`` the request's life
 across hops, ``fetch`` the curl-like command.
 
-May import ``proxy.http1``; never ``proxy.server``, ``proxy.testing`` or
+May import ``proxy.http1`` (and the wings below the server's: ``record``,
+``config``, ``tls``); never ``proxy.server``, ``proxy.ui``, ``proxy.testing`` or
 ``proxy.cli``. ``from proxy.client import ProxyClient`` is public API.
 """
 
