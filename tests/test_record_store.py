@@ -322,3 +322,33 @@ def test_a_version_1_store_is_read_and_upgraded_when_recorded_to(tmp_path: Path)
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
+
+
+# -- rows for a list page ---------------------------------------------------------------
+
+
+def test_rows_carry_host_path_and_the_response_content_type(tmp_path: Path) -> None:
+    path = tmp_path / "flows.sqlite"
+    record(path, [
+        flow(1, response_headers=[("Content-Length", "2"), ("content-type", "application/json; charset=utf-8"),
+                                  ("X-Note", "content-type: not this one")]),
+        flow(2, response_headers=[("X-Content-Type", "text/html")]),  # a look-alike name is not it
+        flow(3, response_headers=[("Content-Type", "image/png")]),  # the last line, no newline after it
+    ])
+    with Reader(path) as reader:
+        rows = reader.list()
+    assert [(r.host, r.path, r.content_type) for r in rows] == [
+        ("api.test", "/items/1", "application/json; charset=utf-8"),
+        ("api.test", "/items/2", ""),
+        ("api.test", "/items/3", "image/png"),
+    ]
+
+
+def test_min_id_keeps_flows_from_that_id_on(tmp_path: Path) -> None:
+    path = tmp_path / "flows.sqlite"
+    record(path, [flow(n) for n in range(1, 6)])
+    with Reader(path) as reader:
+        assert [r.id for r in reader.list(Filters(min_id=4))] == [4, 5]
+        assert reader.count(Filters(min_id=4)) == 2
+        assert [s.id for s in reader.flows(Filters(min_id=5))] == [5]
+        assert reader.count(Filters()) == 5  # the control: without it, all of them
