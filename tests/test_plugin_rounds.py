@@ -184,7 +184,7 @@ def test_a_recorded_cassette_replays_with_no_origin(pytester: pytest.Pytester) -
     text = (pytester.path / "api.har").read_text()
     har = json.loads(text)["log"]
     assert har["version"] == "1.2" and len(har["entries"]) == 2
-    assert "s3cret" not in text and "abc123" not in text and '"[redacted]"' in text
+    assert "s3cret" not in text and "abc123" not in text and '"<redacted>"' in text
     # The same test with no origin at all: offline, api.test is not even mapped.
     pytester.makepyfile(test_api=REPLAY_TEST)
     run(pytester, "-o", "fwdproxy_offline=true").assert_outcomes(passed=1)
