@@ -245,3 +245,19 @@ def test_counts_hold_under_concurrent_clients(fwdproxy: FwdProxy, origin_http: O
         codes = list(pool.map(lambda i: get(fwdproxy, origin_http.url(f"/{i}")).status_code, range(24)))
     assert sorted(codes) == [200] * 19 + [503] * 5 and rule.hits == 5
     assert len(origin_http.requests) == 19
+
+
+@needs_curl
+def test_tls_failure_refuses_the_clients_handshake(fwdproxy: FwdProxy, origin_https: Origin) -> None:
+    fwdproxy.map_host("api.test", origin_https)
+    fwdproxy.map_host("ok.test", origin_https)
+    rule = fwdproxy.tls_failure("api.test", times=2)
+    with pytest.raises(requests.exceptions.SSLError, match="handshake failure"):
+        get(fwdproxy, "https://api.test/", verify=origin_https.ca_file)
+    curl = subprocess.run(["curl", "-sS", "-x", fwdproxy.url, "--cacert", origin_https.ca_file,
+                           "https://api.test/"], capture_output=True, text=True, timeout=30)
+    assert curl.returncode == 35 and "handshake failure" in curl.stderr  # 35: a TLS error, as curl says
+    assert origin_https.connections == 0 and rule.hits == 2
+    assert get(fwdproxy, "https://ok.test/", verify=origin_https.ca_file).status_code == 200
+    assert get(fwdproxy, "https://api.test/", verify=origin_https.ca_file).status_code == 200  # times=2 spent
+    assert [f.error for f in fwdproxy.flows.filter(host="api.test")][:2] == ["TLS handshake failed by a fault rule"] * 2

@@ -38,6 +38,7 @@ from .rules import (
     Rule,
     Stall,
     Throttle,
+    TlsFailure,
     Truncate,
 )
 
@@ -102,6 +103,7 @@ class Plan:
     auth: tuple[str, str] | None = None
     error: ProxyError | None = None
     close: bool = False
+    tls_failure: bool = False  # a tunnel: 200, then a fatal TLS alert to the client's ClientHello
     answer: Answer | None = None
     shape: Shape = field(default_factory=Shape)
     chaos: list[ChaosChoice] = field(default_factory=list)
@@ -183,7 +185,7 @@ class Faults:
 
 
 def _answered(plan: Plan) -> bool:
-    return plan.error is not None or plan.close or plan.answer is not None
+    return plan.error is not None or plan.close or plan.tls_failure or plan.answer is not None
 
 
 def _shadows(earlier: Rule, later: Rule) -> bool:
@@ -211,6 +213,8 @@ def _apply(rule: Rule, request: Request, plan: Plan) -> bool:
                                 kind="proxy_internal_response")
     elif isinstance(rule, Close):
         plan.close = True
+    elif isinstance(rule, TlsFailure):
+        plan.tls_failure = True
     elif isinstance(rule, DnsError):
         plan.error = ProxyError(f"cannot resolve {request.host}: name not known (a fault rule)",
                                 status=502, kind="dns_error")

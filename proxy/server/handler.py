@@ -43,7 +43,7 @@ from .faults import Exchange
 from .faults import Request as FaultRequest
 from .forward import SMALL_BODY, Request, Upgraded, forward
 from .policy import check_connect_port, check_credentials, client_allowed
-from .shaping import ShapedDownstream
+from .shaping import ShapedDownstream, fail_handshake
 from .shared import ServerBase
 
 log = logging.getLogger("fwdproxy")
@@ -296,6 +296,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise plan.error
         if plan.close:
             raise Abort("connection closed without a response by a fault rule")
+        if plan.tls_failure:
+            flow.status = 200
+            fail_handshake(self.downstream, _ESTABLISHED)
         if req is not None and plan.answer:
             if body is None:
                 self._discard_body(req.body_length, flow, req.capture)

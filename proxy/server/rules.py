@@ -154,6 +154,15 @@ class DnsError(Rule):
 
 
 @dataclass(eq=False, repr=False)
+class TlsFailure(Rule):
+    """A CONNECT answered 200, then the client's TLS handshake refused with a fatal alert."""
+
+    name: ClassVar[str] = "tls_failure"
+    answers: ClassVar[bool] = True
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset({Exchange.TUNNEL})
+
+
+@dataclass(eq=False, repr=False)
 class RefuseConnect(Rule):
     status: int = 403
     name: ClassVar[str] = "refuse_connect"

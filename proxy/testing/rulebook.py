@@ -36,6 +36,7 @@ from ..server.rules import (
     Rule,
     Stall,
     Throttle,
+    TlsFailure,
     Truncate,
 )
 from .origins import Fields, fields_list
@@ -80,6 +81,10 @@ class RuleBook:
                   path: PathMatcher = None) -> DnsError:
         """Answer as if ``host`` (a glob) did not resolve: 502 with ``Proxy-Status: ...; error=dns_error``."""
         return self._add(DnsError(_match(method, host, path), times))
+
+    def tls_failure(self, host: str = "*", *, times: int | None = None) -> TlsFailure:
+        """Open the tunnel to ``host`` (a glob), then fail the client's TLS handshake with a fatal alert."""
+        return self._add(TlsFailure(_match("CONNECT", host, None), times))
 
     def refuse_connect(self, host: str = "*", status: int = 403, *,
                        times: int | None = None) -> RefuseConnect:
