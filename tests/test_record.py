@@ -11,13 +11,12 @@ import threading
 import pytest
 from har_check import assert_valid_har
 from servers import Received
-
-from proxy.testing.origins import OriginConnection
 from wire import exchange, through
 
 from proxy.record.flows import REDACTED, log_sink
 from proxy.record.recording import export_har
 from proxy.record.store import Filters, Reader, StoredFlow
+from proxy.testing.origins import OriginConnection
 
 BROKEN_GZIP = b"\x1f\x8b\x08\x00 this is not deflate data \xff\xfe"
 LATIN1 = "caf\xe9 cr\xe8me".encode("latin-1")  # not UTF-8

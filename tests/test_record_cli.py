@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 from har_check import assert_valid_har
 from servers import Received
-
-from proxy.testing.origins import OriginConnection
 from test_cli import Running
 from wire import through
 
 from proxy.cli import main
 from proxy.record.store import Reader
+from proxy.testing.origins import OriginConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 
