@@ -261,3 +261,16 @@ def test_tls_failure_refuses_the_clients_handshake(fwdproxy: FwdProxy, origin_ht
     assert get(fwdproxy, "https://ok.test/", verify=origin_https.ca_file).status_code == 200
     assert get(fwdproxy, "https://api.test/", verify=origin_https.ca_file).status_code == 200  # times=2 spent
     assert [f.error for f in fwdproxy.flows.filter(host="api.test")][:2] == ["TLS handshake failed by a fault rule"] * 2
+
+
+def test_passthrough_plans_requests_and_tunnels_in_strict_mode(fwdproxy: FwdProxy, origin_http: Origin,
+                                                                origin_https: Origin) -> None:
+    fwdproxy.strict()
+    fwdproxy.map_host("api.test", origin_https)
+    fwdproxy.passthrough(path="/open/*")
+    fwdproxy.passthrough(method="CONNECT", host="api.test")
+    assert get(fwdproxy, origin_http.url("/open/door")).text == "GET /open/door\n"
+    assert get(fwdproxy, "https://api.test/x", verify=origin_https.ca_file).status_code == 200
+    assert get(fwdproxy, origin_http.url("/closed")).status_code == 502  # negative control
+    assert [flow.path for flow in fwdproxy.unplanned] == ["/closed"]
+    fwdproxy.unplanned.clear()

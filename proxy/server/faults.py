@@ -30,6 +30,7 @@ from .rules import (
     FirstByteDelay,
     Fragment,
     Match,
+    Passthrough,
     PathMatcher,
     RefuseConnect,
     RequireAuth,
@@ -177,7 +178,7 @@ class Faults:
                     plan.fired.append(rule.name)
                 if _answered(plan):
                     return plan
-        if self.strict:
+        if self.strict and "passthrough" not in plan.fired:
             plan.fired.append(UNPLANNED)
             plan.error = ProxyError(f"strict mode: no rule answers {request.method} {request.url}, "
                                     "so it was not sent on", status=502, kind="http_request_denied")
@@ -215,6 +216,8 @@ def _apply(rule: Rule, request: Request, plan: Plan) -> bool:
         plan.close = True
     elif isinstance(rule, TlsFailure):
         plan.tls_failure = True
+    elif isinstance(rule, Passthrough):
+        pass  # fires (and counts) so that strict mode lets the request through
     elif isinstance(rule, DnsError):
         plan.error = ProxyError(f"cannot resolve {request.host}: name not known (a fault rule)",
                                 status=502, kind="dns_error")

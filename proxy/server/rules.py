@@ -177,6 +177,14 @@ class RefuseConnect(Rule):
 
 
 @dataclass(eq=False, repr=False)
+class Passthrough(Rule):
+    """Changes nothing, but plans the request: strict mode lets it reach its origin."""
+
+    name: ClassVar[str] = "passthrough"
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
+
+
+@dataclass(eq=False, repr=False)
 class RequireAuth(Rule):
     user: str = ""
     password: str = ""

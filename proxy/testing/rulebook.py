@@ -28,6 +28,7 @@ from ..server.rules import (
     FirstByteDelay,
     Fragment,
     Match,
+    Passthrough,
     PathMatcher,
     RefuseConnect,
     RequireAuth,
@@ -90,6 +91,11 @@ class RuleBook:
                        times: int | None = None) -> RefuseConnect:
         """Answer CONNECT to ``host`` (a glob) with ``status`` instead of a tunnel."""
         return self._add(RefuseConnect(_match("CONNECT", host, None), times, status=status))
+
+    def passthrough(self, *, times: int | None = None, method: str | None = None, host: str | None = None,
+                    path: PathMatcher = None) -> Passthrough:
+        """Let matching requests (and CONNECTs) reach their origin in strict mode, as planned."""
+        return self._add(Passthrough(_match(method, host, path), times))
 
     # -- changes to the exchange --------------------------------------------------
 
