@@ -129,14 +129,14 @@ class Faults:
     def add(self, rule: R) -> R:
         """Append a rule. Raises ValueError if an earlier rule leaves it nothing to match."""
         with self._lock:
-            self._added += 1
-            rule.number = self._added
+            rule.number = self._added + 1
             for earlier in self._rules:
                 if _shadows(earlier, rule):
                     raise ValueError(
                         f"fault rule {rule.describe()} can never fire: rule {earlier.describe()} "
                         "comes first, has no times= limit and matches every request it would; "
                         "give the earlier rule times=N, or narrow it")
+            self._added += 1
             self._rules = [*self._rules, rule]
         return rule
 
