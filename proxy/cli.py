@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from . import __version__
@@ -34,11 +35,14 @@ from .record import command as flows_command
 from .record.store import StoreError
 from .server import descriptors, health, memory
 from .server.listener import ProxyServer
+from .tls import command as ca_cmd
+from .ui import command as ui_command
+from .ui.app import UiServer
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch", "health", "flows")
-RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record or --har
+SUBCOMMANDS = ("serve", "fetch", "health", "flows", "ca", "ui")
+RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record, --har or --ui
 
 
 def _env(flag: str, default: Any) -> Any:
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "HTTP_PROXY/HTTPS_PROXY=http://HOST:PORT. Every flag may also be given as an "
                     "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128). "
                     "Also: `fwdproxy fetch URL -x PROXY`, a curl-like client (see fetch --help).")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows,ca}")
     serve = sub.add_parser("serve", prog="fwdproxy [serve]", description=parser.description,
                            help="run the proxy (the default)")
     serve.add_argument("--version", action="version", version=f"fwdproxy {__version__}")
@@ -112,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("deny-private", "") not in ("", "0", "false"),
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
+    tls = serve.add_argument_group("TLS interception (off by default; see docs/interception.md)")
+    tls.add_argument("--intercept", action="store_true",
+                     default=_env("intercept", "") not in ("", "0", "false"),
+                     help="decrypt CONNECT tunnels whose client starts TLS, with certificates from "
+                          "the local CA (created if missing), and forward their requests like plain ones")
+    tls.add_argument("--intercept-host", action="append", metavar="PATTERN",
+                     default=_env_list("intercept-host"),
+                     help="intercept only these targets: host glob or CIDR (repeatable)")
+    tls.add_argument("--no-intercept-host", action="append", metavar="PATTERN",
+                     default=_env_list("no-intercept-host"),
+                     help="relay these targets blindly, e.g. apps that pin certificates (repeatable; wins)")
+    tls.add_argument("--ca-dir", default=None, metavar="DIR",
+                     help="folder of the local CA (default: FWDPROXY_CA_DIR, else certs/ in a "
+                          "checkout, else a per-user data folder)")
+    tls.add_argument("--upstream-ca", action="append", metavar="FILE", default=_env_list("upstream-ca"),
+                     help="also trust the CA certificates in FILE (PEM) for origins (repeatable)")
+    tls.add_argument("--upstream-insecure", action="store_true",
+                     default=_env("upstream-insecure", "") not in ("", "0", "false"),
+                     help="do not verify origins' certificates (development only; every flow is marked)")
     access.add_argument("--upgrade-protocols", default=_env("upgrade-protocols", "websocket"),
                         metavar="LIST",
                         help="Upgrade protocols a plain (ws://) request may switch to; '' for none "
@@ -144,10 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_env("log-format", _DEFAULTS.log_format),
                        help="text lines or JSON lines (default %(default)s)")
     _add_record_flags(serve)
+    _add_ui_flags(serve)
     fetch.add_parser(sub)
     health.add_parser(sub)
     flows_command.add_parser(sub)
+    ca_cmd.add_parser(sub)
+    ui_command.add_parser(sub)
     return parser
+
+
+def _add_ui_flags(serve: argparse.ArgumentParser) -> None:
+    ui = serve.add_argument_group("traffic page (see docs/ui.md)")
+    ui.add_argument("--ui", action="store_true", default=_env("ui", "") not in ("", "0", "false"),
+                    help="serve a live traffic page; startup prints its URL with a token. Without "
+                         "--record, flows go to a temporary store removed at exit")
+    ui.add_argument("--ui-host", default=_env("ui-host", _DEFAULTS.ui_host),
+                    help="address of the page (default %(default)s); another one is reachable from "
+                         "other machines (the token still guards it)")
+    ui.add_argument("--ui-port", type=int, default=_env("ui-port", _DEFAULTS.ui_port),
+                    help="port of the page (default %(default)s; 0: any free)")
 
 
 def _add_record_flags(serve: argparse.ArgumentParser) -> None:
@@ -195,7 +233,11 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                       max_header_count=int(ns.max_headers),
                       max_body=None if ns.max_body is None else int(ns.max_body),
                       max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                      workers=int(ns.workers),
+                      workers=int(ns.workers), intercept=ns.intercept,
+                      intercept_hosts=tuple(ns.intercept_host),
+                      no_intercept_hosts=tuple(ns.no_intercept_host),
+                      ca_dir=str(ca_cmd.ca_dir(ns.ca_dir)), upstream_ca=tuple(ns.upstream_ca),
+                      upstream_insecure=ns.upstream_insecure,
                       upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
                                               if p.strip()),
                       **_record_settings(ns))
@@ -208,19 +250,49 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 def _record_settings(ns: argparse.Namespace) -> dict[str, Any]:
     capture = ns.capture_bodies
     if capture is None:
-        capture = RECORD_CAPTURE if ns.record or ns.har else 0
+        capture = RECORD_CAPTURE if ns.record or ns.har or ns.ui else 0
     return {"record": ns.record, "har": ns.har, "flows_jsonl": ns.flows_jsonl,
-            "record_secrets": ns.record_secrets, "capture_bodies": int(capture)}
+            "record_secrets": ns.record_secrets, "capture_bodies": int(capture),
+            "ui": bool(ns.ui), "ui_host": ns.ui_host, "ui_port": int(ns.ui_port)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["fetch"], ["health"], ["flows"]):
+    if args[:1] in (["fetch"], ["health"], ["flows"], ["ca"], ["ui"]):
         ns = build_parser().parse_args(args)
-        runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run}[args[0]]
+        runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run,
+                  "ca": ca_cmd.run, "ui": ui_command.run}[args[0]]
         return int(runner(ns))
     config = parse_config(args)
+    with _ui_store(config) as config:
+        return _run(config)
+
+
+@contextmanager
+def _ui_store(config: Config) -> Iterator[Config]:
+    """--ui without --record records into a temporary store, removed at exit (as mitmweb shows
+    traffic without being told where to keep it)."""
+    if not config.ui or config.record:
+        yield config
+        return
+    with ui_command.scratch_store() as path:
+        yield config.replace(record=str(path))
+
+
+def _run(config: Config) -> int:
     _setup_logging(config)
+    if config.intercept:
+        try:
+            _, created = ca_cmd.ensure_ca(config.ca_dir)
+        except ValueError as exc:  # CAError: the message names the file and the fix
+            print(f"fwdproxy: {exc}", file=sys.stderr)
+            return 2
+        if created:
+            _announce(config, created)
+    for cafile in config.upstream_ca:
+        if not os.path.isfile(cafile):
+            print(f"fwdproxy: --upstream-ca {cafile}: no such file", file=sys.stderr)
+            return 2
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
     memory.tune_allocator()  # few malloc arenas: resident memory plateaus under churn
     descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
@@ -233,15 +305,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fwdproxy: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
+    except ValueError as exc:  # the CA became unusable between the check and the start
+        print(f"fwdproxy: {exc}", file=sys.stderr)
+        return 2
     if config.exposure_warning:
         _announce(config, f"fwdproxy: {config.exposure_warning}")
+    if config.upstream_insecure:
+        _announce(config, "fwdproxy: warning: --upstream-insecure: origins' certificates are NOT verified; "
+                          "every https flow is marked upstream-tls=unverified")
+    page = _start_page(server, config) if config.ui else None
+    if config.ui and page is None:
+        return 1
     server, workers = _fork_workers(server, config)
     if workers is None:  # in a worker process: serve until told to stop
         return _serve(server, config, announce=False)
-    code = _serve(server, config, announce=True, workers=workers)
+    try:
+        code = _serve(server, config, announce=True, workers=workers)
+    finally:
+        if page is not None:
+            page.stop()
     for pid in workers:
         os.waitpid(pid, 0)
     return code
+
+
+def _start_page(server: ProxyServer, config: Config) -> UiServer | None:
+    """The traffic page on its own port, over the store the proxy records into."""
+    try:
+        page = UiServer(config.record, host=config.ui_host, port=config.ui_port, live=True).start()
+    except (OSError, StoreError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"fwdproxy: cannot serve the traffic page on {config.ui_host}:{config.ui_port}: {why}",
+              file=sys.stderr)
+        server.server_close()
+        server.recording.close(write_har=False)
+        return None
+    if page.exposure_warning:
+        _announce(config, f"fwdproxy: {page.exposure_warning}")
+    _announce(config, f"fwdproxy: traffic page at {page.url}")
+    return page
 
 
 class _JSONFormatter(logging.Formatter):

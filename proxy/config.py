@@ -68,14 +68,28 @@ class Config:
     har: str = ""
     flows_jsonl: str = ""
     record_secrets: bool = False
+    # The traffic page (proxy/ui/) on its own port, over the --record store (a temporary one without it).
+    ui: bool = False
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 8081
     # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
     workers: int = 1
+    # TLS interception (intercept.py): off unless asked; targets by glob/CIDR, no-intercept wins.
+    intercept: bool = False
+    intercept_hosts: tuple[str, ...] = ()
+    no_intercept_hosts: tuple[str, ...] = ()
+    ca_dir: str | None = None  # None: tls.ca.default_ca_dir()
+    # Seconds a client may take to send its first bytes in a tunnel before it is relayed blindly.
+    intercept_wait: float = 1.0
+    # TLS toward origins (intercepted and https:// absolute-form requests).
+    upstream_ca: tuple[str, ...] = ()
+    upstream_insecure: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
         for field in ("connect_timeout", "timeout", "client_idle_timeout", "header_timeout",
-                      "tunnel_idle_timeout", "pool_idle_timeout"):
+                      "tunnel_idle_timeout", "pool_idle_timeout", "intercept_wait"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         if self.shutdown_grace < 0:
@@ -93,6 +107,10 @@ class Config:
             raise ValueError("capture_bodies must not be negative")
         if self.workers > 1 and (self.record or self.har or self.flows_jsonl):
             raise ValueError("--record, --har and --flows-jsonl need --workers 1 (one writer per file)")
+        if self.workers > 1 and self.ui:
+            raise ValueError("--ui needs --workers 1 (the page reads the one recording)")
+        if not 0 <= self.ui_port <= 65535:
+            raise ValueError(f"ui_port must be 0..65535, not {self.ui_port}")
         if self.max_body is not None and self.max_body < 0:
             raise ValueError("max_body must not be negative")
         for user, _ in self.auth:

@@ -27,10 +27,12 @@ from ..http1.headers import Limits
 from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
 from ..record.recording import Recording
+from ..tls.contexts import OriginTLS
 from .connect import ConnectFn, Connector
 from .descriptors import Budget, soft_limit
 from .faults import Faults
 from .handler import ProxyHandler
+from .intercept import UpstreamTLSConnection, configured_interception
 from .policy import HostRules
 from .pool import Pool, UpstreamConnection
 from .shared import Client, ServerBase
@@ -60,6 +62,8 @@ class ProxyServer(ServerBase):
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
         self.faults = Faults()
+        self.interception = configured_interception(config) if config.intercept else None
+        self._origin_tls: OriginTLS | None = None
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self.allow_reuse_port = config.workers > 1
         self._spare_fd: int | None = None  # server_close() may run inside TCPServer.__init__
@@ -81,6 +85,7 @@ class ProxyServer(ServerBase):
         # Held so that, out of descriptors, one can be freed to accept a client and answer it.
         self._spare_fd = _open_spare()
         self._accept_backoff = 0.0
+        self._next_fd_warning = 0.0
         self._busy = _busy_response(self.via_name)
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
         for sink in self.recording.sinks:
@@ -109,9 +114,21 @@ class ProxyServer(ServerBase):
         self.server_name, self.server_port = self.config.host, self.server_address[1]
 
     def _new_connection(self, origin: Origin) -> UpstreamConnection:
+        if origin.scheme == "https":
+            return UpstreamTLSConnection(origin, self.origin_tls, connect_timeout=self.config.connect_timeout,
+                                         read_timeout=self.config.timeout, connect=self.connect,
+                                         watchdog=self.watchdog)
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
                                   read_timeout=self.config.timeout, connect=self.connect,
                                   watchdog=self.watchdog)
+
+    @property
+    def origin_tls(self) -> OriginTLS:
+        """What origins are verified against; made on first use (loading the system's roots takes a while)."""
+        with self._lock:
+            if self._origin_tls is None:
+                self._origin_tls = OriginTLS(self.config.upstream_ca, insecure=self.config.upstream_insecure)
+            return self._origin_tls
 
     @property
     def port(self) -> int:
@@ -207,6 +224,12 @@ class ProxyServer(ServerBase):
         client in to get its 503 and a close; without a spare, wait a little
         longer each time (up to half a second) before trying again.
         """
+        now = time.monotonic()
+        if now >= self._next_fd_warning:
+            self._next_fd_warning = now + 10.0
+            log.warning("out of file descriptors (RLIMIT_NOFILE %d): new clients get 503 until some close",
+                        self.budget.limit)
+        answered = False
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
@@ -216,9 +239,10 @@ class ProxyServer(ServerBase):
                 pass
             else:
                 _answer_now(sock, self._busy)
+                answered = True
             self._spare_fd = _open_spare()
-            if self._spare_fd is not None:
-                return
+        if answered and self._spare_fd is not None:
+            return  # more may be waiting: the next select() says so at once
         self._accept_backoff = min(max(0.01, self._accept_backoff * 2), 0.5)
         time.sleep(self._accept_backoff)
 

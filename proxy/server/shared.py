@@ -17,6 +17,7 @@ from ..http1.headers import Limits
 from ..record.flows import Flow, FlowLog
 from .connect import Connector
 from .faults import Faults
+from .intercept import Interception
 from .policy import HostRules
 from .pool import Pool
 from .watchdog import Watchdog
@@ -40,6 +41,7 @@ class ServerBase(ThreadingHTTPServer):
     via_name: str
     watchdog: Watchdog
     faults: Faults
+    interception: Interception | None  # TLS interception, when on (the plugin turns it on per test)
     connect: Connector
     pool: Pool
     flows: FlowLog
