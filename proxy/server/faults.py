@@ -88,6 +88,7 @@ class Request:
     path: str
     url: str
     body: bytes | None = None
+    intercepted: bool = False  # a CONNECT whose requests the proxy will see (and plan) one by one
 
     @property
     def route(self) -> str:
@@ -178,7 +179,7 @@ class Faults:
                     plan.fired.append(rule.name)
                 if _answered(plan):
                     return plan
-        if self.strict and "passthrough" not in plan.fired:
+        if self.strict and "passthrough" not in plan.fired and not request.intercepted:
             plan.fired.append(UNPLANNED)
             plan.error = ProxyError(f"strict mode: no rule answers {request.method} {request.url}, "
                                     "so it was not sent on", status=502, kind="http_request_denied")
@@ -282,6 +283,14 @@ def _chaos(choice: ChaosChoice, plan: Plan) -> None:
 
 
 def _replay(rule: Replay, request: Request, plan: Plan) -> bool:
+    if request.exchange is Exchange.TUNNEL:
+        if rule.strict and not request.intercepted:  # nothing inside a blind tunnel can be replayed
+            plan.fired.append(UNPLANNED)
+            plan.error = ProxyError(f"CONNECT {request.host} is a blind tunnel, so the cassette "
+                                    f"{rule.source} cannot answer what goes through it; "
+                                    "call fwdproxy.intercept()",
+                                    status=502, kind="http_request_denied")
+        return False
     entry = rule.take(request.method, request.url, request.body if rule.match_body else None)
     if entry is not None:
         plan.answer = Answer(entry.status, entry.body, entry.headers)

@@ -346,7 +346,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         faults = self.server.faults
         body = self._preread(req) if req is not None and faults.wants_body else None
         exchange = Exchange.TUNNEL if req is None else Exchange.HTTP
-        plan = faults.plan(FaultRequest(exchange, method, host, path, flow.url, body))
+        plan = faults.plan(FaultRequest(exchange, method, host, path, flow.url, body, intercepting))
         flow.faults += plan.fired
         if plan.delay and not intercepting:  # an intercepted tunnel's requests are delayed one by one
             time.sleep(plan.delay)

@@ -138,7 +138,7 @@ def _use_cassette(proxy: FwdProxy, request: pytest.FixtureRequest) -> Callable[[
 
     def write() -> None:
         flows = proxy.flows.all()
-        tunnels = [flow.url for flow in flows if flow.kind == "tunnel"]
+        tunnels = [flow.url for flow in flows if flow.kind == "tunnel" and not flow.intercepted]
         if tunnels:
             raise AssertionError(f"cannot record into {path}: HTTPS went through blind CONNECT tunnels to "
                                  f"{', '.join(tunnels)}, whose contents the proxy cannot see")
