@@ -114,3 +114,11 @@ def test_an_intercepted_https_cassette_replays_with_no_origin(pytester: pytest.P
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*CONNECT api.test is a blind tunnel, so the cassette *https.har cannot answer "
                                  "what goes through it; call fwdproxy.intercept()*"])
+
+
+def test_tls_failure_before_interception(api: FwdProxy, origin_https: Origin) -> None:
+    api.tls_failure("api.test", times=1)
+    with pytest.raises(requests.exceptions.SSLError, match="handshake failure"):
+        get(api, "/items")
+    assert get(api, "/items").status_code == 200  # the next handshake is intercepted as usual
+    assert len(origin_https.requests) == 1
