@@ -118,7 +118,6 @@ def test_first_byte_delay_holds_the_response_not_the_request(fwdproxy: FwdProxy,
         with pytest.raises(httpx.ReadTimeout):
             client.get(origin_http.url("/late"))
         assert [r.path for r in origin_http.requests] == ["/late"]  # unlike delay(), the origin was asked
-    assert fwdproxy.flows.wait_for(path="/late", timeout=5).status == 200
     fwdproxy.clear()
     fwdproxy.delay(1.0, path="/early")
     with httpx.Client(proxy=fwdproxy.url, timeout=httpx.Timeout(10, read=0.3)) as client:
