@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..http1.errors import ProxyError
-from .chaos import Chaos, ChaosChoice
+from .chaos import Chaos, ChaosChoice, Outcome
 from .replay import Replay
 from .rules import (
     Close,
@@ -272,13 +272,12 @@ def _throttle(rule: Throttle, shape: Shape) -> bool:
 def _chaos(choice: ChaosChoice, plan: Plan) -> None:
     plan.chaos.append(choice)
     plan.delay += choice.latency
-    if choice.outcome.startswith("error"):
-        status = int(choice.outcome.split()[1])
-        plan.error = ProxyError(f"failure injected by chaos ({choice})", status=status,
+    if choice.outcome is Outcome.ERROR and choice.status is not None:
+        plan.error = ProxyError(f"failure injected by chaos ({choice})", status=choice.status,
                                 kind="proxy_internal_response")
-    elif choice.outcome == "reset":
+    elif choice.outcome is Outcome.RESET:
         plan.shape.reset_after = 0
-    elif choice.outcome == "truncate":
+    elif choice.outcome is Outcome.TRUNCATE:
         plan.shape.truncate_after = 0
 
 
