@@ -121,15 +121,6 @@ def test_clear_from_another_origin_is_refused(capture: Capture) -> None:
     assert json.loads(body)["total"] == 4  # nothing was hidden
 
 
-def test_the_proxy_port_never_serves_the_page(capture: Capture) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", capture.proxy.port, timeout=10)
-    conn.request("GET", "/", headers={"Cookie": f"{guard.cookie_name(capture.ui.port)}={capture.ui.token}"})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    assert resp.status != 200 and b"fwdproxy traffic" not in body
-
-
 @pytest.mark.parametrize(("host", "port", "refused"), [
     ("127.0.0.1:8081", 8081, False), ("[::1]:8081", 8081, False), ("localhost:8081", 8081, False),
     ("127.8.9.10:8081", 8081, False), ("ui.lan:8081", 8081, False),  # the configured --ui-host
@@ -264,6 +255,7 @@ def test_serve_with_ui_records_to_a_temporary_store_removed_at_exit(capture: Cap
     try:
         url = _url_from(proc, r"traffic page at (http://127\.0\.0\.1:\d+/\?token=\S+)")
         port = int(url.split(":")[2].split("/")[0])
+        proxy_port = int(_url_from(proc, r"listening on http://127\.0\.0\.1:(\d+)"))
         folders = list(tmp_path.glob("fwdproxy-ui-*"))
         assert len(folders) == 1 and (folders[0] / "flows.sqlite").is_file()
         with Reader(folders[0] / "flows.sqlite") as reader:
@@ -272,6 +264,13 @@ def test_serve_with_ui_records_to_a_temporary_store_removed_at_exit(capture: Cap
         conn.request("GET", url.partition(str(port))[2])
         assert conn.getresponse().status == 303
         conn.close()
+        # The proxy's own port never serves the page, token or not.
+        conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=10)
+        conn.request("GET", url.partition(str(port))[2])
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        assert resp.status != 200 and resp.getheader("Set-Cookie") is None and b"fwdproxy traffic" not in body
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
