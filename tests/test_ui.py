@@ -19,6 +19,7 @@ import pytest
 from har_check import assert_valid_har
 from ui_setup import ITEMS, Capture
 
+from proxy.config import Config
 from proxy.record.store import Reader
 from proxy.ui import guard, views
 
@@ -276,3 +277,11 @@ def test_serve_with_ui_records_to_a_temporary_store_removed_at_exit(capture: Cap
         proc.communicate(timeout=15)
     assert proc.returncode == 0
     assert list(tmp_path.glob("fwdproxy-ui-*")) == []
+
+
+def test_ui_needs_one_worker_and_a_valid_port() -> None:
+    with pytest.raises(ValueError, match="--ui needs --workers 1"):
+        Config(ui=True, workers=2)
+    with pytest.raises(ValueError, match="ui_port must be"):
+        Config(ui_port=70000)
+    assert Config(ui=True).ui_port == 8081  # the control: the defaults are valid

@@ -55,6 +55,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser, capture: Capture) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1400, "height": 800})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=capture.page)
     context.set_default_timeout(10_000)
     opened = context.new_page()
     DIALOGS.clear()
@@ -123,6 +124,10 @@ def test_detail_pane_pretty_prints_json_with_timings_and_keyboard_moves(page: Pa
     expect(page.locator("#d-body .waterfall .seg.wait")).to_have_count(1)
     expect(page.locator("#d-body .response-headers")).to_contain_text("Content-Type")
     expect(page.locator("#d-curl-text")).to_contain_text("curl ")
+    page.keyboard.press("c")  # copy as curl
+    expect(page.locator("#status-line")).to_have_text("copied the request as a curl command")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith("curl ") and copied.endswith(f"'{capture.origin.url('/api/items?detail')}'")
     page.keyboard.press("j")  # the next row: the image
     expect(page.locator("#d-title")).to_contain_text("/pixel.png")
     image = page.locator("#d-body img.body-image")

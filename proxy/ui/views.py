@@ -158,7 +158,8 @@ def raw_body(stored: StoredFlow, part: str) -> tuple[bytes, str]:
     fields = f.request_headers if part == "request" else f.response_headers
     body = f.request_body if part == "request" else f.response_body
     content_type = short_type(header(fields, "content-type"))
-    return body, content_type if content_type in IMAGE_TYPES else "application/octet-stream"
+    image = content_type in IMAGE_TYPES and not header(fields, "content-encoding")
+    return body, content_type if image else "application/octet-stream"
 
 
 def har_pairs(flows: Any) -> Any:
