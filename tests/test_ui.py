@@ -21,6 +21,7 @@ from ui_setup import ITEMS, Capture
 
 from proxy.config import Config
 from proxy.record.store import Reader
+from proxy.server.rules import Fail, Match
 from proxy.ui import guard, views
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,9 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capture]:
     made.send("GET", "/missing")
     made.send("POST", "/echo", body=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     made.send("GET", "/blob")
+    made.proxy.faults.add(Fail(Match(path="/refused"), status=503))
+    made.send("GET", "/refused")  # answered by the fault rule: never reaches the origin
+    made.proxy.faults.clear()
     yield made
     made.close()
 
@@ -119,7 +123,7 @@ def test_clear_from_another_origin_is_refused(capture: Capture) -> None:
     resp, _ = get(capture, "/api/clear", method="POST")  # a plain form post: no custom header
     assert resp.status == 403
     resp, body = get(capture, "/api/flows")
-    assert json.loads(body)["total"] == 4  # nothing was hidden
+    assert json.loads(body)["total"] == 5  # nothing was hidden
 
 
 @pytest.mark.parametrize(("host", "port", "refused"), [
@@ -138,7 +142,7 @@ def test_host_rules(host: str, port: int, refused: bool) -> None:
 def test_flows_lists_rows_with_columns_and_filters(capture: Capture) -> None:
     resp, body = get(capture, "/api/flows")
     data = json.loads(body)
-    assert resp.status == 200 and data["total"] == 4
+    assert resp.status == 200 and data["total"] == 5
     first = data["rows"][0]
     assert (first["method"], first["host"], first["path"], first["status"], first["type"]) == \
         ("GET", "127.0.0.1", "/api/items", 200, "application/json")
@@ -155,9 +159,9 @@ def test_flows_lists_rows_with_columns_and_filters(capture: Capture) -> None:
 def test_pages_by_id_cursor(capture: Capture) -> None:
     _, body = get(capture, "/api/flows?limit=2")
     newest = json.loads(body)["rows"]
-    assert [r["path"] for r in newest] == ["/echo", "/blob"]
+    assert [r["path"] for r in newest] == ["/blob", "/refused"]
     _, body = get(capture, f"/api/flows?limit=2&before={newest[0]['id']}")
-    assert [r["path"] for r in json.loads(body)["rows"]] == ["/api/items", "/missing"]
+    assert [r["path"] for r in json.loads(body)["rows"]] == ["/missing", "/echo"]
 
 
 def test_bad_filters_get_400_with_the_reason(capture: Capture) -> None:
@@ -180,6 +184,15 @@ def test_detail_pretty_prints_json_and_shows_binary_as_a_hex_head(capture: Captu
     assert blob["hex"].startswith("00000000  00 01 02 03")
     resp, _ = get(capture, "/api/flows/999")
     assert resp.status == 404
+
+
+def test_detail_names_the_faults_that_fired_and_the_error(capture: Capture) -> None:
+    _, body = get(capture, "/api/flows/5")
+    flow = json.loads(body)
+    assert flow["path"] == "/refused" and flow["status"] == 503
+    assert len(flow["faults"]) == 1 and flow["faults"][0].startswith("fail")
+    _, body = get(capture, "/api/flows/4")
+    assert json.loads(body)["faults"] == []  # the control: a flow no rule touched
 
 
 def test_a_body_that_is_not_an_image_downloads_rather_than_renders(capture: Capture) -> None:

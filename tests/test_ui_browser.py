@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,17 @@ def test_flows_appear_live_and_the_filters_narrow_them(page: Page, capture: Capt
     expect(last.locator(".c-path")).to_have_text("/boom")
     expect(last.locator(".c-status")).to_have_text("503")
     expect(last).to_have_class("s5")  # coloured by status
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nobody listens on: the proxy's connect is refused
+    try:
+        capture.send("GET", "", url=f"http://127.0.0.1:{closed.getsockname()[1]}/gone")
+    finally:
+        closed.close()
+    expect(rows(page).last).to_have_class("err")
+    expect(rows(page).last.locator(".c-path")).to_have_text("/gone")
+    rows(page).last.click()
+    expect(page.locator("#d-body .error-box")).to_contain_text("Proxy-Status")
+    page.keyboard.press("Escape")
     page.select_option("#f-status", "4xx")
     expect(rows(page)).to_have_count(1)
     expect(rows(page).first.locator(".c-path")).to_have_text("/missing")
@@ -100,7 +112,7 @@ def test_flows_appear_live_and_the_filters_narrow_them(page: Page, capture: Capt
     page.fill("#f-host", "no-such-host")
     expect(rows(page)).to_have_count(0)
     page.fill("#f-host", "127.0.0")  # the control: the same filter with a matching host
-    expect(rows(page)).to_have_count(before + 5)
+    expect(rows(page)).to_have_count(before + 6)
 
 
 def test_pause_holds_the_list_and_resume_catches_up(page: Page, capture: Capture) -> None:
