@@ -20,7 +20,8 @@ from har_check import assert_valid_har
 from ui_setup import ITEMS, Capture
 
 from proxy.config import Config
-from proxy.record.store import Reader
+from proxy.record.flows import Flow
+from proxy.record.store import Reader, StoredFlow
 from proxy.server.rules import Fail, Match
 from proxy.ui import guard, views
 
@@ -298,3 +299,13 @@ def test_ui_needs_one_worker_and_a_valid_port() -> None:
     with pytest.raises(ValueError, match="ui_port must be"):
         Config(ui_port=70000)
     assert Config(ui=True).ui_port == 8081  # the control: the defaults are valid
+
+
+def test_detail_carries_tls_facts_and_trailers() -> None:
+    flow = Flow(kind="http", client="127.0.0.1:1", method="GET", url="https://api.test/x", status=200,
+                bytes_down=2, response_body=b"ok", intercepted=True, upstream_tls="verified",
+                response_trailers=[("Server-Timing", "db;dur=3")])
+    shown = views.flow_json(StoredFlow(7, flow, False))
+    assert (shown["intercepted"], shown["upstream_tls"]) == (True, "verified")
+    assert shown["response"]["trailers"] == [["Server-Timing", "db;dur=3"]]
+    assert shown["request"]["trailers"] == []
