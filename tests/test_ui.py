@@ -24,6 +24,7 @@ from proxy.record.flows import Flow
 from proxy.record.store import Reader, StoredFlow
 from proxy.server.rules import Fail, Match
 from proxy.ui import guard, views
+from proxy.ui.app import UiServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -309,3 +310,15 @@ def test_detail_carries_tls_facts_and_trailers() -> None:
     assert (shown["intercepted"], shown["upstream_tls"]) == (True, "verified")
     assert shown["response"]["trailers"] == [["Server-Timing", "db;dur=3"]]
     assert shown["request"]["trailers"] == []
+
+
+def test_the_page_never_runs_without_a_token(capture: Capture) -> None:
+    with pytest.raises(ValueError, match="needs a token"):
+        UiServer(capture.store, port=0, token="")
+    page = UiServer(capture.store, port=0)  # the control: a random token of 32 characters
+    try:
+        assert len(page.token) == 32 and page.url.endswith(f"?token={page.token}")
+        assert page.exposure_warning == ""  # loopback: nothing to warn about
+    finally:
+        page.server_close()
+        page.reader.close()
