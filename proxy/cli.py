@@ -19,14 +19,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, fetch, health
+from . import __version__, config_file, fetch, health, reload
 from .config import LOG_FORMATS, LOG_LEVELS, Config
 from .policy import LOOPBACK_NETWORKS, ConfigError, parse_networks, parse_ports
 from .server import ProxyServer
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch", "health")
+SUBCOMMANDS = ("serve", "fetch", "health", "config")
 
 
 def _env(flag: str, default: Any) -> Any:
@@ -58,10 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "HTTP_PROXY/HTTPS_PROXY=http://HOST:PORT. Every flag may also be given as an "
                     "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128). "
                     "Also: `fwdproxy fetch URL -x PROXY`, a curl-like client (see fetch --help).")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,config}")
     serve = sub.add_parser("serve", prog="fwdproxy [serve]", description=parser.description,
                            help="run the proxy (the default)")
     serve.add_argument("--version", action="version", version=f"fwdproxy {__version__}")
+    serve.add_argument("--config", default=_env("config", None), metavar="FILE",
+                       help="TOML file with any of these flags as keys (flags and FWDPROXY_* win "
+                            "over it); SIGHUP reloads it. See docs/configuration.md")
     serve.add_argument("--host", default=_env("host", _DEFAULTS.host),
                        help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=int, default=_env("port", _DEFAULTS.port),
@@ -121,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("header-timeout", _DEFAULTS.header_timeout),
                         help="seconds for a whole request head to arrive, else 408 "
                              "(default %(default)s)")
+    serve.add_argument("--metrics", action=argparse.BooleanOptionalAction,
+                       default=_env("metrics", "1") not in ("0", "false", "no", "off"),
+                       help="serve GET /metrics (Prometheus text) and count flows for it "
+                            "(default: on)")
+    serve.add_argument("--metrics-allow-from", default=_env("metrics-allow-from", None),
+                       metavar="CIDR[,CIDR...]",
+                       help="networks that may read /metrics without credentials (default "
+                            "127.0.0.0/8,::1); clients with valid --auth credentials always may")
     serve.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
                        default=_env("log-level", _DEFAULTS.log_level),
                        help="info logs one line per exchange (default %(default)s)")
@@ -129,15 +140,41 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text lines or JSON lines (default %(default)s)")
     fetch.add_parser(sub)
     health.add_parser(sub)
+    _add_config_parser(sub)
     return parser
 
 
+def _add_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = sub.add_parser("config", help="show the effective configuration, or check a file",
+                            description="fwdproxy config show [serve flags]: every setting with "
+                                        "its source (flag, env, file, default), secrets redacted. "
+                                        "fwdproxy config check FILE: validate a file, exit 0 or 2.")
+    what = config.add_subparsers(dest="config_command", required=True, metavar="{show,check}")
+    show = what.add_parser("show", help="print the effective configuration with each value's source")
+    show.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="FLAGS",
+                      help="serve flags, e.g. --config fwdproxy.toml --port 3128")
+    check = what.add_parser("check", help="validate a config file without starting")
+    check.add_argument("file", metavar="FILE")
+
+
+
 def parse_config(argv: Sequence[str] | None = None) -> Config:
+    return load_config(argv).config
+
+
+def load_config(argv: Sequence[str] | None = None) -> config_file.Loaded:
+    """Flags > FWDPROXY_* environment > --config file > defaults; exits 2 with a message if refused."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in SUBCOMMANDS:
-        args.insert(0, "serve")
-    parser = build_parser()
-    ns = parser.parse_args(args)
+    if args[:1] == ["serve"]:
+        args = args[1:]
+    try:
+        return config_file.load(build_parser, args, config_from_args)
+    except ValueError as exc:
+        build_parser().exit(2, f"fwdproxy: {exc}\n")
+
+
+def config_from_args(ns: argparse.Namespace) -> Config:
+    """The Config the serve flags describe (ValueError, with a reason, if they are refused)."""
     try:
         auth = _credentials(ns.auth, ns.auth_file)
         if ns.allow_from:
@@ -160,19 +197,27 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                       max_header_count=int(ns.max_headers),
                       max_body=None if ns.max_body is None else int(ns.max_body),
                       max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                      workers=int(ns.workers))
+                      workers=int(ns.workers), metrics=ns.metrics,
+                      metrics_allow_from=parse_networks(ns.metrics_allow_from)
+                      if ns.metrics_allow_from else LOOPBACK_NETWORKS)
     except OSError as exc:
-        parser.exit(2, f"fwdproxy: cannot read {exc.filename}: {exc.strerror}\n")
-    except ValueError as exc:
-        parser.exit(2, f"fwdproxy: {exc}\n")
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
+
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["fetch"], ["health"]):
+    if args[:2] == ["config", "show"] and not {"-h", "--help"} & set(args):
+        # The serve flags follow as they are: argparse would take them for show's own.
+        return _config_command(argparse.Namespace(config_command="show", serve_args=args[2:]))
+    if args[:1] in (["fetch"], ["health"], ["config"]):
         ns = build_parser().parse_args(args)
+        if args[0] == "config":
+            return _config_command(ns)
         return fetch.run(ns) if args[0] == "fetch" else health.run(ns)
-    config = parse_config(args)
+    loaded = load_config(args)
+    config = loaded.config
     _setup_logging(config)
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
     _raise_fd_limit()
@@ -185,12 +230,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.exposure_warning:
         _announce(config, f"fwdproxy: {config.exposure_warning}")
     server, workers = _fork_workers(server, config)
+    reloader = reload.Reloader(server, lambda: config_file.load(build_parser, args, config_from_args).config,
+                               loaded.path, forward_to=workers or ())
+    reloader.install()
     if workers is None:  # in a worker process: serve until told to stop
         return _serve(server, config, announce=False)
     code = _serve(server, config, announce=True, workers=workers)
     for pid in workers:
         os.waitpid(pid, 0)
     return code
+
+
+def _config_command(ns: argparse.Namespace) -> int:
+    """``fwdproxy config show [flags]`` and ``fwdproxy config check FILE``."""
+    try:
+        if ns.config_command == "check":
+            with config_file.without_environment():  # judge the file alone
+                loaded = config_file.load(build_parser, ["--config", ns.file], config_from_args)
+            count = sum(s.source.startswith("file ") for s in loaded.settings)
+            print(f"{ns.file}: ok ({count} settings)")
+            return 0
+        print(config_file.show(load_config(ns.serve_args)), end="")
+        return 0
+    except ValueError as exc:
+        print(f"fwdproxy: {exc}", file=sys.stderr)
+        return 2
 
 
 class _JSONFormatter(logging.Formatter):
@@ -245,8 +309,12 @@ def _fork_workers(server: ProxyServer, config: Config) -> tuple[ProxyServer, lis
         pid = os.fork()
         if pid == 0:
             server.server_close()  # the parent's socket; this worker binds its own
-            return ProxyServer(config.replace(port=server.port)), None
+            child = ProxyServer(config.replace(port=server.port))
+            child.metrics.worker = str(len(pids) + 1)
+            return child, None
         pids.append(pid)
+    if pids:
+        server.metrics.worker = "0"
     return server, pids
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .policy import LOOPBACK_NETWORKS, Network, check_exposure
+from .policy import LOOPBACK_NETWORKS, Network, check_exposure, check_host_pattern
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -54,6 +54,10 @@ class Config:
     capture_bodies: int = 0
     # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
     workers: int = 1
+    # GET /metrics (Prometheus): counted from finished flows; readable by these
+    # networks without credentials, and by any client with valid --auth ones.
+    metrics: bool = True
+    metrics_allow_from: tuple[Network, ...] = LOOPBACK_NETWORKS
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -78,6 +82,8 @@ class Config:
         for user, _ in self.auth:
             if not user or ":" in user:
                 raise ValueError("auth user names must be non-empty and contain no ':'")
+        for pattern in (*self.allow_hosts, *self.deny_hosts):
+            check_host_pattern(pattern)  # raises ConfigError
         check_exposure(self.host, self.allow_from, bool(self.auth))  # raises ConfigError
 
     @property

@@ -31,6 +31,7 @@ class Flow:
     started: float = field(default_factory=time.time)
     duration_ms: float = 0.0
     error: str = ""
+    error_type: str = ""  # RFC 9209 Proxy-Status error type, when the proxy answered with an error
     upstream_reused: bool | None = None
     host: str = ""
     port: int = 0

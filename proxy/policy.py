@@ -15,6 +15,7 @@ import fnmatch
 import functools
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -112,6 +113,21 @@ class HostRules:
             raise Forbidden(f"access to {host} is denied by this proxy's rules")
         if self.allow and not _matches(host, self.allow):
             raise Forbidden(f"{host} is not in this proxy's allowed hosts")
+
+
+_HOST_GLOB = re.compile(r"[A-Za-z0-9*?.\[\]!_-]+")
+
+
+def check_host_pattern(pattern: str) -> None:
+    """A host rule must be a CIDR or address, or a glob of host-name characters (``*.example.com``)."""
+    if "/" in pattern or _as_address(pattern) is not None:
+        try:
+            ipaddress.ip_network(pattern, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"invalid network in host rule {pattern!r}: {exc}") from None
+    elif not _HOST_GLOB.fullmatch(pattern) or pattern.count("[") != pattern.count("]"):
+        raise ConfigError(f"invalid host pattern {pattern!r}: expected a host glob such as "
+                          "*.example.com, or a CIDR such as 10.0.0.0/8")
 
 
 def _matches(host: str, patterns: Iterable[str]) -> bool:

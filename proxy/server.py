@@ -28,6 +28,8 @@ from .faults import Faults
 from .flows import Flow, FlowLog, Sink, log_sink
 from .handler import ProxyHandler
 from .headers import Limits
+from .live import Live
+from .metrics import Metrics
 from .policy import HostRules
 from .pool import ConnectFn, Pool, UpstreamConnection
 from .target import Origin
@@ -49,11 +51,9 @@ class ProxyServer(ThreadingHTTPServer):
 
     def __init__(self, config: Config | None = None, *, connect: ConnectFn = socket.create_connection,
                  sinks: list[Sink] | None = None) -> None:
-        self.config = config = config or Config()
-        self.connect = Connector(connect, deny_private=config.deny_private,
-                                 own_address=lambda: (str(self.server_address[0]), self.port))
-        self.limits = Limits(config.max_request_line, config.max_header_bytes, config.max_header_count)
-        self.host_rules = HostRules(config.allow_hosts, config.deny_hosts)
+        self._connect_fn = connect
+        self.live = Live.build(config or Config(), connect, self._own_address)
+        config = self.config
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
         self.watchdog = Watchdog()
@@ -64,6 +64,9 @@ class ProxyServer(ThreadingHTTPServer):
         self.pool = Pool(self._new_connection, max_idle_per_origin=self.config.pool_max_idle_per_origin,
                          idle_timeout=self.config.pool_idle_timeout)
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
+        self.metrics = Metrics()
+        if self.config.metrics:
+            self.flows.add(self.metrics.observe)
         self.started = time.monotonic()
         self.stopping = False
         self._clients: set[ProxyHandler] = set()
@@ -75,6 +78,30 @@ class ProxyServer(ThreadingHTTPServer):
         self._detached: set[socket.socket] = set()  # client sockets the relay now owns
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    # What exchanges read goes through one reference, swapped whole by apply_config.
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    @property
+    def host_rules(self) -> HostRules:
+        return self.live.host_rules
+
+    @property
+    def limits(self) -> Limits:
+        return self.live.limits
+
+    @property
+    def connect(self) -> Connector:
+        return self.live.connect
+
+    def apply_config(self, config: Config) -> None:
+        """Use ``config`` for new exchanges (established connections stay; see reload.py)."""
+        self.live = Live.build(config, self._connect_fn, self._own_address)
+
+    def _own_address(self) -> tuple[str, int]:
+        return str(self.server_address[0]), self.port
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls getfqdn(), a reverse DNS lookup we neither need nor want.
