@@ -249,6 +249,9 @@ class _Reader:
         hint = f"; did you mean {guess[0]!r}?" if guess else ""
         if name in TABLES:
             hint = f"; [{name}] is a table: {TABLES[name].help}"
+        elif len(path) > 1 and name in self.keys:
+            hint = (f"; {name} is a top-level key: in TOML, keys after a [table] header belong "
+                    "to that table, so put it above the first table")
         elif len(path) > 1 and not guess:
             hint = f"; [{path[0]}] takes {', '.join(known)}"
         self._error(path, f"unknown key {spelled!r}{hint}")
