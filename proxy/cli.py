@@ -229,10 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if config.exposure_warning:
         _announce(config, f"fwdproxy: {config.exposure_warning}")
+    # A SIGHUP arriving before a worker has its handler would end it: hold it until then.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     server, workers = _fork_workers(server, config)
     reloader = reload.Reloader(server, lambda: config_file.load(build_parser, args, config_from_args).config,
-                               loaded.path, forward_to=workers or ())
+                               loaded.path, forward_to=workers or (), startup=config)
     reloader.install()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     if workers is None:  # in a worker process: serve until told to stop
         return _serve(server, config, announce=False)
     code = _serve(server, config, announce=True, workers=workers)

@@ -55,8 +55,10 @@ class Reloader:
     """Reloads ``server``'s configuration with ``load`` (which raises ValueError if refused)."""
 
     def __init__(self, server: Reloadable, load: Callable[[], Config], source: str | None,
-                 forward_to: Sequence[int] = ()) -> None:
+                 forward_to: Sequence[int] = (), startup: Config | None = None) -> None:
         self.server, self.load, self.source = server, load, source
+        # What the process started with (a worker's server holds the port it bound instead).
+        self.startup = startup or server.config
         self.forward_to = forward_to
         self._lock = threading.Lock()
 
@@ -83,29 +85,31 @@ class Reloader:
             return ok
 
     def _reload(self) -> bool:
-        old = self.server.config
+        running = self.server.config
         try:
             new = self.load()
         except (ValueError, OSError, SystemExit) as exc:
             log.error("config reload from %s refused, keeping the running configuration: %s",
                       self.source, " | ".join(str(exc).splitlines()))
             return False
-        changed = changes(old, new)
-        fixed = [f for f in changed if f not in LIVE]
-        for field in fixed:
-            log.warning("config reload: %s changed in %s from %r to %r; that needs a restart "
-                        "(still %r)", _name(field), self.source, getattr(old, field),
-                        getattr(new, field), getattr(old, field))
+        for field in changes(self.startup, new):
+            if field not in LIVE:
+                log.warning("config reload: %s changed in %s from %r to %r; that needs a restart "
+                            "(still %r)", _name(field), self.source, getattr(self.startup, field),
+                            getattr(new, field), getattr(running, field))
         try:
-            new = new.replace(**{field: getattr(old, field) for field in fixed})
+            new = new.replace(**{f.name: getattr(running, f.name) for f in fields(Config)
+                                 if f.name not in LIVE})
         except ValueError as exc:
             log.error("config reload from %s refused, keeping the running configuration: %s",
                       self.source, exc)
             return False
+        changed = changes(running, new)
         self.server.apply_config(new)
         if "log_level" in changed:
             logging.getLogger().setLevel(new.log_level.upper())
-        live = [_name(f) for f in changed if f in LIVE]
-        log.info("config reloaded from %s: %s", self.source,
-                    f"changed {', '.join(live)}" if live else "no live setting changed")
+        worker = self.server.metrics.worker
+        log.info("config reloaded from %s: %s%s", self.source,
+                 f"changed {', '.join(map(_name, changed))}" if changed else "no live setting changed",
+                 f" [worker {worker}]" if worker is not None else "")
         return True
