@@ -19,10 +19,19 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, config_file, fetch, health, reload
-from .config import LOG_FORMATS, LOG_LEVELS, Config
-from .policy import LOOPBACK_NETWORKS, ConfigError, parse_networks, parse_ports
-from .server import ProxyServer
+from . import __version__, config_file
+from .client import fetch
+from .config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    LOOPBACK_NETWORKS,
+    Config,
+    ConfigError,
+    parse_networks,
+    parse_ports,
+)
+from .server import health, reload
+from .server.listener import ProxyServer
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()

@@ -29,8 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config
-from .policy import ConfigError
+from .config import Config, ConfigError
 
 ENV_PREFIX = "FWDPROXY_"
 # Flags that are not settings: they choose the file, or print something and exit.

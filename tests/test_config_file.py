@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from proxy import Config, cli, config_file
-from proxy.policy import parse_networks
+from proxy.config import parse_networks
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = config_file.flag_keys(config_file.serve_parser(cli.build_parser()))

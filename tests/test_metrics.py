@@ -15,8 +15,8 @@ from servers import OriginServer
 from wire import through
 
 from proxy import Flow, __version__
-from proxy.metrics import Metrics
-from proxy.policy import parse_networks
+from proxy.config import parse_networks
+from proxy.record.metrics import Metrics
 
 ELSEWHERE = parse_networks("192.0.2.0/24")  # TEST-NET-1: not us, so loopback is "someone else"
 
@@ -122,7 +122,10 @@ def test_counters_match_the_traffic_sent(proxy_factory: Callable[..., RunningPro
 def test_open_tunnels_and_connections_are_gauges(proxy_factory: Callable[..., RunningProxy],
                                                  origin: OriginServer) -> None:
     proxy = proxy_factory()
-    with open_tunnel(proxy.address, origin):
+    with open_tunnel(proxy.address, origin) as sock:
+        # An answer through the tunnel means the relay has it (the 200 is sent just before).
+        sock.sendall(f"GET /bytes/3 HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode())
+        assert recv_head(sock)[0].startswith(b"HTTP/1.1 200")
         got = samples(scrape(proxy.address)[2])
         assert value(got, "fwdproxy_tunnels") == 1
         assert value(got, "fwdproxy_exchanges_total", kind="tunnel", status="2xx") == 0  # not finished

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Config
-from .connect import Connector
-from .headers import Limits
+from ..config import Config
+from ..http1.headers import Limits
+from .connect import ConnectFn, Connector
 from .policy import HostRules
-from .pool import ConnectFn
 
 
 @dataclass(frozen=True)

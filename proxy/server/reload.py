@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Protocol
 
-from .config import Config
-from .metrics import Metrics
+from ..config import Config
+from ..record.metrics import Metrics
 
 log = logging.getLogger("fwdproxy")
 

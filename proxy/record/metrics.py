@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import __version__
+from .. import __version__
 from .flows import Flow
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

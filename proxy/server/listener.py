@@ -17,22 +17,21 @@ import socket
 import socketserver
 import threading
 import time
-from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from . import __version__
-from .config import Config
-from .connect import Connector
+from .. import __version__
+from ..config import Config
+from ..http1 import responses
+from ..http1.target import Origin
+from ..record.flows import Flow, FlowLog, Sink, log_sink
+from ..record.metrics import Metrics
+from .connect import ConnectFn
 from .faults import Faults
-from .flows import Flow, FlowLog, Sink, log_sink
 from .handler import ProxyHandler
-from .headers import Limits
 from .live import Live
-from .metrics import Metrics
-from .policy import HostRules
-from .pool import ConnectFn, Pool, UpstreamConnection
-from .target import Origin
+from .pool import Pool, UpstreamConnection
+from .shared import Client, ServerBase
 from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
 
@@ -41,7 +40,7 @@ _MAX_IDLE_WORKERS = 64
 _WORKER_IDLE_SECONDS = 30.0
 
 
-class ProxyServer(ThreadingHTTPServer):
+class ProxyServer(ServerBase):
     """A forward proxy on one listening socket; ``with ProxyServer(cfg) as s:`` runs it in the background."""
 
     daemon_threads = True
@@ -69,7 +68,7 @@ class ProxyServer(ThreadingHTTPServer):
             self.flows.add(self.metrics.observe)
         self.started = time.monotonic()
         self.stopping = False
-        self._clients: set[ProxyHandler] = set()
+        self._clients: set[Client] = set()
         self._active = 0  # connections accepted and not yet closed, threads included
         self._idle_slots: list[queue.SimpleQueue[tuple[Any, Any] | None]] = []  # idle worker threads
         self._refused: queue.Queue[socket.socket] = queue.Queue(256)
@@ -78,23 +77,6 @@ class ProxyServer(ThreadingHTTPServer):
         self._detached: set[socket.socket] = set()  # client sockets the relay now owns
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-
-    # What exchanges read goes through one reference, swapped whole by apply_config.
-    @property
-    def config(self) -> Config:
-        return self.live.config
-
-    @property
-    def host_rules(self) -> HostRules:
-        return self.live.host_rules
-
-    @property
-    def limits(self) -> Limits:
-        return self.live.limits
-
-    @property
-    def connect(self) -> Connector:
-        return self.live.connect
 
     def apply_config(self, config: Config) -> None:
         """Use ``config`` for new exchanges (established connections stay; see reload.py)."""
@@ -201,9 +183,8 @@ class ProxyServer(ThreadingHTTPServer):
 
     def _refuse_loop(self) -> None:
         body = b"fwdproxy: too many client connections; retry shortly\n"
-        response = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-                    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        response = responses.head(503, [("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8"),
+                                        ("Connection", "close"), ("Content-Length", str(len(body)))]) + body
         while True:
             sock = self._refused.get()
             try:
@@ -218,13 +199,13 @@ class ProxyServer(ThreadingHTTPServer):
             finally:
                 sock.close()
 
-    def track(self, handler: ProxyHandler) -> None:
+    def track(self, client: Client) -> None:
         with self._lock:
-            self._clients.add(handler)
+            self._clients.add(client)
 
-    def untrack(self, handler: ProxyHandler) -> None:
+    def untrack(self, client: Client) -> None:
         with self._lock:
-            self._clients.discard(handler)
+            self._clients.discard(client)
 
     def busy(self) -> bool:
         """Whether some exchange is in progress (its flow not recorded yet)."""

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Abort
-from .forward import Downstream
+from ..http1.errors import Abort
+from .downstream import Downstream
 
 PathMatcher = str | re.Pattern[str] | None
 
