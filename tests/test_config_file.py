@@ -239,3 +239,23 @@ def test_a_top_level_key_under_a_table_says_so(tmp_path: Path, capsys: pytest.Ca
     path = write(tmp_path, '[hosts]\ndeny = ["*.internal"]\nport = 3128\n')
     assert cli.main(["config", "check", path]) == 2
     assert f"{path}:3: unknown key 'hosts.port'; port is a top-level key" in capsys.readouterr().err
+
+
+def manifest_config() -> str:
+    """The fwdproxy.toml block of the ConfigMap in the Kubernetes manifest."""
+    lines = (ROOT / "scripts" / "container" / "k8s.yaml").read_text().splitlines()
+    start = lines.index("  fwdproxy.toml: |") + 1
+    block = []
+    for line in lines[start:]:
+        if line.strip() and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return "\n".join(block)
+
+
+def test_the_kubernetes_configmap_starts_the_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest's file, with the image's FWDPROXY_HOST=0.0.0.0, is a configuration that starts."""
+    monkeypatch.setenv("FWDPROXY_HOST", "0.0.0.0")
+    config = load("--config", write(tmp_path, manifest_config())).config
+    assert config.host == "0.0.0.0" and config.metrics_allow_from == parse_networks("10.0.0.0/8")
+    assert config.deny_hosts and config.log_format == "json" and config.connect_ports == frozenset({443})
