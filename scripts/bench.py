@@ -37,6 +37,7 @@ so read small differences as noise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -96,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default %(default)s)")
     p.add_argument("--fwdproxy-args", default="",
                    help="extra flags for fwdproxy, e.g. '--workers 2' (space-separated)")
+    p.add_argument("--metrics-off", action="store_true",
+                   help="also run fwdproxy with --no-metrics as a target (fwdproxy-nometrics), to show "
+                        "what counting flows for /metrics costs (same rounds, alternating)")
     p.add_argument("--profile", action="store_true",
                    help="also profile fwdproxy with py-spy under keep-alive load (64 clients)")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="results directory")
@@ -489,6 +493,10 @@ def start_targets(children: Children, tmp: Path, origin: Origin,
     nginx = run([find_binary("nginx") or "nginx", "-v"], timeout=10).stderr.strip()
     targets = [Target("direct", origin.http_port, version=nginx.replace("nginx version: ", ""))]
     targets.append(start_fwdproxy(children, tmp, args.fwdproxy_args.split()))
+    if args.metrics_off:
+        off = start_fwdproxy(children, tmp, [*args.fwdproxy_args.split(), "--no-metrics"],
+                             log_name="fwdproxy-nometrics.log")
+        targets.append(dataclasses.replace(off, name="fwdproxy-nometrics"))
     starters: dict[str, Callable[[Children, Path], Target]] = {
         "squid": start_squid, "tinyproxy": start_tinyproxy, "proxy.py": start_proxypy}
     for name in args.peer_list:
@@ -913,6 +921,11 @@ def checks(summary: dict[str, Any], targets: list[Target], args: argparse.Namesp
     check(f"idle tunnels: all {tun.get('opened', args.tunnels):.0f} survive {args.hold:g} s",
           tun.get("survived"), tun.get("opened"))
     check("idle tunnels: KiB each <= 20", tun.get("kib_per_tunnel"), 20, higher=False)
+    compared = any(t.name == "fwdproxy-nometrics" for t in targets)
+    for key in [f"ka{c}" for c in args.ka_conns] + [f"nc{c}" for c in args.nc_conns] if compared else []:
+        on, off = ratio(key, "fwdproxy"), ratio(key, "fwdproxy-nometrics")
+        check(f"metrics on costs <= 3% ({key}): on/off throughput >= 0.97",
+              None if on is None or not off else on / off, 0.97)
     fwd = next((t for t in targets if t.name == "fwdproxy"), None)
     check("idle RSS MiB <= 30", fwd.idle_rss_kib / 1024 if fwd else None, 30, higher=False)
     for key in (f"ka{args.ka_conns[-1]}", f"nc{args.nc_conns[-1]}", f"nc{args.nc_conns[0]}"):
