@@ -141,8 +141,9 @@ def get(address: tuple[str, int], url: str, headers: dict[str, str] | None = Non
         conn.close()
 
 
-def keep_alive_get(sock: socket.socket, url: str) -> int:
-    sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+def keep_alive_get(sock: socket.socket, url: str, headers: dict[str, str] | None = None) -> int:
+    fields = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n{fields}\r\n".encode())
     return read_response(sock)[0].status
 
 
@@ -192,6 +193,14 @@ def test_sighup_changes_rules_under_load_without_dropping_anyone(config: Path, s
     assert load.failures == []
     assert len(load.sockets) == 1, "the looping client's connection was dropped"
     assert load.done > 80
+
+    # Client networks too are judged per exchange, not once per connection.
+    with socket.create_connection(proxy.address, timeout=10) as kept:
+        assert keep_alive_get(kept, origin.url("/bytes/1"), CREDENTIALS) == 200
+        config.write_text('allow-from = ["192.0.2.0/24"]\n[users]\nalice = "pw"\n')
+        proxy.hup()
+        assert "changed allow-from" in proxy.wait_log("config reloaded")
+        assert keep_alive_get(kept, origin.url("/bytes/1"), CREDENTIALS) == 403
     assert proxy.stop() == 0
 
 
