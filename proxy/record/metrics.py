@@ -43,8 +43,22 @@ _STATUS = (
 )
 
 
+_CLASSES = {status: f"{status // 100}xx" for status in range(100, 600)}
+
+
 def status_class(status: int) -> str:
-    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+    return _CLASSES.get(status, "none")
+
+
+class _Row:
+    """What the flows of one kind and status class add up to."""
+
+    __slots__ = ("buckets", "count", "down", "seconds", "up")
+
+    def __init__(self) -> None:
+        self.count = self.up = self.down = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)  # not cumulative; the last is +Inf
 
 
 class Metrics:
@@ -53,33 +67,29 @@ class Metrics:
     def __init__(self, worker: str | None = None) -> None:
         self.worker = worker
         self._lock = threading.Lock()
-        self._exchanges: dict[tuple[str, str], int] = {}
-        self._bytes = {"up": 0, "down": 0}
+        self._rows: dict[tuple[str, str], _Row] = {}
         self._errors: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
         self._reloads = {"ok": 0, "error": 0}
-        # Per kind: bucket counts (not cumulative), sum of seconds, count.
-        self._latency: dict[str, tuple[list[int], list[float]]] = {}
 
     # -- feeding ----------------------------------------------------------------------
 
     def observe(self, flow: Flow) -> None:
-        """The flow sink: count one finished exchange or tunnel."""
-        key = (flow.kind, status_class(flow.status))
+        """The flow sink: count one finished exchange or tunnel (about a microsecond)."""
+        key = (flow.kind, _CLASSES.get(flow.status, "none"))
         seconds = flow.duration_ms / 1000
         index = bisect.bisect_left(BUCKETS, seconds)
-        error = flow.error_type
         with self._lock:
-            self._exchanges[key] = self._exchanges.get(key, 0) + 1
-            self._bytes["up"] += flow.bytes_up
-            self._bytes["down"] += flow.bytes_down
-            if error:
-                self._errors[error] = self._errors.get(error, 0) + 1
-            histogram = self._latency.get(flow.kind)
-            if histogram is None:
-                histogram = self._latency[flow.kind] = ([0] * (len(BUCKETS) + 1), [0.0])
-            histogram[0][index] += 1
-            histogram[1][0] += seconds
+            row = self._rows.get(key)
+            if row is None:
+                row = self._rows[key] = _Row()
+            row.count += 1
+            row.up += flow.bytes_up
+            row.down += flow.bytes_down
+            row.seconds += seconds
+            row.buckets[index] += 1
+            if flow.error_type:
+                self._errors[flow.error_type] = self._errors.get(flow.error_type, 0) + 1
 
     def count_dropped(self, sink: str, count: int = 1) -> None:
         """For a sink that had to drop flows (e.g. a full recording queue): shown per sink."""
@@ -95,18 +105,19 @@ class Metrics:
     def render(self, status: Mapping[str, Any]) -> str:
         """Everything in the Prometheus text exposition format (version 0.0.4)."""
         with self._lock:
-            exchanges, errors = dict(self._exchanges), dict(self._errors)
-            sent, dropped, reloads = dict(self._bytes), dict(self._dropped), dict(self._reloads)
-            latency = {kind: (list(b), s[0]) for kind, (b, s) in self._latency.items()}
+            rows = {key: (row.count, row.up, row.down, row.seconds, list(row.buckets))
+                    for key, row in self._rows.items()}
+            errors, dropped, reloads = dict(self._errors), dict(self._dropped), dict(self._reloads)
         out: list[str] = []
         self._family(out, "fwdproxy_info", "gauge", "Version and instance name of this proxy.",
                      [({"version": __version__, "name": str(status.get("name", ""))}, 1)])
         self._family(out, "fwdproxy_exchanges_total", "counter",
                      "Finished exchanges by kind (http, tunnel, local) and status class.",
-                     [({"kind": k, "status": s}, n) for (k, s), n in sorted(exchanges.items())])
+                     [({"kind": k, "status": c}, row[0]) for (k, c), row in sorted(rows.items())])
         self._family(out, "fwdproxy_bytes_total", "counter",
                      "Body bytes relayed: up from clients, down to clients.",
-                     [({"direction": d}, n) for d, n in sorted(sent.items())])
+                     [({"direction": "down"}, sum(row[2] for row in rows.values())),
+                      ({"direction": "up"}, sum(row[1] for row in rows.values()))])
         self._family(out, "fwdproxy_errors_total", "counter",
                      "Error responses by RFC 9209 Proxy-Status error type.",
                      [({"type": t}, n) for t, n in sorted(errors.items())])
@@ -119,6 +130,10 @@ class Metrics:
         for field, name, kind, help_text in _STATUS:
             if field in status:
                 self._family(out, name, kind, help_text, [({}, status[field])])
+        latency: dict[str, tuple[list[int], float]] = {}
+        for (kind, _), (_, _, _, seconds, buckets) in rows.items():
+            held = latency.setdefault(kind, ([0] * len(buckets), 0.0))
+            latency[kind] = ([a + b for a, b in zip(held[0], buckets, strict=True)], held[1] + seconds)
         self._histogram(out, latency)
         return "\n".join(out) + "\n"
 

@@ -183,7 +183,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _admit(self, headers: Headers) -> None:
         """Client network, credentials and loop checks; each refusal raises its status."""
         config = self.server.config
-        if not client_allowed(self.client_ip, config.allow_from):  # per exchange: SIGHUP may change it
+        if not self.server.live.admits(self.client_ip):  # per exchange: SIGHUP may change it
             raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
         if config.auth:
             check_credentials(headers.get("proxy-authorization"), config.auth)

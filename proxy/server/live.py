@@ -9,12 +9,12 @@ server's ``config``, ``host_rules``, ``limits`` and ``connect`` read through it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import Config
 from ..http1.headers import Limits
 from .connect import ConnectFn, Connector
-from .policy import HostRules
+from .policy import HostRules, client_allowed
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,16 @@ class Live:
     host_rules: HostRules
     limits: Limits
     connect: Connector
+    _admitted: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    def admits(self, client_ip: str) -> bool:
+        """Whether allow_from admits a client address; asked per exchange, so remembered per address."""
+        admitted = self._admitted.get(client_ip)
+        if admitted is None:
+            if len(self._admitted) >= 4096:
+                self._admitted.clear()  # a scan from many addresses: start over rather than grow
+            admitted = self._admitted[client_ip] = client_allowed(client_ip, self.config.allow_from)
+        return admitted
 
     @classmethod
     def build(cls, config: Config, connect: ConnectFn,
