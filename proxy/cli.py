@@ -1,6 +1,7 @@
 """Command line: flags and FWDPROXY_* environment variables -> Config -> a running ProxyServer.
 
-``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand. Every flag
+``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand, beside
+``fwdproxy health`` (``server/health.py``) and ``fwdproxy fetch`` (``client/fetch.py``). Every flag
 can also be set as an environment variable named FWDPROXY_ plus the flag in
 upper case (``--connect-timeout`` -> ``FWDPROXY_CONNECT_TIMEOUT``); a flag on
 the command line wins.
@@ -12,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import signal
 import sys
 import threading
@@ -30,7 +30,7 @@ from .config import (
     parse_networks,
     parse_ports,
 )
-from .server import health, reload
+from .server import descriptors, health, memory, reload
 from .server.listener import ProxyServer
 
 log = logging.getLogger("fwdproxy")
@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("deny-private", "") not in ("", "0", "false"),
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
+    access.add_argument("--upgrade-protocols", default=_env("upgrade-protocols", "websocket"),
+                        metavar="LIST",
+                        help="Upgrade protocols a plain (ws://) request may switch to; '' for none "
+                             "(default %(default)s). CONNECT tunnels are not affected")
     serve.add_argument("--workers", type=int, default=_env("workers", _DEFAULTS.workers),
                        help="processes sharing the port with SO_REUSEPORT (default %(default)s); "
                             "more than one uses more cores for many small requests")
@@ -208,7 +212,9 @@ def config_from_args(ns: argparse.Namespace) -> Config:
                       max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
                       workers=int(ns.workers), metrics=ns.metrics,
                       metrics_allow_from=parse_networks(ns.metrics_allow_from)
-                      if ns.metrics_allow_from else LOOPBACK_NETWORKS)
+                      if ns.metrics_allow_from else LOOPBACK_NETWORKS,
+                      upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
+                                              if p.strip()))
     except OSError as exc:
         raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
 
@@ -229,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = loaded.config
     _setup_logging(config)
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
-    _raise_fd_limit()
+    memory.tune_allocator()  # few malloc arenas: resident memory plateaus under churn
+    descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
     try:
         server = ProxyServer(config)
     except OSError as exc:
@@ -297,16 +304,6 @@ def _announce(config: Config, text: str) -> None:
     """Startup lines: plain text, or one JSON object per line under --log-format json."""
     line = json.dumps({"level": "info", "message": text}) if config.log_format == "json" else text
     print(line, file=sys.stderr, flush=True)
-
-
-def _raise_fd_limit() -> None:
-    """Each tunnel holds two descriptors: lift the soft limit (often 1024) to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
-        except (ValueError, OSError):
-            pass  # keep what we have
 
 
 def _fork_workers(server: ProxyServer, config: Config) -> tuple[ProxyServer, list[int] | None]:

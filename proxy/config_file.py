@@ -318,8 +318,7 @@ def convert(key: Key, value: Any) -> Any:
             raise TypeError("")
         return [_typed(action, item) for item in items]
     if key.kind == "csv" and isinstance(value, list):
-        if not value or not all(isinstance(item, str | int) and not isinstance(item, bool)
-                                for item in value):
+        if not all(isinstance(item, str | int) and not isinstance(item, bool) for item in value):
             raise TypeError("")
         value = ",".join(str(item) for item in value)
     if not isinstance(value, str):

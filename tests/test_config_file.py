@@ -22,7 +22,7 @@ SAMPLES: dict[str, Any] = {
     "host": "::1", "port": 3128, "workers": 2,
     "allow-from": ["10.0.0.0/8", "::1"], "metrics-allow-from": "192.0.2.0/24",
     "auth": ["alice:s3cret"], "allow-host": ["*.example.com"], "deny-host": ["10.0.0.0/8"],
-    "connect-ports": [443, "9000-9100"],
+    "connect-ports": [443, "9000-9100"], "upgrade-protocols": [],
 }
 
 
