@@ -219,8 +219,6 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:2] == ["config", "show"] and not {"-h", "--help"} & set(args):
