@@ -30,12 +30,15 @@ from .config import (
     parse_networks,
     parse_ports,
 )
+from .record import command as flows_command
+from .record.store import StoreError
 from .server import descriptors, health, memory, reload
 from .server.listener import ProxyServer
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch", "health", "config")
+SUBCOMMANDS = ("serve", "fetch", "health", "flows", "config")
+RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record or --har
 
 
 def _env(flag: str, default: Any) -> Any:
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "HTTP_PROXY/HTTPS_PROXY=http://HOST:PORT. Every flag may also be given as an "
                     "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128). "
                     "Also: `fwdproxy fetch URL -x PROXY`, a curl-like client (see fetch --help).")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,config}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows,config}")
     serve = sub.add_parser("serve", prog="fwdproxy [serve]", description=parser.description,
                            help="run the proxy (the default)")
     serve.add_argument("--version", action="version", version=f"fwdproxy {__version__}")
@@ -151,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=LOG_FORMATS,
                        default=_env("log-format", _DEFAULTS.log_format),
                        help="text lines or JSON lines (default %(default)s)")
+    _add_record_flags(serve)
     fetch.add_parser(sub)
     health.add_parser(sub)
+    flows_command.add_parser(sub)
     _add_config_parser(sub)
     return parser
 
@@ -169,6 +174,22 @@ def _add_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     check = what.add_parser("check", help="validate a config file without starting")
     check.add_argument("file", metavar="FILE")
 
+
+def _add_record_flags(serve: argparse.ArgumentParser) -> None:
+    record = serve.add_argument_group("recording (see `fwdproxy flows --help`)")
+    record.add_argument("--record", metavar="FILE.sqlite", default=_env("record", ""),
+                        help="store every flow in this SQLite file (created, or appended to)")
+    record.add_argument("--capture-bodies", metavar="BYTES", type=int, default=_env("capture-bodies", None),
+                        help=f"body bytes kept per message (default {RECORD_CAPTURE} with --record or "
+                             "--har, else 0)")
+    record.add_argument("--record-secrets", action="store_true",
+                        default=_env("record-secrets", "") not in ("", "0", "false"),
+                        help="keep Authorization, Cookie and Set-Cookie values in recordings "
+                             "(default: <redacted>)")
+    record.add_argument("--har", metavar="FILE", default=_env("har", ""),
+                        help="write every flow as a HAR file when the proxy stops")
+    record.add_argument("--flows-jsonl", metavar="FILE", default=_env("flows-jsonl", ""),
+                        help="append one JSON object per finished flow to FILE (- for stdout)")
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -214,9 +235,18 @@ def config_from_args(ns: argparse.Namespace) -> Config:
                       metrics_allow_from=parse_networks(ns.metrics_allow_from)
                       if ns.metrics_allow_from else LOOPBACK_NETWORKS,
                       upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
-                                              if p.strip()))
+                                              if p.strip()),
+                      **_record_settings(ns))
     except OSError as exc:
         raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
+
+
+def _record_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    capture = ns.capture_bodies
+    if capture is None:
+        capture = RECORD_CAPTURE if ns.record or ns.har else 0
+    return {"record": ns.record, "har": ns.har, "flows_jsonl": ns.flows_jsonl,
+            "record_secrets": ns.record_secrets, "capture_bodies": int(capture)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,11 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:2] == ["config", "show"] and not {"-h", "--help"} & set(args):
         # The serve flags follow as they are: argparse would take them for show's own.
         return _config_command(argparse.Namespace(config_command="show", serve_args=args[2:]))
-    if args[:1] in (["fetch"], ["health"], ["config"]):
+    if args[:1] in (["fetch"], ["health"], ["flows"], ["config"]):
         ns = build_parser().parse_args(args)
         if args[0] == "config":
             return _config_command(ns)
-        return fetch.run(ns) if args[0] == "fetch" else health.run(ns)
+        runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run}[args[0]]
+        return int(runner(ns))
     loaded = load_config(args)
     config = loaded.config
     _setup_logging(config)
@@ -237,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
     try:
         server = ProxyServer(config)
+    except StoreError as exc:
+        print(f"fwdproxy: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"fwdproxy: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
               file=sys.stderr)

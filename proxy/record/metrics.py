@@ -7,7 +7,8 @@ gauges (live connections, tunnels, pool) from the server's status when
 scraped, so a request pays next to nothing for being counted. It knows
 nothing of sockets.
 
-Sinks that drop flows (a recorder whose queue is full) feed ``count_dropped``.
+Flows the recording sinks had to drop are read from the status (``record``) when
+scraped; any other sink that drops flows can feed ``count_dropped``.
 With ``--workers N`` each process counts its own traffic and a scrape is
 answered by whichever worker accepted it: every sample then carries a
 ``worker`` label so series from different workers never mix.
@@ -88,8 +89,8 @@ class Metrics:
             row.down += flow.bytes_down
             row.seconds += seconds
             row.buckets[index] += 1
-            if flow.error_type:
-                self._errors[flow.error_type] = self._errors.get(flow.error_type, 0) + 1
+            if flow.error_kind:
+                self._errors[flow.error_kind] = self._errors.get(flow.error_kind, 0) + 1
 
     def count_dropped(self, sink: str, count: int = 1) -> None:
         """For a sink that had to drop flows (e.g. a full recording queue): shown per sink."""
@@ -121,9 +122,15 @@ class Metrics:
         self._family(out, "fwdproxy_errors_total", "counter",
                      "Error responses by RFC 9209 Proxy-Status error type.",
                      [({"type": t}, n) for t, n in sorted(errors.items())])
+        recorders: Mapping[str, Mapping[str, int]] = status.get("record", {})
+        for sink, stats in recorders.items():
+            dropped[sink] = dropped.get(sink, 0) + stats.get("dropped_flows", 0)
         self._family(out, "fwdproxy_flows_dropped_total", "counter",
                      "Flows a sink had to drop instead of recording, by sink.",
                      [({"sink": s}, n) for s, n in sorted(dropped.items())])
+        self._family(out, "fwdproxy_flow_bodies_dropped_total", "counter",
+                     "Flows a recording sink stored without their bodies, to keep up.",
+                     [({"sink": s}, n.get("dropped_bodies", 0)) for s, n in sorted(recorders.items())])
         self._family(out, "fwdproxy_config_reloads_total", "counter",
                      "Configuration reloads (SIGHUP) by result.",
                      [({"result": r}, n) for r, n in sorted(reloads.items())])
