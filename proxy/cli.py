@@ -34,10 +34,11 @@ from .record import command as flows_command
 from .record.store import StoreError
 from .server import descriptors, health, memory, reload
 from .server.listener import ProxyServer
+from .tls import command as ca_cmd
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch", "health", "flows", "config")
+SUBCOMMANDS = ("serve", "fetch", "health", "flows", "ca", "config")
 RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record or --har
 
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "HTTP_PROXY/HTTPS_PROXY=http://HOST:PORT. Every flag may also be given as an "
                     "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128). "
                     "Also: `fwdproxy fetch URL -x PROXY`, a curl-like client (see fetch --help).")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows,config}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows,ca,config}")
     serve = sub.add_parser("serve", prog="fwdproxy [serve]", description=parser.description,
                            help="run the proxy (the default)")
     serve.add_argument("--version", action="version", version=f"fwdproxy {__version__}")
@@ -115,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("deny-private", "") not in ("", "0", "false"),
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
+    tls = serve.add_argument_group("TLS interception (off by default; see docs/interception.md)")
+    tls.add_argument("--intercept", action="store_true",
+                     default=_env("intercept", "") not in ("", "0", "false"),
+                     help="decrypt CONNECT tunnels whose client starts TLS, with certificates from "
+                          "the local CA (created if missing), and forward their requests like plain ones")
+    tls.add_argument("--intercept-host", action="append", metavar="PATTERN",
+                     default=_env_list("intercept-host"),
+                     help="intercept only these targets: host glob or CIDR (repeatable)")
+    tls.add_argument("--no-intercept-host", action="append", metavar="PATTERN",
+                     default=_env_list("no-intercept-host"),
+                     help="relay these targets blindly, e.g. apps that pin certificates (repeatable; wins)")
+    tls.add_argument("--ca-dir", default=None, metavar="DIR",
+                     help="folder of the local CA (default: FWDPROXY_CA_DIR, else certs/ in a "
+                          "checkout, else a per-user data folder)")
+    tls.add_argument("--upstream-ca", action="append", metavar="FILE", default=_env_list("upstream-ca"),
+                     help="also trust the CA certificates in FILE (PEM) for origins (repeatable)")
+    tls.add_argument("--upstream-insecure", action="store_true",
+                     default=_env("upstream-insecure", "") not in ("", "0", "false"),
+                     help="do not verify origins' certificates (development only; every flow is marked)")
     access.add_argument("--upgrade-protocols", default=_env("upgrade-protocols", "websocket"),
                         metavar="LIST",
                         help="Upgrade protocols a plain (ws://) request may switch to; '' for none "
@@ -158,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_parser(sub)
     health.add_parser(sub)
     flows_command.add_parser(sub)
+    ca_cmd.add_parser(sub)
     _add_config_parser(sub)
     return parser
 
@@ -234,6 +255,11 @@ def config_from_args(ns: argparse.Namespace) -> Config:
                       workers=int(ns.workers), metrics=ns.metrics,
                       metrics_allow_from=parse_networks(ns.metrics_allow_from)
                       if ns.metrics_allow_from else LOOPBACK_NETWORKS,
+                      intercept=ns.intercept,
+                      intercept_hosts=tuple(ns.intercept_host),
+                      no_intercept_hosts=tuple(ns.no_intercept_host),
+                      ca_dir=str(ca_cmd.ca_dir(ns.ca_dir)), upstream_ca=tuple(ns.upstream_ca),
+                      upstream_insecure=ns.upstream_insecure,
                       upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
                                               if p.strip()),
                       **_record_settings(ns))
@@ -254,15 +280,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:2] == ["config", "show"] and not {"-h", "--help"} & set(args):
         # The serve flags follow as they are: argparse would take them for show's own.
         return _config_command(argparse.Namespace(config_command="show", serve_args=args[2:]))
-    if args[:1] in (["fetch"], ["health"], ["flows"], ["config"]):
+    if args[:1] in (["fetch"], ["health"], ["flows"], ["ca"], ["config"]):
         ns = build_parser().parse_args(args)
         if args[0] == "config":
             return _config_command(ns)
-        runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run}[args[0]]
+        runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run,
+                  "ca": ca_cmd.run}[args[0]]
         return int(runner(ns))
     loaded = load_config(args)
     config = loaded.config
     _setup_logging(config)
+    if config.intercept:
+        try:
+            _, created = ca_cmd.ensure_ca(config.ca_dir)
+        except ValueError as exc:  # CAError: the message names the file and the fix
+            print(f"fwdproxy: {exc}", file=sys.stderr)
+            return 2
+        if created:
+            _announce(config, created)
+    for cafile in config.upstream_ca:
+        if not os.path.isfile(cafile):
+            print(f"fwdproxy: --upstream-ca {cafile}: no such file", file=sys.stderr)
+            return 2
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
     memory.tune_allocator()  # few malloc arenas: resident memory plateaus under churn
     descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
@@ -275,8 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fwdproxy: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
+    except ValueError as exc:  # the CA became unusable between the check and the start
+        print(f"fwdproxy: {exc}", file=sys.stderr)
+        return 2
     if config.exposure_warning:
         _announce(config, f"fwdproxy: {config.exposure_warning}")
+    if config.upstream_insecure:
+        _announce(config, "fwdproxy: warning: --upstream-insecure: origins' certificates are NOT verified; "
+                          "every https flow is marked upstream-tls=unverified")
     # A SIGHUP arriving before a worker has its handler would end it: hold it until then.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     server, workers = _fork_workers(server, config)

@@ -20,7 +20,9 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler
+from typing import cast
 
 from ..http1 import maxforwards, responses, upgrade
 from ..http1.chunked import read_chunked
@@ -34,14 +36,18 @@ from ..http1.headers import (
     read_fields,
     request_body_length,
 )
-from ..http1.target import parse_absolute, parse_authority
+from ..http1.target import Origin, parse_absolute, parse_authority
 from ..record import metrics
 from ..record.flows import Flow, elapsed_ms
+from ..tls.stream import TLSStream
+from . import intercept
 from .connect import dial
 from .downstream import Downstream
-from .faults import ShapedDownstream
-from .forward import Request, Upgraded, forward
+from .faults import Exchange
+from .faults import Request as FaultRequest
+from .forward import SMALL_BODY, Request, Upgraded, forward
 from .policy import check_connect_port, check_credentials, client_allowed
+from .shaping import ShapedDownstream
 from .shared import ServerBase
 
 log = logging.getLogger("fwdproxy")
@@ -84,6 +90,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
                                      self.server.config.timeout)
         self.phase = Phase.IDLE
         self._start = 0.0
+        # Set once a CONNECT is intercepted: requests then come over TLS, all for this origin.
+        self.intercepted: Origin | None = None
+        self.tls: TLSStream | None = None
+        self._tunnel_flow: Flow | None = None
+        self._tunnel_auth: str | None = None
 
     @property
     def busy(self) -> bool:
@@ -98,6 +109,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.server.untrack(self)
 
     def finish(self) -> None:
+        if self.tls is not None and self._tunnel_flow is not None:  # an intercepted tunnel ends
+            self.tls.close_notify()
+            flow = self._tunnel_flow
+            flow.bytes_up, flow.bytes_down = self.tls.bytes_in, self.tls.bytes_out
+            flow.duration_ms = round((time.time() - flow.started) * 1000, 2)
+            self.server.flows.emit(flow)
         self.server.watchdog.forget(self.deadline)
         super().finish()
 
@@ -125,8 +142,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._send_error(ProxyError("internal error; see the proxy's log"))
         finally:
             if self.phase is not Phase.RELAYED:
-                flow.finish(start)
-                self.server.flows.emit(flow)
+                if flow is not self._tunnel_flow:  # an intercepted tunnel's is emitted when it ends
+                    flow.finish(start)
+                    self.server.flows.emit(flow)
                 self.phase = Phase.IDLE  # after the flow is recorded: see ProxyServer.busy()
             if self.server.stopping:
                 self.close_connection = True
@@ -173,13 +191,17 @@ class ProxyHandler(BaseHTTPRequestHandler):
         flow.http_version = line.version
         if len(headers.get_all("host")) > 1:
             raise BadRequest("more than one Host header")  # RFC 9112 section 3.2
+        if self.intercepted is not None:  # admitted at CONNECT; every request goes to its origin
+            self._check_loop(headers)
+            flow.intercepted = True
+            return self._forward(line, headers, flow,
+                                 *intercept.inner_target(self.intercepted, line.target, line.method))
         if line.target.startswith("/") or line.target == "*":
             return self._local(line, headers, flow)
         self._admit(headers)
         if line.method == "CONNECT":
-            self._tunnel(line, headers, flow)
-            return False
-        return self._forward(line, headers, flow)
+            return self._tunnel(line, headers, flow)
+        return self._forward(line, headers, flow, *parse_absolute(line.target, line.method))
 
     def _admit(self, headers: Headers) -> None:
         """Client network, credentials and loop checks; each refusal raises its status."""
@@ -188,18 +210,21 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
         if config.auth:
             check_credentials(headers.get("proxy-authorization"), config.auth)
+        self._check_loop(headers)
+
+    def _check_loop(self, headers: Headers) -> None:
         for via in headers.get_all("via"):
             if self.server.via_name in via:
                 raise LoopDetected("request already passed through this proxy (Via)")
 
-    def _forward(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
-        """Plain HTTP: the request to send, shaped by fault rules if any, carried there and back."""
+    def _forward(self, line: RequestLine, headers: Headers, flow: Flow, origin: Origin, path: str) -> bool:
+        """One request (plain, https://, or inside an intercepted tunnel), shaped by fault rules if any."""
         left = maxforwards.remaining(line.method, headers)
         if left == 0:
-            return self._answer_as_final_recipient(line, headers, flow)
+            return self._answer_as_final_recipient(line, headers, flow, origin, path)
         if left is not None:
             headers = maxforwards.counted_down(headers, left - 1)
-        req = self._request(line, headers, flow)
+        req = self._request(line, headers, flow, origin, path)
         downstream = self.downstream
         if self.server.faults:
             shaped = self._apply_faults(line.method, req.origin.host, req.path, headers, flow, req)
@@ -212,9 +237,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return False
         return result
 
-    def _answer_as_final_recipient(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
+    def _answer_as_final_recipient(self, line: RequestLine, headers: Headers, flow: Flow, origin: Origin,
+                                   path: str) -> bool:
         """OPTIONS or TRACE with Max-Forwards: 0 stop here (RFC 9110 section 7.6.2)."""
-        origin, path = parse_absolute(line.target, line.method)
         self.server.host_rules.check(origin.host)
         flow.host, flow.port, flow.path = origin.host, origin.port, path
         self._discard_body(request_body_length(headers, line.version))
@@ -224,11 +249,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         flow.status, flow.bytes_down = 200, len(body)
         return keep
 
-    def _request(self, line: RequestLine, headers: Headers, flow: Flow) -> Request:
+    def _request(self, line: RequestLine, headers: Headers, flow: Flow, origin: Origin, path: str) -> Request:
         """The request to forward: an allowed target, a body within limits, our Via entry."""
         config = self.server.config
-        origin, path = parse_absolute(line.target, line.method)
         self.server.host_rules.check(origin.host)
+        if origin.scheme == "https":
+            flow.upstream_tls = "unverified" if config.upstream_insecure else "verified"
         flow.host, flow.port, flow.path = origin.host, origin.port, path
         flow.request_headers = _redacted(headers)
         length = request_body_length(headers, line.version)
@@ -237,11 +263,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
         req = Request(line.method, origin, path, line.version, headers, length,
                       via=f"{line.version[5:]} {self.server.via_name}", max_body=config.max_body,
                       capture=config.capture_bodies,
-                      upgrade=upgrade.offered(headers, config.upgrade_protocols))
+                      # The relay moves raw bytes: an upgrade over TLS (https://, or inside an
+                      # intercepted tunnel) is not offered, so Upgrade is dropped as hop-by-hop.
+                      upgrade=None if origin.scheme == "https" else upgrade.offered(headers,
+                                                                                    config.upgrade_protocols))
         flow.url = req.url
         return req
 
-    def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> None:
+    def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
         flow.kind = "tunnel"
         host, port = parse_authority(line.target)
         flow.host, flow.port = host, port
@@ -250,8 +279,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
         check_connect_port(port, self.server.config.allowed_connect_ports)
         if "transfer-encoding" in headers or content_length(headers):
             raise BadRequest("a CONNECT request has no body")  # RFC 9110 section 9.3.6
+        interception = self.server.interception
+        intercepting = interception is not None and interception.wants(host)
         if self.server.faults:
-            self._apply_faults("CONNECT", host, "", headers, flow, None)
+            self._apply_faults("CONNECT", host, "", headers, flow, None, intercepting=intercepting)
+        if interception is not None and intercepting:
+            self._tunnel_auth = headers.get("proxy-authorization")  # it covers the requests inside
+            return self._intercept(interception, host, port, flow)
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         asked = time.monotonic()
         upstream = dial(self.server.connect, host, port, self.server.config.connect_timeout, where)
@@ -263,6 +297,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise
         flow.status = 200
         self._relay(upstream, b"", flow)
+        return False
 
     def _relay(self, upstream: socket.socket, early_down: bytes, flow: Flow) -> None:
         """Hand both sockets to the tunnel relay (after CONNECT's 200 or an Upgrade's 101)."""
@@ -272,48 +307,87 @@ class ProxyHandler(BaseHTTPRequestHandler):
                                  early_down=early_down)
         self.phase = Phase.RELAYED
 
+    def _intercept(self, interception: intercept.Interception, host: str, port: int, flow: Flow) -> bool:
+        """Answer 200; decrypt if the client starts TLS and serve its requests here, else relay blindly."""
+        self.downstream.send(_ESTABLISHED)
+        flow.status = 200
+        self.deadline.clear()
+        early = intercept.first_bytes(self.connection, self._buffered_bytes(), interception.first_bytes_wait)
+        if not intercept.is_tls(early):
+            try:
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                upstream = dial(self.server.connect, host, port, self.server.config.connect_timeout, where)
+            except ProxyError as exc:  # 200 is said already: all that is left is to close
+                raise Abort(exc.reason) from None
+            self.server.relay_tunnel(self.connection, upstream, early, flow, self._start)
+            self.phase = Phase.RELAYED
+            return False
+        flow.intercepted = True
+        stream = interception.accept(self.connection, early, host, self.deadline,
+                                     self.server.config.header_timeout, self.client_label)
+        self.rfile.close()  # emptied into ``early``; it holds a reference to the socket
+        # The TLS stream has the socket calls the handler and Downstream use (sendall,
+        # shutdown, setsockopt, makefile), so the rest of this connection speaks through it.
+        self.tls, self.connection, self.rfile = stream, cast(socket.socket, stream), stream.makefile("rb")
+        self.downstream = Downstream(self.rfile, self.connection, self.deadline, self.server.config.timeout)
+        self.intercepted, self._tunnel_flow = Origin("https", host, port), flow
+        self.server.flows.emit_opened(flow)
+        return True
+
     def _apply_faults(self, method: str, host: str, path: str, headers: Headers, flow: Flow,
-                      req: Request | None) -> Downstream | None:
-        """Carry out the fault rules matching this request (see faults.py).
+                      req: Request | None, *, intercepting: bool = False) -> Downstream | None:
+        """Carry out the fault plan for this request (see faults.py and shaping.py).
 
-        Returns the client side to forward through (throttled or resetting as
-        the rules say), or None when a rule answered the request itself.
-        Raises the error a rule calls for (407, a refused CONNECT, an injected failure).
+        Returns the client side to forward through (shaped as the plan says),
+        or None when a rule answered the request itself. Raises the error a
+        rule calls for (407, a refused CONNECT, an injected failure, a close).
         """
-        rate = reset_after = None
-        for fault in self.server.faults.applying(method, host, path):
-            flow.faults.append(fault.action)
-            p = fault.params
-            if fault.action == "require_auth":
-                check_credentials(headers.get("proxy-authorization"), [(p["user"], p["password"])])
-            elif fault.action == "delay":
-                time.sleep(p["seconds"])
-            elif fault.action == "refuse_connect" and req is None:
-                raise ProxyError(f"CONNECT to {host} refused by a fault rule", status=p["status"],
-                                 kind="http_request_denied")
-            elif fault.action == "fail" and req is not None:
-                raise ProxyError(f"failure injected by a fault rule for {host}{path}",
-                                 status=p["status"], kind="proxy_internal_response")
-            elif fault.action == "respond" and req is not None:
-                self._discard_body(req.body_length)
-                self._send_response(p["status"], p["body"], p["headers"], flow,
-                                    head_only=method == "HEAD")
-                return None
-            elif fault.action == "throttle":
-                rate = p["bytes_per_second"]
-            elif fault.action == "reset":
-                reset_after = p["after_bytes"]
-        if rate is None and reset_after is None:
+        faults = self.server.faults
+        body = self._preread(req) if req is not None and faults.wants_body else None
+        exchange = Exchange.TUNNEL if req is None else Exchange.HTTP
+        plan = faults.plan(FaultRequest(exchange, method, host, path, flow.url, body))
+        flow.faults += plan.fired
+        if plan.delay and not intercepting:  # an intercepted tunnel's requests are delayed one by one
+            time.sleep(plan.delay)
+        if plan.auth:
+            # Inside an intercepted tunnel the credentials are the ones sent with its CONNECT.
+            credentials = self._tunnel_auth if self.intercepted else headers.get("proxy-authorization")
+            check_credentials(credentials, [plan.auth])
+        if plan.error:
+            raise plan.error
+        if plan.close:
+            raise Abort("connection closed without a response by a fault rule")
+        if req is not None and plan.answer:
+            if body is None:
+                self._discard_body(req.body_length, flow, req.capture)
+            else:
+                flow.bytes_up = len(body)
+                flow.keep("request_body", body, req.capture)
+            answer = plan.answer
+            self._send_response(answer.status, answer.body, answer.headers, flow, head_only=method == "HEAD")
+            return None
+        if not plan.shape and body is None:
             return self.downstream
-        return ShapedDownstream(self.downstream, rate=rate, reset_after=reset_after)
+        return ShapedDownstream(self.downstream, plan.shape, body)
 
-    def _discard_body(self, length: int | None) -> None:
+    def _preread(self, req: Request) -> bytes | None:
+        """A small request body, read ahead so a replay can match on it (forwarded from memory)."""
+        expects_continue = "100-continue" in req.headers.tokens("expect")
+        if req.body_length is None or req.body_length > SMALL_BODY or expects_continue:
+            return None
+        return self.downstream.read_exact(req.body_length) if req.body_length else b""
+
+    def _discard_body(self, length: int | None, flow: Flow | None = None, capture: int = 0) -> None:
+        """Read a body nobody is sent; ``flow`` keeps up to ``capture`` bytes of it (a rule's answer)."""
         if length is None:
             self.downstream.progress()
-            for _ in read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read):
-                pass
-        elif length:
-            self.downstream.read_exact(length)
+            pieces: Iterable[bytes] = read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read)
+        else:
+            pieces = [self.downstream.read_exact(length)] if length else []
+        for piece in pieces:
+            if flow is not None:
+                flow.bytes_up += len(piece)
+                flow.keep("request_body", piece, capture)
 
     def _send_response(self, status: int, body: bytes, headers: list[tuple[str, str]], flow: Flow,
                        head_only: bool) -> None:

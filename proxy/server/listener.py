@@ -27,10 +27,12 @@ from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
 from ..record.metrics import Metrics
 from ..record.recording import Recording
+from ..tls.contexts import OriginTLS
 from .connect import ConnectFn
 from .descriptors import Budget, soft_limit
 from .faults import Faults
 from .handler import ProxyHandler
+from .intercept import UpstreamTLSConnection, configured_interception
 from .live import Live
 from .pool import Pool, UpstreamConnection
 from .shared import Client, ServerBase
@@ -58,6 +60,8 @@ class ProxyServer(ServerBase):
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
         self.faults = Faults()
+        self.interception = configured_interception(config) if config.intercept else None
+        self._origin_tls: OriginTLS | None = None
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self.allow_reuse_port = config.workers > 1
         self._spare_fd: int | None = None  # server_close() may run inside TCPServer.__init__
@@ -117,9 +121,21 @@ class ProxyServer(ServerBase):
         self.server_name, self.server_port = self.config.host, self.server_address[1]
 
     def _new_connection(self, origin: Origin) -> UpstreamConnection:
+        if origin.scheme == "https":
+            return UpstreamTLSConnection(origin, self.origin_tls, connect_timeout=self.config.connect_timeout,
+                                         read_timeout=self.config.timeout, connect=self.connect,
+                                         watchdog=self.watchdog)
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
                                   read_timeout=self.config.timeout, connect=self.connect,
                                   watchdog=self.watchdog)
+
+    @property
+    def origin_tls(self) -> OriginTLS:
+        """What origins are verified against; made on first use (loading the system's roots takes a while)."""
+        with self._lock:
+            if self._origin_tls is None:
+                self._origin_tls = OriginTLS(self.config.upstream_ca, insecure=self.config.upstream_insecure)
+            return self._origin_tls
 
     @property
     def port(self) -> int:

@@ -18,6 +18,7 @@ from ..record.flows import Flow, FlowLog
 from ..record.metrics import Metrics
 from .connect import Connector
 from .faults import Faults
+from .intercept import Interception
 from .live import Live
 from .policy import HostRules
 from .pool import Pool
@@ -41,6 +42,7 @@ class ServerBase(ThreadingHTTPServer):
     via_name: str
     watchdog: Watchdog
     faults: Faults
+    interception: Interception | None  # TLS interception, when on (the plugin turns it on per test)
     pool: Pool
     flows: FlowLog
     stopping: bool
