@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from . import __version__, config_file
@@ -35,11 +36,13 @@ from .record.store import StoreError
 from .server import descriptors, health, memory, reload
 from .server.listener import ProxyServer
 from .tls import command as ca_cmd
+from .ui import command as ui_command
+from .ui.app import UiServer
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch", "health", "flows", "ca", "config")
-RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record or --har
+SUBCOMMANDS = ("serve", "fetch", "health", "flows", "ca", "ui", "config")
+RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record, --har or --ui
 
 
 def _env(flag: str, default: Any) -> Any:
@@ -175,10 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_env("log-format", _DEFAULTS.log_format),
                        help="text lines or JSON lines (default %(default)s)")
     _add_record_flags(serve)
+    _add_ui_flags(serve)
     fetch.add_parser(sub)
     health.add_parser(sub)
     flows_command.add_parser(sub)
     ca_cmd.add_parser(sub)
+    ui_command.add_parser(sub)
     _add_config_parser(sub)
     return parser
 
@@ -194,6 +199,18 @@ def _add_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                       help="serve flags, e.g. --config fwdproxy.toml --port 3128")
     check = what.add_parser("check", help="validate a config file without starting")
     check.add_argument("file", metavar="FILE")
+
+
+def _add_ui_flags(serve: argparse.ArgumentParser) -> None:
+    ui = serve.add_argument_group("traffic page (see docs/ui.md)")
+    ui.add_argument("--ui", action="store_true", default=_env("ui", "") not in ("", "0", "false"),
+                    help="serve a live traffic page; startup prints its URL with a token. Without "
+                         "--record, flows go to a temporary store removed at exit")
+    ui.add_argument("--ui-host", default=_env("ui-host", _DEFAULTS.ui_host),
+                    help="address of the page (default %(default)s); another one is reachable from "
+                         "other machines (the token still guards it)")
+    ui.add_argument("--ui-port", type=int, default=_env("ui-port", _DEFAULTS.ui_port),
+                    help="port of the page (default %(default)s; 0: any free)")
 
 
 def _add_record_flags(serve: argparse.ArgumentParser) -> None:
@@ -270,9 +287,10 @@ def config_from_args(ns: argparse.Namespace) -> Config:
 def _record_settings(ns: argparse.Namespace) -> dict[str, Any]:
     capture = ns.capture_bodies
     if capture is None:
-        capture = RECORD_CAPTURE if ns.record or ns.har else 0
+        capture = RECORD_CAPTURE if ns.record or ns.har or ns.ui else 0
     return {"record": ns.record, "har": ns.har, "flows_jsonl": ns.flows_jsonl,
-            "record_secrets": ns.record_secrets, "capture_bodies": int(capture)}
+            "record_secrets": ns.record_secrets, "capture_bodies": int(capture),
+            "ui": bool(ns.ui), "ui_host": ns.ui_host, "ui_port": int(ns.ui_port)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -280,15 +298,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:2] == ["config", "show"] and not {"-h", "--help"} & set(args):
         # The serve flags follow as they are: argparse would take them for show's own.
         return _config_command(argparse.Namespace(config_command="show", serve_args=args[2:]))
-    if args[:1] in (["fetch"], ["health"], ["flows"], ["ca"], ["config"]):
+    if args[:1] in (["fetch"], ["health"], ["flows"], ["ca"], ["ui"], ["config"]):
         ns = build_parser().parse_args(args)
         if args[0] == "config":
             return _config_command(ns)
         runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run,
-                  "ca": ca_cmd.run}[args[0]]
+                  "ca": ca_cmd.run, "ui": ui_command.run}[args[0]]
         return int(runner(ns))
     loaded = load_config(args)
-    config = loaded.config
+    with _ui_store(loaded.config) as config:
+        return _run(config, args, loaded)
+
+
+@contextmanager
+def _ui_store(config: Config) -> Iterator[Config]:
+    """--ui without --record records into a temporary store, removed at exit (as mitmweb shows
+    traffic without being told where to keep it)."""
+    if not config.ui or config.record:
+        yield config
+        return
+    with ui_command.scratch_store() as path:
+        yield config.replace(record=str(path))
+
+
+def _run(config: Config, args: list[str], loaded: config_file.Loaded) -> int:
     _setup_logging(config)
     if config.intercept:
         try:
@@ -322,19 +355,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.upstream_insecure:
         _announce(config, "fwdproxy: warning: --upstream-insecure: origins' certificates are NOT verified; "
                           "every https flow is marked upstream-tls=unverified")
+    page = _start_page(server, config) if config.ui else None
+    if config.ui and page is None:
+        return 1
     # A SIGHUP arriving before a worker has its handler would end it: hold it until then.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     server, workers = _fork_workers(server, config)
     reloader = reload.Reloader(server, lambda: config_file.load(build_parser, args, config_from_args).config,
-                               loaded.path, forward_to=workers or (), startup=config)
+                               loaded.path, forward_to=workers or (), startup=loaded.config)
     reloader.install()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     if workers is None:  # in a worker process: serve until told to stop
         return _serve(server, config, announce=False)
-    code = _serve(server, config, announce=True, workers=workers)
+    try:
+        code = _serve(server, config, announce=True, workers=workers)
+    finally:
+        if page is not None:
+            page.stop()
     for pid in workers:
         os.waitpid(pid, 0)
     return code
+
+
+def _start_page(server: ProxyServer, config: Config) -> UiServer | None:
+    """The traffic page on its own port, over the store the proxy records into."""
+    try:
+        page = UiServer(config.record, host=config.ui_host, port=config.ui_port, live=True).start()
+    except (OSError, StoreError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"fwdproxy: cannot serve the traffic page on {config.ui_host}:{config.ui_port}: {why}",
+              file=sys.stderr)
+        server.server_close()
+        server.recording.close(write_har=False)
+        return None
+    if page.exposure_warning:
+        _announce(config, f"fwdproxy: {page.exposure_warning}")
+    _announce(config, f"fwdproxy: traffic page at {page.url}")
+    return page
 
 
 def _config_command(ns: argparse.Namespace) -> int:

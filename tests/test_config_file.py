@@ -19,7 +19,7 @@ KEYS = config_file.flag_keys(config_file.serve_parser(cli.build_parser()))
 
 # Values that pass a flag's own checks where a generic one of its kind would not.
 SAMPLES: dict[str, Any] = {
-    "host": "::1", "port": 3128, "workers": 2,
+    "host": "::1", "port": 3128, "workers": 2, "ui-host": "::1",
     "allow-from": ["10.0.0.0/8", "::1"], "metrics-allow-from": "192.0.2.0/24",
     "auth": ["alice:s3cret"], "allow-host": ["*.example.com"], "deny-host": ["10.0.0.0/8"],
     "connect-ports": [443, "9000-9100"], "upgrade-protocols": [],
