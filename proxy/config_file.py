@@ -470,7 +470,7 @@ def show(loaded: Loaded) -> str:
            f"{loaded.path or 'no config file'} > defaults)"]
     for setting in loaded.settings:
         value = redact(setting.key, setting.value)
-        if value is None or value == []:
+        if value is None or value in ([], ""):
             line = f"# {setting.key.name} ="
         else:
             line = f"{setting.key.name} = {toml_value(value)}"
