@@ -1,9 +1,10 @@
 """Live: what a running server reads per exchange, built from one Config and swapped whole.
 
 A reload (SIGHUP) builds a new Live and replaces the server's reference in one
-assignment, so an exchange reads either the old policy or the new one, never a
-half-applied mix of one object's fields, and the hot path takes no lock. The
-server's ``config``, ``host_rules``, ``limits`` and ``connect`` read through it.
+assignment, so every read sees either the whole old policy or the whole new one
+(host rules always match the config they were built from), and the hot path takes
+no lock. The server's ``config``, ``host_rules``, ``limits`` and ``connect`` read
+through it.
 """
 
 from __future__ import annotations
