@@ -25,7 +25,6 @@ from .. import __version__
 from ..config import Config
 from ..http1 import responses
 from ..http1.errors import ProxyError
-from ..http1.headers import Limits
 from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
 from ..record.metrics import Metrics
