@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import re
 import socket
 
 import pytest
@@ -98,9 +99,10 @@ def test_request_head_is_http_client(method: str, target: str, fields: list[tupl
     if expected is None or ours is None:
         # Never laxer. Stricter only where the stdlib lets through what no parsed
         # request holds: a value with a line break then whitespace (obs-fold), a
-        # space in the method.
+        # method that is not a token.
         assert ours is None, (method, target, fields)
-        assert expected is None or " " in method or any("\r" in v or "\n" in v for _, v in fields)
+        odd_method = not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", method)
+        assert expected is None or odd_method or any("\r" in v or "\n" in v for _, v in fields)
         return
     assert ours == expected
 
