@@ -140,6 +140,9 @@ class UiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fwdproxy-ui"
     sys_version = ""
+    # Every read and write on a connection is bounded: a client that stops reading an event
+    # stream, or goes quiet mid-request, frees its thread after this many seconds.
+    timeout = 30.0
 
     # -- entry points -----------------------------------------------------------
 
