@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,10 +235,8 @@ def test_a_slow_writer_costs_bodies_first_then_whole_flows(caplog: pytest.LogCap
     try:
         spool.offer(flow(0))
         assert taken.wait(5)  # the writer holds flow 0 and is stuck
-        started = time.monotonic()
-        for n in range(1, 16):
+        for n in range(1, 16):  # the writer is stuck until the gate opens: an offer that waited would hang here
             spool.offer(flow(n, response_body=b"x" * 40))
-        assert time.monotonic() - started < 1.0  # 15 offers against a stuck writer did not wait on it
         assert spool.stats() == {"written": 0, "queued": 11, "dropped_flows": 5, "dropped_bodies": 8,
                                  "failed": 0}
         gate.set()

@@ -3,7 +3,7 @@
 Writing (``Recorder``). ``Recorder(path)`` opens or creates the file and
 fails at once, with a ``StoreError`` naming the file, if the folder is
 missing, the file is read-only, another process is recording to it, the
-file system is full, or the file is not a store of this schema version.
+file system is full, or the file is not a flow store this code can write.
 Calling the recorder with a Flow (it is a FlowLog sink) only queues it: one
 writer thread commits batches (see ``spool.Spool`` for what is dropped when
 it falls behind). Values of Authorization, Proxy-Authorization, Cookie and
@@ -34,8 +34,10 @@ URL or of any "Name: value" header line, ``since`` a Unix time, ``kind``,
 shared by threads (one lock around its connection).
 
 Schema (version ``SCHEMA_VERSION`` in ``PRAGMA user_version``, and
-``APPLICATION_ID`` in ``PRAGMA application_id``): see ``SCHEMA`` below.
-Headers are stored as "Name: value" lines in order, duplicates kept; each
+``APPLICATION_ID`` in ``PRAGMA application_id``): see ``SCHEMA`` below, and
+``COLUMNS`` for the order of a flows row. An older store is read with the
+defaults of the columns it lacks, and upgraded (``MIGRATIONS``) when a
+recorder opens it; a newer one is refused. Headers are stored as "Name: value" lines in order, duplicates kept; each
 body in ``bodies`` holds at most what the proxy captured (``--capture-bodies``)
 while ``bytes_up``/``bytes_down`` hold the true sizes.
 """
