@@ -25,17 +25,17 @@ from .. import __version__
 from ..config import Config
 from ..http1 import responses
 from ..http1.errors import ProxyError
-from ..http1.headers import Limits
 from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
+from ..record.metrics import Metrics
 from ..record.recording import Recording
 from ..tls.contexts import OriginTLS
-from .connect import ConnectFn, Connector
+from .connect import ConnectFn
 from .descriptors import Budget, soft_limit
 from .faults import Faults
 from .handler import ProxyHandler
 from .intercept import UpstreamTLSConnection, configured_interception
-from .policy import HostRules
+from .live import Live
 from .pool import Pool, UpstreamConnection
 from .shared import Client, ServerBase
 from .tunnel import Relay, Tunnel
@@ -56,11 +56,9 @@ class ProxyServer(ServerBase):
 
     def __init__(self, config: Config | None = None, *, connect: ConnectFn = socket.create_connection,
                  sinks: list[Sink] | None = None) -> None:
-        self.config = config = config or Config()
-        self.connect = Connector(connect, deny_private=config.deny_private,
-                                 own_address=lambda: (str(self.server_address[0]), self.port))
-        self.limits = Limits(config.max_request_line, config.max_header_bytes, config.max_header_count)
-        self.host_rules = HostRules(config.allow_hosts, config.deny_hosts)
+        self._connect_fn = connect
+        self.live = Live.build(config or Config(), connect, self._own_address)
+        config = self.config
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
         self.faults = Faults()
@@ -92,6 +90,9 @@ class ProxyServer(ServerBase):
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
         for sink in self.recording.sinks:
             self.flows.add(sink)
+        self.metrics = Metrics()
+        if self.config.metrics:
+            self.flows.add(self.metrics.observe)
         self.started = time.monotonic()
         self.stopping = False
         self._clients: set[Client] = set()
@@ -103,6 +104,13 @@ class ProxyServer(ServerBase):
         self._detached: set[socket.socket] = set()  # client sockets the relay now owns
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def apply_config(self, config: Config) -> None:
+        """Use ``config`` for new exchanges (established connections stay; see reload.py)."""
+        self.live = Live.build(config, self._connect_fn, self._own_address)
+
+    def _own_address(self) -> tuple[str, int]:
+        return str(self.server_address[0]), self.port
 
     def server_close(self) -> None:
         super().server_close()
