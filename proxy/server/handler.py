@@ -47,7 +47,7 @@ from .faults import Exchange
 from .faults import Request as FaultRequest
 from .forward import SMALL_BODY, Request, Upgraded, forward
 from .policy import check_connect_port, check_credentials, client_allowed
-from .shaping import ShapedDownstream
+from .shaping import ShapedDownstream, fail_handshake
 from .shared import ServerBase
 
 log = logging.getLogger("fwdproxy")
@@ -346,7 +346,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         faults = self.server.faults
         body = self._preread(req) if req is not None and faults.wants_body else None
         exchange = Exchange.TUNNEL if req is None else Exchange.HTTP
-        plan = faults.plan(FaultRequest(exchange, method, host, path, flow.url, body))
+        plan = faults.plan(FaultRequest(exchange, method, host, path, flow.url, body, intercepting))
         flow.faults += plan.fired
         if plan.delay and not intercepting:  # an intercepted tunnel's requests are delayed one by one
             time.sleep(plan.delay)
@@ -358,6 +358,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise plan.error
         if plan.close:
             raise Abort("connection closed without a response by a fault rule")
+        if plan.tls_failure:
+            flow.status = 200
+            fail_handshake(self.downstream, _ESTABLISHED)
         if req is not None and plan.answer:
             if body is None:
                 self._discard_body(req.body_length, flow, req.capture)

@@ -23,6 +23,8 @@ from typing import Any
 
 from .. import __version__
 from ..config import Config
+from ..http1 import responses
+from ..http1.errors import ProxyError
 from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
 from ..record.metrics import Metrics
@@ -367,10 +369,10 @@ class ProxyServer(ServerBase):
 
 def _busy_response(name: str) -> bytes:
     body = b"fwdproxy: too many client connections; retry shortly\n"
-    return (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-            b'Proxy-Status: %s; error=proxy_internal_error; details="too many client connections"\r\n'
-            b"Content-Length: %d\r\n\r\n%s" % (name.encode(), len(body), body))
+    busy = ProxyError("too many client connections", status=503)
+    return responses.head(503, [("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8"),
+                                ("Connection", "close"), ("Proxy-Status", responses.proxy_status(name, busy)),
+                                ("Content-Length", str(len(body)))]) + body
 
 
 def _open_spare() -> int | None:
