@@ -98,6 +98,13 @@ def test_tables_fold_into_their_flags(tmp_path: Path) -> None:
     assert config.deny_hosts == ("bad.example.com",)
 
 
+def test_the_interception_table(tmp_path: Path) -> None:
+    path = write(tmp_path, '[interception]\nenabled = true\nhosts = ["*.example.com"]\nskip = ["pinned.example.com"]\n')
+    config = load("--config", path).config
+    assert (config.intercept, config.intercept_hosts, config.no_intercept_hosts) == (
+        True, ("*.example.com",), ("pinned.example.com",))
+
+
 def test_precedence_flag_then_env_then_file_then_default(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, "port = 1111\n[users]\nfile = \"pw\"\n")
