@@ -87,6 +87,9 @@ def test_the_key_table_follows_the_flags() -> None:
     """Keys are derived from the parser: the flags users know are there, --config itself is not."""
     assert {"port", "connect-timeout", "allow-from", "auth", "deny-private", "log-level"} <= set(KEYS)
     assert "config" not in KEYS and "version" not in KEYS and "help" not in KEYS
+    assert not set(config_file.TABLES) & set(KEYS), "TOML cannot hold a key and a table of one name"
+    for table in config_file.TABLES.values():  # every table folds into keys that exist
+        assert set(table.fields.values()) | {table.mapping_into} - {""} <= set(KEYS)
 
 
 def test_tables_fold_into_their_flags(tmp_path: Path) -> None:
