@@ -308,7 +308,9 @@ def convert(key: Key, value: Any) -> Any:
     if key.kind == "bool":
         if not isinstance(value, bool):
             raise TypeError("")
-        return action.const if value and action.const is not None else value
+        if action.const is None:  # BooleanOptionalAction: the key is the positive spelling
+            return value
+        return action.const if value else not action.const  # store_true, or store_false ("no-x")
     if key.kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError("")

@@ -171,6 +171,14 @@ def test_config_show_output_is_a_config_file(tmp_path: Path) -> None:
     assert load("--config", again).config == load("--config", path).config
 
 
+def test_a_negative_flag_reads_as_its_own_name() -> None:
+    """A store_false flag such as --no-pool is the key no-pool: true turns the thing off."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-pool", dest="pool", action="store_false")
+    key = config_file.flag_keys(parser)["no-pool"]
+    assert (config_file.convert(key, True), config_file.convert(key, False)) == (False, True)
+
+
 def test_redaction_covers_urls_with_userinfo() -> None:
     key = config_file.Key("upstream", "upstream", "str", argparse.Action(["--upstream"], "upstream"))
     assert config_file.redact(key, "http://u:pw@parent:3128") == "http://u:<redacted>@parent:3128"
