@@ -149,7 +149,8 @@ def test_signal_lets_the_in_flight_exchange_finish(running: type[Running], origi
         data += piece
     conn.close()
     # No second signal: one that lands while the interpreter exits takes the default action.
-    code = proxy.proc.wait(timeout=15)
+    proxy.proc.communicate(timeout=15)
+    code = proxy.proc.returncode
     assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"done")
     assert code == 0
     # And the listening socket is gone.
