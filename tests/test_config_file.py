@@ -160,6 +160,8 @@ def test_config_show_names_each_source_and_redacts_secrets(tmp_path: Path) -> No
     shown = run_cli("config", "show", "--config", path)
     assert 'auth = ["alice:<redacted>"]' in shown.stdout and "file-secret" not in shown.stdout
     assert f"# file {path}:3 ([users])" in shown.stdout
+    # Credentials and no allow-from: any address may present them, and show says so.
+    assert shown.stdout.endswith("# in effect: clients from 0.0.0.0/0, ::/0 with credentials; CONNECT to 443\n")
 
 
 def test_config_show_output_is_a_config_file(tmp_path: Path) -> None:
