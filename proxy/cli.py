@@ -51,6 +51,36 @@ def _credentials(pairs: list[str], path: str | None) -> tuple[tuple[str, str], .
     return tuple(creds)
 
 
+class _RuleAction(argparse.Action):
+    """Collects every rewrite rule flag into one list of (kind, text), in command-line order."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        kind = (option_string or "").lstrip("-")
+        namespace.rules = [*(namespace.rules or []), (kind, str(values))]
+
+
+def _add_routing(serve: argparse.ArgumentParser) -> None:
+    routing = serve.add_argument_group(
+        "routing and rewrite rules (URL_GLOB: [SCHEME://]HOST[:PORT][/PATH], globs allowed)")
+    routing.add_argument("--upstream-proxy", default=_env("upstream-proxy", None),
+                         metavar="http://[USER:PASS@]HOST:PORT",
+                         help="send everything through this parent proxy (never read from HTTP_PROXY)")
+    routing.add_argument("--upstream-bypass", action="append", metavar="LIST",
+                         default=_env_list("upstream-bypass"),
+                         help="targets that go direct: NO_PROXY syntax plus CIDRs, e.g. "
+                              "localhost,.corp.example,10.0.0.0/8 (repeatable)")
+    routing.set_defaults(rules=[])
+    for flag, metavar, text in (
+            ("map-remote", "[keep-host:]URL_GLOB=URL", "forward matching requests to another origin "
+             "and path prefix; Host follows unless keep-host:"),
+            ("map-local", "URL_GLOB=DIR_OR_FILE", "answer matching requests from local files"),
+            ("set-header", "[response:]URL_GLOB=NAME: VALUE", "set a request (or response) field"),
+            ("remove-header", "[response:]URL_GLOB=NAME", "remove a request (or response) field"),
+            ("block", "URL_GLOB[=STATUS]", "refuse matching requests (default 403)")):
+        routing.add_argument(f"--{flag}", action=_RuleAction, metavar=metavar, help=text + " (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fwdproxy",
@@ -100,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("deny-private", "") not in ("", "0", "false"),
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
+    _add_routing(serve)
     serve.add_argument("--workers", type=int, default=_env("workers", _DEFAULTS.workers),
                        help="processes sharing the port with SO_REUSEPORT (default %(default)s); "
                             "more than one uses more cores for many small requests")
@@ -160,7 +191,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                       max_header_count=int(ns.max_headers),
                       max_body=None if ns.max_body is None else int(ns.max_body),
                       max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                      workers=int(ns.workers))
+                      workers=int(ns.workers), upstream_proxy=ns.upstream_proxy or None,
+                      upstream_bypass=tuple(ns.upstream_bypass), rewrite_rules=tuple(ns.rules))
     except OSError as exc:
         parser.exit(2, f"fwdproxy: cannot read {exc.filename}: {exc.strerror}\n")
     except ValueError as exc:

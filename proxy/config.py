@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from .policy import LOOPBACK_NETWORKS, Network, check_exposure
+from .rewrite import parse_rules
+from .routing import Router
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -54,6 +56,11 @@ class Config:
     capture_bodies: int = 0
     # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
     workers: int = 1
+    # Routing (routing.py): a parent proxy URL, and targets that go direct anyway.
+    upstream_proxy: str | None = None
+    upstream_bypass: tuple[str, ...] = ()
+    # Rewrite rules (rewrite.py) as (kind, text) pairs, e.g. ("block", "*.tracker.test").
+    rewrite_rules: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -79,6 +86,11 @@ class Config:
             if not user or ":" in user:
                 raise ValueError("auth user names must be non-empty and contain no ':'")
         check_exposure(self.host, self.allow_from, bool(self.auth))  # raises ConfigError
+        self.router()  # raises ConfigError naming a bad parent URL or bypass entry
+        parse_rules(self.rewrite_rules)  # raises RuleError naming the rule
+
+    def router(self) -> Router:
+        return Router.from_settings(self.upstream_proxy, self.upstream_bypass)
 
     @property
     def exposure_warning(self) -> str | None:

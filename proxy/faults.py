@@ -9,8 +9,6 @@ here is random: a fault fires on every matching request, in the order added.
 
 from __future__ import annotations
 
-import fnmatch
-import re
 import socket
 import struct
 import threading
@@ -20,31 +18,9 @@ from typing import Any
 
 from .errors import Abort
 from .forward import Downstream
+from .match import Match, PathMatcher
 
-PathMatcher = str | re.Pattern[str] | None
-
-
-@dataclass(frozen=True)
-class Match:
-    """Which requests a fault applies to; None matches anything."""
-
-    method: str | None = None
-    host: str | None = None
-    path: PathMatcher = None
-
-    def matches(self, method: str, host: str, path: str) -> bool:
-        if self.method is not None and self.method.upper() != method.upper():
-            return False
-        if self.host is not None and not fnmatch.fnmatchcase(host.lower(), self.host.lower()):
-            return False
-        return self.path is None or _path_matches(self.path, path)
-
-
-def _path_matches(matcher: str | re.Pattern[str], path: str) -> bool:
-    if isinstance(matcher, re.Pattern):
-        return matcher.search(path) is not None
-    bare = path.split("?", 1)[0]
-    return matcher in (path, bare) or fnmatch.fnmatchcase(bare, matcher)
+__all__ = ["ACTIONS", "Fault", "Faults", "Match", "PathMatcher", "ShapedDownstream"]
 
 
 @dataclass

@@ -41,6 +41,8 @@ class Flow:
     request_body: bytes = b""
     response_body: bytes = b""
     faults: list[str] = field(default_factory=list)  # fault rules that fired
+    rules: list[str] = field(default_factory=list)  # rewrite rules that fired ("block *.ads.test")
+    parent: str = ""  # the parent proxy it went through ("127.0.0.1:3128"); "" when direct
 
     @property
     def target(self) -> tuple[str, int]:

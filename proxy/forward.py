@@ -22,6 +22,8 @@ from .errors import Abort, BadRequest, UpstreamError, UpstreamTimeout, connect_f
 from .flows import Flow
 from .headers import Headers, content_length, end_to_end, keep_alive
 from .pool import Pool, UpstreamConnection, UpstreamResponse
+from .rewrite import HeaderEdit, edit_fields
+from .routing import Parent
 from .target import Origin
 from .watchdog import Deadline
 
@@ -50,10 +52,25 @@ class Request:
     via: str  # this proxy's Via entry, e.g. "1.1 fwdproxy-1a2b3c"
     max_body: int | None = None
     capture: int = 0  # body bytes each way to keep in the flow record
+    parent: Parent | None = None  # sent in absolute-form through this parent proxy
+    host_header: str | None = None  # kept from before a map-remote rule; None: the origin's
+    response_edits: tuple[HeaderEdit, ...] = ()  # header rules for the response
 
     @property
     def url(self) -> str:
         return f"{self.origin}{self.path if self.path != '*' else ''}"
+
+    @property
+    def hop(self) -> Origin:
+        """The pool key: connections go to the parent when there is one (shared by all its origins)."""
+        if self.parent is None:
+            return self.origin
+        return Origin("http", self.parent.host, self.parent.port)
+
+    @property
+    def where(self) -> str:
+        """The next hop, as error messages name it."""
+        return self.origin.authority if self.parent is None else str(self.parent)
 
 
 class Downstream:
@@ -99,6 +116,15 @@ class Downstream:
 
 def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
     """Carry one request to its origin and the response back; True if the client may send another."""
+    try:
+        return _forward(req, client, pool, flow)
+    except (UpstreamError, UpstreamTimeout) as exc:
+        if req.parent is not None:
+            exc.next_hop = req.parent.authority  # RFC 9209 section 2.1.3
+        raise
+
+
+def _forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
     expects_continue = req.version == "HTTP/1.1" and "100-continue" in req.headers.tokens("expect")
     body: bytes | None = b""
     if req.body_length is None or req.body_length > SMALL_BODY or (expects_continue and req.body_length):
@@ -111,7 +137,7 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
     # RFC 9110 section 9.2.2: a fresh connection is tried once more when a
     # reused one turns out stale, for idempotent requests whose body we hold.
     retry = body is not None and req.method in IDEMPOTENT
-    conn, reused = _acquire(pool, req.origin, fresh=False)
+    conn, reused = _acquire(pool, req, fresh=False)
     while True:
         try:
             resp, clean_upload = _send(conn, req, client, body, flow, expects_continue)
@@ -119,9 +145,9 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
         except _Stale as stale:
             conn.close()
             if not (reused and retry):
-                raise UpstreamError(f"{req.origin.authority} closed the connection without a response",
+                raise UpstreamError(f"{req.where} closed the connection without a response",
                                     kind="connection_terminated") from stale.__cause__
-            conn, reused = _acquire(pool, req.origin, fresh=True)
+            conn, reused = _acquire(pool, req, fresh=True)
             retry = False
         except BaseException:
             conn.close()
@@ -129,6 +155,8 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
     flow.upstream_reused = reused
     lease = _Lease(pool, conn, resp, clean_upload)
     try:
+        if req.parent is not None and resp.status == 407:
+            raise _parent_refused(req.parent)
         keep = _relay_response(resp, req, client, flow, lease)
     finally:
         lease.abandon()
@@ -170,15 +198,21 @@ class _Stale(Exception):
     """A connection failed before the origin sent a byte: safe to retry if idempotent."""
 
 
-def _acquire(pool: Pool, origin: Origin, *, fresh: bool) -> tuple[UpstreamConnection, bool]:
-    conn, reused = pool.acquire(origin, fresh=fresh)
+def _acquire(pool: Pool, req: Request, *, fresh: bool) -> tuple[UpstreamConnection, bool]:
+    conn, reused = pool.acquire(req.hop, fresh=fresh)
     if reused:
         return conn, True
     try:
         conn.connect()
     except OSError as exc:
-        raise connect_failure(exc, origin.authority) from exc
+        raise connect_failure(exc, req.where) from exc
     return conn, False
+
+
+def _parent_refused(parent: Parent) -> UpstreamError:
+    """A parent's 407 is about our credentials, not the client's: never relayed as ours."""
+    what = "rejected our credentials" if parent.user else "requires credentials (see --upstream-proxy)"
+    return UpstreamError(f"{parent} {what} (407)", kind="http_request_denied")
 
 
 def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: bytes | None,
@@ -186,10 +220,14 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
     """Send head and body, then read the response head. Returns it and whether the upload completed."""
     conn.progress()
     try:
-        conn.putrequest(req.method, req.path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", req.origin.authority)
+        # RFC 9112 section 3.2.2: absolute-form to a proxy, origin-form to an origin.
+        target = req.path if req.parent is None else req.url
+        conn.putrequest(req.method, target, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", req.host_header or req.origin.authority)
         for name, value in end_to_end(req.headers, _REPLACED_UP):
             conn.putheader(name, value)
+        if req.parent is not None and req.parent.authorization:
+            conn.putheader("Proxy-Authorization", req.parent.authorization)
         conn.putheader("Via", req.via)
         if req.body_length is None:
             conn.putheader("Transfer-Encoding", "chunked")
@@ -201,7 +239,7 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
     except (http.client.HTTPException, ValueError) as exc:
         raise BadRequest(f"request cannot be forwarded: {exc}") from exc
     except OSError as exc:
-        raise UpstreamError(f"cannot send to {req.origin.authority}: {exc}",
+        raise UpstreamError(f"cannot send to {req.where}: {exc}",
                             kind="connection_terminated") from exc
     clean_upload = True
     if body is None:
@@ -238,7 +276,7 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
         client.rest()
     except OSError as exc:
         if conn.timed_out():
-            raise UpstreamTimeout(f"{req.origin.authority} stopped reading the request body",
+            raise UpstreamTimeout(f"{req.where} stopped reading the request body",
                                   kind="connection_write_timeout") from exc
         return False
     return True
@@ -267,7 +305,7 @@ def _read_length(rfile: BufferedReader, length: int) -> Iterator[bytes]:
 
 
 def _read_head(conn: UpstreamConnection, req: Request, *, retry_safe: bool) -> UpstreamResponse:
-    where = req.origin.authority
+    where = req.where
     conn.progress()
     try:
         resp = conn.getresponse()
@@ -343,10 +381,12 @@ def _response_framing(resp: UpstreamResponse, req: Request) -> tuple[list[tuple[
     """End-to-end response fields, and the body length if known (framing was checked in begin())."""
     if resp.status == 101:
         # Upgrade is hop-by-hop and was not forwarded, so a switch is a protocol error.
-        raise UpstreamError(f"{req.origin.authority} switched protocols unasked",
+        raise UpstreamError(f"{req.where} switched protocols unasked",
                             kind="http_upgrade_failed")
     headers: Headers = resp.headers  # type: ignore[assignment]
     fields = end_to_end(headers, _REPLACED_DOWN)
+    if req.response_edits:
+        fields = edit_fields(fields, req.response_edits)
     if not _has_body(resp, req):
         length = content_length(headers)
         if length is not None and resp.status != 204:
@@ -374,15 +414,15 @@ def _read_upstream(resp: UpstreamResponse, n: int, req: Request, conn: UpstreamC
         data = resp.read(n)
     except (http.client.HTTPException, OSError) as exc:
         if conn.timed_out() or isinstance(exc, TimeoutError):
-            raise UpstreamTimeout(f"{req.origin.authority} stalled mid-body",
+            raise UpstreamTimeout(f"{req.where} stalled mid-body",
                                   kind="connection_read_timeout") from exc
-        raise UpstreamError(f"{req.origin.authority} broke off the response body",
+        raise UpstreamError(f"{req.where} broke off the response body",
                             kind="http_response_incomplete") from exc
     if len(data) != n:
         if conn.timed_out():
-            raise UpstreamTimeout(f"{req.origin.authority} stalled mid-body",
+            raise UpstreamTimeout(f"{req.where} stalled mid-body",
                                   kind="connection_read_timeout")
-        raise UpstreamError(f"{req.origin.authority} sent {len(data)} of {n} body bytes",
+        raise UpstreamError(f"{req.where} sent {len(data)} of {n} body bytes",
                             kind="http_response_incomplete")
     return data
 
@@ -402,11 +442,11 @@ def _stream_down(resp: UpstreamResponse, req: Request, client: Downstream, flow:
         try:
             data = resp.read1(STREAM_BUFFER)
         except (TimeoutError, http.client.HTTPException, OSError) as exc:
-            raise Abort(f"{req.origin.authority} broke off the response body") from exc
+            raise Abort(f"{req.where} broke off the response body") from exc
         if not data:
             break
         flow.bytes_down += len(data)
         flow.keep("response_body", data, req.capture)
         client.send(encode_chunk(data) if chunked else data)
     if expected is not None and resp.length:
-        raise Abort(f"{req.origin.authority} closed after {flow.bytes_down} of {expected} bytes")
+        raise Abort(f"{req.where} closed after {flow.bytes_down} of {expected} bytes")

@@ -11,6 +11,7 @@ wrong for a proxy.
 
 from __future__ import annotations
 
+import functools
 import http
 import io
 import json
@@ -21,6 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
+from . import pac, rules
 from .chunked import read_chunked
 from .errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
 from .faults import ShapedDownstream
@@ -36,6 +38,7 @@ from .headers import (
     request_body_length,
 )
 from .policy import check_connect_port, check_credentials, client_allowed
+from .rewrite import plan
 from .target import parse_absolute, parse_authority
 from .tunnel import open_upstream
 
@@ -193,6 +196,16 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if shaped is None:
                 return False  # answered by a fault rule
             downstream = shaped
+        if self.server.rules:
+            steps = plan(self.server.rules, origin.scheme, origin.host, origin.port, path)
+            flow.rules += steps.fired
+            if steps.answer is not None and steps.answer.kind == "block":
+                raise rules.block(steps.answer)
+            if steps.answer is not None:
+                return rules.serve_file(steps.answer, req, downstream, flow)
+            rules.apply(steps, req)
+        req.parent = self.server.router.parent_for(req.origin.host, req.origin.port)
+        flow.parent = req.parent.authority if req.parent else ""
         return forward(req, downstream, self.server.pool, flow)
 
     def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> None:
@@ -207,7 +220,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if self.server.faults:
             self._apply_faults("CONNECT", host, "", headers, flow, None)
         config = self.server.config
-        upstream = open_upstream(host, port, self.server.connect, config.connect_timeout)
+        parent = self.server.router.parent_for(host, port)
+        flow.parent = parent.authority if parent else ""
+        # The client's Via goes on in our CONNECT to a parent, so a loop through parents is seen.
+        dial = functools.partial(self.server.connect, via=headers.get_all("via"))
+        upstream = open_upstream(host, port, dial, config.connect_timeout)
         try:
             self.downstream.send(_ESTABLISHED)
         except BaseException:
@@ -285,6 +302,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _local(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
         """Requests addressed to the proxy itself: health status (open to all), otherwise a hint."""
         flow.kind = "local"
+        if line.target.split("?")[0] == "/proxy.pac" and line.method in ("GET", "HEAD"):
+            return self._pac(line, headers, flow)
         if line.target.split("?")[0] != "/healthz" or line.method not in ("GET", "HEAD"):
             raise BadRequest(_HINT)
         if request_body_length(headers):
@@ -295,12 +314,37 @@ class ProxyHandler(BaseHTTPRequestHandler):
         flow.status, flow.bytes_down = 200, len(body)
         return keep
 
+    def _pac(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
+        """The proxy auto-config file, naming this proxy as the client reached it (its Host)."""
+        if not self.client_allowed:
+            raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
+        if request_body_length(headers):
+            raise BadRequest("/proxy.pac takes no body")
+        body = pac.pac_file(self._own_authority(headers.get("host")), self.server.router.bypass).encode()
+        keep = keep_alive(line.version, headers)
+        self._send_simple(200, body, pac.CONTENT_TYPE, head_only=line.method == "HEAD", close=not keep)
+        flow.status, flow.bytes_down = 200, len(body)
+        return keep
+
+    def _own_authority(self, host: str | None) -> str:
+        """host:port clients should use: the Host they reached us by if it is valid, else our address."""
+        if host:
+            try:
+                name, port = parse_authority(host if host.rsplit("]", 1)[-1].count(":") == 1
+                                             else f"{host}:{self.server.port}")
+            except ProxyError:
+                pass
+            else:
+                return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+        return self.server.url.removeprefix("http://")
+
     def _send_error(self, exc: ProxyError, head_only: bool = False) -> None:
         reason = " ".join(exc.reason.split())  # one line, whatever the reason held
         body = f"fwdproxy: {reason}\n".encode("utf-8", "replace")
         details = reason.replace("\\", "\\\\").replace('"', '\\"')
         extra = "".join(f"{name}: {value}\r\n" for name, value in exc.headers)
-        extra += f'Proxy-Status: {self.server.via_name}; error={exc.kind}; details="{details}"\r\n'
+        hop = f'; next-hop="{exc.next_hop}"' if exc.next_hop else ""
+        extra += f'Proxy-Status: {self.server.via_name}; error={exc.kind}{hop}; details="{details}"\r\n'
         self._send_simple(exc.status, body, "text/plain; charset=utf-8", head_only=head_only,
                           close=True, extra=extra)
         self.close_connection = True

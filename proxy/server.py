@@ -24,12 +24,14 @@ from typing import Any
 from . import __version__
 from .config import Config
 from .connect import Connector
+from .dialler import Dialler
 from .faults import Faults
 from .flows import Flow, FlowLog, Sink, log_sink
 from .handler import ProxyHandler
 from .headers import Limits
 from .policy import HostRules
 from .pool import ConnectFn, Pool, UpstreamConnection
+from .rewrite import parse_rules
 from .target import Origin
 from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
@@ -50,12 +52,17 @@ class ProxyServer(ThreadingHTTPServer):
     def __init__(self, config: Config | None = None, *, connect: ConnectFn = socket.create_connection,
                  sinks: list[Sink] | None = None) -> None:
         self.config = config = config or Config()
-        self.connect = Connector(connect, deny_private=config.deny_private,
-                                 own_address=lambda: (str(self.server_address[0]), self.port))
         self.limits = Limits(config.max_request_line, config.max_header_bytes, config.max_header_count)
         self.host_rules = HostRules(config.allow_hosts, config.deny_hosts)
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
+        self.router = config.router()
+        self.rules = parse_rules(config.rewrite_rules)
+        # The one seam for raw connections to targets (tunnels, TLS to origins): direct, or
+        # through a CONNECT to the parent. Pooled plain-HTTP connections dial their hop directly.
+        self.connect = Dialler(Connector(connect, deny_private=config.deny_private,
+                                         own_address=lambda: (str(self.server_address[0]), self.port)),
+                               self.router, via_name=self.via_name, read_timeout=config.timeout)
         self.watchdog = Watchdog()
         self.faults = Faults()
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
@@ -83,7 +90,7 @@ class ProxyServer(ThreadingHTTPServer):
 
     def _new_connection(self, origin: Origin) -> UpstreamConnection:
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
-                                  read_timeout=self.config.timeout, connect=self.connect,
+                                  read_timeout=self.config.timeout, connect=self.connect.connector,
                                   watchdog=self.watchdog)
 
     @property
