@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-from .errors import ProxyError, UpstreamError, UpstreamTimeout, connect_failure
+from .errors import LoopDetected, ProxyError, UpstreamError, UpstreamTimeout, connect_failure
 from .pool import ConnectFn
 from .routing import Parent, Router
 
@@ -94,6 +94,8 @@ def check_connect_reply(status: int, reason: str, parent: Parent, address: tuple
                                       kind="destination_unavailable")
     if status == 504:
         error = UpstreamTimeout(f"{parent} timed out reaching {target} (504)")
+    elif status == 508:  # a loop through parents: every proxy on it says so, not just the first
+        error = LoopDetected(f"{parent} reports a loop reaching {target} (508)")
     raise _at_parent(error, parent)
 
 

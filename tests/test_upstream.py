@@ -1,0 +1,251 @@
+"""Parent proxies: chaining through a second fwdproxy and through tinyproxy, bypass, loops, failures."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+from client_fixtures import free_port, tinyproxy, tinyproxy_binary  # noqa: F401
+from conftest import RunningProxy
+from servers import OriginServer
+from wire import echoed, exchange
+
+from proxy import Config, ProxyServer
+
+
+@pytest.fixture
+def chain() -> Iterator[Callable[..., RunningProxy]]:
+    """``chain(port=..., **config)``: proxies with any settings, stopped after the test."""
+    servers: list[ProxyServer] = []
+
+    def make(port: int = 0, **settings: Any) -> RunningProxy:
+        server = ProxyServer(Config(port=port, **settings), sinks=[]).start()
+        servers.append(server)
+        return RunningProxy(server)
+
+    yield make
+    for server in servers:
+        server.stop(grace=0)
+
+
+def parent_url(proxy: RunningProxy, creds: str = "") -> str:
+    return f"http://{creds + '@' if creds else ''}127.0.0.1:{proxy.server.port}"
+
+
+def curl(proxy: RunningProxy, url: str, ca_file: str) -> bytes:
+    out = subprocess.run(["curl", "-sS", "--noproxy", "", "-x", proxy.url, "--cacert", ca_file, url],
+                         capture_output=True, timeout=30, check=True)
+    return out.stdout
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def head_of(response: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), {k.lower(): v for k, v in fields.items()}, body
+
+
+def get(proxy: RunningProxy, url: str, headers: str = "") -> tuple[int, dict[str, str], bytes]:
+    data = f"GET {url} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n".encode()
+    return head_of(exchange(proxy.address, data))
+
+
+def connect(proxy: RunningProxy, target: str, headers: str = "") -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data and (piece := sock.recv(65536)):
+            data += piece
+        if not data.startswith(b"HTTP/1.1 200"):
+            while piece := sock.recv(65536):
+                data += piece
+    return head_of(data)
+
+
+# -- chained through a second fwdproxy with credentials -----------------------------------
+
+def test_plain_http_goes_to_the_parent_in_absolute_form_with_its_credentials(chain, origin):
+    back = chain(auth=(("pu", "pw"),))
+    front = chain(auth=(("cu", "cp"),), upstream_proxy=parent_url(back, "pu:pw"))
+    proxies = {"http": f"http://cu:cp@127.0.0.1:{front.server.port}"}
+    resp = requests.get(origin.url("/echo?q=1"), proxies=proxies, timeout=10)
+    assert resp.status_code == 200 and echoed(resp.content)["target"] == "/echo?q=1"
+    seen = origin.received[-1]
+    assert seen.all("Via") == [f"1.1 {front.server.via_name}", f"1.1 {back.server.via_name}"]
+    assert seen.header("Proxy-Authorization") is None
+    (at_back,) = back.wait_flows(1)
+    assert at_back.url == origin.url("/echo?q=1") and at_back.status == 200  # absolute-form arrived
+    (at_front,) = front.wait_flows(1)
+    assert at_front.parent == f"127.0.0.1:{back.server.port}"
+
+
+def test_client_credentials_are_never_sent_to_the_parent(chain, origin):
+    # The parent wants the client's own credentials: only the configured ones may reach it.
+    back = chain(auth=(("cu", "cp"),))
+    front = chain(auth=(("cu", "cp"),), upstream_proxy=parent_url(back))
+    status, fields, body = get(front, origin.url("/echo"), f"Proxy-Authorization: {basic('cu', 'cp')}\r\n")
+    assert status == 502 and b"requires credentials" in body
+    assert "proxy-authenticate" not in fields  # the parent's 407 is not ours to pass on
+    assert origin.received == []
+
+
+def test_connect_goes_through_a_connect_to_the_parent(chain, tls_origin, ca_file):
+    back = chain(auth=(("pu", "pw"),))
+    front = chain(upstream_proxy=parent_url(back, "pu:pw"))
+    resp = requests.get(tls_origin.url("/echo"), proxies={"https": front.url}, verify=ca_file, timeout=10)
+    assert resp.status_code == 200 and echoed(resp.content)["target"] == "/echo"
+    # curl closes its connection when it exits, which ends the tunnel and finishes its flows.
+    out = curl(front, tls_origin.url("/echo"), ca_file)
+    assert echoed(out)["target"] == "/echo"
+    front_flow = next(f for f in front.wait_flows(1) if f.bytes_down)
+    back_flow = next(f for f in back.wait_flows(1) if f.bytes_down)
+    assert front_flow.kind == back_flow.kind == "tunnel"
+    assert back_flow.target == ("127.0.0.1", tls_origin.port) and front_flow.parent.endswith(str(back.server.port))
+    assert back_flow.bytes_down == front_flow.bytes_down > 0
+
+
+def test_curl_through_a_chain(chain, origin, tls_origin, ca_file):
+    back = chain(auth=(("pu", "p:w"),))
+    front = chain(upstream_proxy=parent_url(back, "pu:p%3Aw"))  # percent-encoded colon in the password
+    for url in (origin.url("/echo"), tls_origin.url("/echo")):
+        assert echoed(curl(front, url, ca_file))["target"] == "/echo"
+
+
+def test_parent_connections_are_pooled_across_origins(chain, origin):
+    back = chain()
+    front = chain(upstream_proxy=parent_url(back))
+    with requests.Session() as session:
+        for _ in range(3):
+            assert session.get(origin.url("/echo"), proxies={"http": front.url}, timeout=10).ok
+    with OriginServer() as other:  # another origin: the same connection to the parent
+        assert requests.get(other.url("/echo"), proxies={"http": front.url}, timeout=10).ok
+    assert front.server.pool.opened == 1 and front.server.pool.reused == 3
+    assert [f.upstream_reused for f in front.wait_flows(4)] == [False, True, True, True]
+
+
+def test_bypass_goes_direct(chain, origin):
+    back = chain()
+    front = chain(upstream_proxy=parent_url(back), upstream_bypass=("localhost,10.0.0.0/8,127.0.0.0/8",))
+    status, _, _body = get(front, origin.url("/echo"))
+    assert status == 200 and origin.received[-1].all("Via") == [f"1.1 {front.server.via_name}"]
+    assert front.wait_flows(1)[0].parent == ""
+    assert back.flows == []
+
+
+def test_bypass_by_port_only_matches_that_port(chain, origin):
+    back = chain()
+    front = chain(upstream_proxy=parent_url(back), upstream_bypass=("127.0.0.1:1",))
+    status, _, _ = get(front, origin.url("/echo"))
+    assert status == 200 and origin.received[-1].all("Via")[-1] == f"1.1 {back.server.via_name}"
+
+
+def test_http_proxy_variables_are_never_the_servers_parent(chain, origin, monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, dead)
+    assert get(chain(), origin.url("/echo"))[0] == 200
+    assert get(chain(upstream_proxy=dead), origin.url("/echo"))[0] == 502  # negative control
+
+
+# -- loops through parents -------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["plain", "connect"])
+def test_a_loop_through_parents_is_refused_with_508(chain, origin, kind):
+    port_a = free_port()
+    b = chain(upstream_proxy=f"http://127.0.0.1:{port_a}")
+    a = chain(port=port_a, upstream_proxy=parent_url(b))
+    if kind == "plain":
+        status, fields, _body = get(a, origin.url("/echo"))
+    else:
+        status, fields, _body = connect(a, origin.authority)
+    assert status == 508 and "proxy_loop_detected" in fields["proxy-status"]
+    assert origin.received == [] and len(a.wait_flows(2)) == 2  # A saw it once, then refused it
+
+
+# -- tinyproxy as the parent -----------------------------------------------------------
+
+def test_plain_and_connect_through_tinyproxy(chain, tinyproxy, origin, tls_origin, ca_file):  # noqa: F811
+    tp = tinyproxy(auth="tu:tp")
+    front = chain(upstream_proxy=tp.url.replace("//", "//tu:tp@"))
+    plain = requests.get(origin.url("/echo"), proxies={"http": front.url}, timeout=10)
+    assert plain.status_code == 200
+    vias = ", ".join(origin.received[-1].all("Via"))
+    assert front.server.via_name in vias and "tinyproxy" in vias
+    assert echoed(curl(front, tls_origin.url("/echo"), ca_file))["target"] == "/echo"
+    assert tls_origin.received[-1].header("Via") is None  # a tunnel: nobody saw the request
+    assert all(f.parent == tp.url.removeprefix("http://") for f in front.wait_flows(2))
+
+
+def test_tinyproxy_without_our_credentials_is_a_502(chain, tinyproxy, tls_origin):  # noqa: F811
+    tp = tinyproxy(auth="tu:tp")
+    front = chain(upstream_proxy=tp.url)
+    status, fields, body = connect(front, tls_origin.authority)
+    assert status == 502 and tp.url.removeprefix("http://").encode() in body
+    assert f'next-hop="{tp.url.removeprefix("http://")}"' in fields["proxy-status"]
+
+
+# -- parent failures ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["plain", "connect"])
+def test_unreachable_parent_is_a_502_naming_it(chain, origin, kind):
+    port = free_port()
+    front = chain(upstream_proxy=f"http://127.0.0.1:{port}")
+    status, fields, body = (get(front, origin.url("/echo")) if kind == "plain"
+                            else connect(front, origin.authority))
+    assert status == 502 and f"parent proxy 127.0.0.1:{port}".encode() in body
+    assert "error=connection_refused" in fields["proxy-status"]
+    assert f'next-hop="127.0.0.1:{port}"' in fields["proxy-status"]
+
+
+def test_parent_refusing_connect_is_a_502(chain, origin):
+    back = chain(connect_ports=frozenset({1}))
+    front = chain(upstream_proxy=parent_url(back))
+    status, fields, body = connect(front, origin.authority)
+    assert status == 502 and b"refused CONNECT" in body and b"403" in body
+    assert "next-hop" in fields["proxy-status"]
+    assert connect(chain(upstream_proxy=parent_url(chain())), origin.authority)[0] == 200  # control
+
+
+@pytest.mark.parametrize("kind", ["plain", "connect"])
+def test_parent_407_is_a_502_never_passed_on(chain, origin, kind):
+    back = chain(auth=(("pu", "pw"),))
+    wrong = chain(upstream_proxy=parent_url(back, "pu:nope"))
+    status, fields, body = (get(wrong, origin.url("/echo")) if kind == "plain"
+                            else connect(wrong, origin.authority))
+    assert status == 502 and b"rejected our credentials (407)" in body
+    assert "proxy-authenticate" not in fields and "next-hop" in fields["proxy-status"]
+    right = chain(upstream_proxy=parent_url(back, "pu:pw"))
+    assert (get(right, origin.url("/echo")) if kind == "plain" else connect(right, origin.authority))[0] == 200
+
+
+def test_parent_closing_mid_response_is_a_502(chain, raw_origin):
+    parent = raw_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+    front = chain(upstream_proxy=f"http://{parent.authority}")
+    status, _fields, body = get(front, "http://origin.test/")
+    assert status == 502 and f"parent proxy {parent.authority} sent 5 of 100".encode() in body
+    assert parent.received[0].startswith(b"GET http://origin.test/ HTTP/1.1\r\n")
+
+
+def test_parent_closing_without_a_response_is_a_502(chain, raw_origin):
+    parent = raw_origin(b"")
+    front = chain(upstream_proxy=f"http://{parent.authority}")
+    for status, fields, body in (get(front, "http://origin.test/"), connect(front, "origin.test:443")):
+        assert status == 502 and parent.authority.encode() in body
+        assert f'next-hop="{parent.authority}"' in fields["proxy-status"]
+
+
+def test_silent_parent_is_a_504(chain, raw_origin):
+    parent = raw_origin(b"", then="hang")
+    front = chain(upstream_proxy=f"http://{parent.authority}", timeout=0.5)
+    for status, fields, body in (get(front, "http://origin.test/"), connect(front, "origin.test:443")):
+        assert status == 504 and parent.authority.encode() in body
+        assert "next-hop" in fields["proxy-status"]
