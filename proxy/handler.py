@@ -38,7 +38,7 @@ from .headers import (
     request_body_length,
 )
 from .policy import check_connect_port, check_credentials, client_allowed
-from .rewrite import plan
+from .rewrite import plan, tunnel_block
 from .target import parse_absolute, parse_authority
 from .tunnel import open_upstream
 
@@ -219,6 +219,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise BadRequest("a CONNECT request has no body")  # RFC 9110 section 9.3.6
         if self.server.faults:
             self._apply_faults("CONNECT", host, "", headers, flow, None)
+        blocked = tunnel_block(self.server.rules, host, port) if self.server.rules else None
+        if blocked is not None:
+            flow.rules.append(str(blocked))
+            raise rules.block(blocked)
         config = self.server.config
         parent = self.server.router.parent_for(host, port)
         flow.parent = parent.authority if parent else ""

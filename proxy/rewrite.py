@@ -297,6 +297,18 @@ def plan(rules: Iterable[Rule], scheme: str, host: str, port: int, path: str) ->
     return result
 
 
+def tunnel_block(rules: Iterable[Rule], host: str, port: int) -> Rule | None:
+    """The block rule refusing a CONNECT to host:port: one whose glob names no path.
+
+    A blind tunnel shows only its target, so a rule about paths cannot apply to it.
+    """
+    for rule in rules:
+        if rule.kind == "block" and rule.glob.match.path is None and rule.glob.scheme != "http" \
+                and rule.glob.matches("https", host, port, "/"):
+            return rule
+    return None
+
+
 def remote_path(rule: Rule, path: str) -> str:
     """The request's path after a map-remote rule: the glob's literal prefix replaced by the target's."""
     if not rule.path:
