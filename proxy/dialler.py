@@ -15,10 +15,12 @@ is reported as our 502, never passed on as if this proxy wanted credentials.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Sequence
 
-from .errors import LoopDetected, ProxyError, UpstreamError, UpstreamTimeout, connect_failure
+from .errors import Forbidden, LoopDetected, ProxyError, UpstreamError, UpstreamTimeout, connect_failure
+from .policy import is_private
 from .pool import ConnectFn
 from .routing import Parent, Router
 
@@ -29,24 +31,38 @@ MAX_CONNECT_REPLY = 65536
 class Dialler:
     """A ConnectFn that follows the routing rules; ``via`` carries the client's Via fields on."""
 
-    def __init__(self, connector: ConnectFn, router: Router, *, via_name: str,
-                 read_timeout: float) -> None:
+    def __init__(self, connector: ConnectFn, router: Router, *, via_name: str, read_timeout: float,
+                 parent_connector: ConnectFn | None = None, deny_private: bool = False) -> None:
         self.connector = connector
+        # The parent is the operator's choice: reached even when --deny-private refuses its
+        # address for targets (a corporate proxy usually has a private one); loops still count.
+        self.parent_connector = parent_connector or connector
         self.router = router
         self.via_name = via_name
         self.read_timeout = read_timeout
+        self.deny_private = deny_private
 
     def __call__(self, address: tuple[str, int], timeout: float, *,
                  via: Sequence[str] = ()) -> socket.socket:
-        parent = self.router.parent_for(*address)
+        parent = self.parent_for(*address)
         if parent is None:
             return self.connector(address, timeout)
         return self.tunnel(parent, address, timeout, via)
 
+    def parent_for(self, host: str, port: int) -> Parent | None:
+        """The parent to go through, or None for direct; checks what can be checked of a routed target.
+
+        The parent resolves the names it is sent, so --deny-private can judge only address literals.
+        """
+        parent = self.router.parent_for(host, port)
+        if parent is not None and self.deny_private and _private_literal(host):
+            raise Forbidden(f"{host} is a private or local address; this proxy refuses those")
+        return parent
+
     def connect_parent(self, parent: Parent, timeout: float) -> socket.socket:
         """A TCP connection to the parent itself (the loop check applies: it may be us)."""
         try:
-            return self.connector((parent.host, parent.port), timeout)
+            return self.parent_connector((parent.host, parent.port), timeout)
         except OSError as exc:
             raise _at_parent(connect_failure(exc, str(parent)), parent) from exc
 
@@ -135,6 +151,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
             raise ConnectionResetError("closed mid-reply")
         data += piece
     return data
+
+
+def _private_literal(host: str) -> bool:
+    try:
+        return is_private(ipaddress.ip_address(host))
+    except ValueError:
+        return False
 
 
 def _at_parent(error: ProxyError, parent: Parent) -> ProxyError:

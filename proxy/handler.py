@@ -38,7 +38,7 @@ from .headers import (
     request_body_length,
 )
 from .policy import check_connect_port, check_credentials, client_allowed
-from .rewrite import plan, tunnel_block
+from .rewrite import tunnel_block
 from .target import parse_absolute, parse_authority
 from .tunnel import open_upstream
 
@@ -197,14 +197,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 return False  # answered by a fault rule
             downstream = shaped
         if self.server.rules:
-            steps = plan(self.server.rules, origin.scheme, origin.host, origin.port, path)
-            flow.rules += steps.fired
-            if steps.answer is not None and steps.answer.kind == "block":
-                raise rules.block(steps.answer)
-            if steps.answer is not None:
-                return rules.serve_file(steps.answer, req, downstream, flow)
-            rules.apply(steps, req)
-        req.parent = self.server.router.parent_for(req.origin.host, req.origin.port)
+            answered = rules.carry_out(self.server.rules, req, downstream, flow)
+            if answered is not None:
+                return answered
+        req.parent = self.server.connect.parent_for(req.origin.host, req.origin.port)
         flow.parent = req.parent.authority if req.parent else ""
         return forward(req, downstream, self.server.pool, flow)
 
@@ -224,7 +220,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             flow.rules.append(str(blocked))
             raise rules.block(blocked)
         config = self.server.config
-        parent = self.server.router.parent_for(host, port)
+        parent = self.server.connect.parent_for(host, port)
         flow.parent = parent.authority if parent else ""
         # The client's Via goes on in our CONNECT to a parent, so a loop through parents is seen.
         dial = functools.partial(self.server.connect, via=headers.get_all("via"))
@@ -324,23 +320,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
         if request_body_length(headers):
             raise BadRequest("/proxy.pac takes no body")
-        body = pac.pac_file(self._own_authority(headers.get("host")), self.server.router.bypass).encode()
+        authority = pac.proxy_authority(headers.get("host"), self.server.port, self.server.url)
+        body = pac.pac_file(authority, self.server.router.bypass).encode()
         keep = keep_alive(line.version, headers)
         self._send_simple(200, body, pac.CONTENT_TYPE, head_only=line.method == "HEAD", close=not keep)
         flow.status, flow.bytes_down = 200, len(body)
         return keep
-
-    def _own_authority(self, host: str | None) -> str:
-        """host:port clients should use: the Host they reached us by if it is valid, else our address."""
-        if host:
-            try:
-                name, port = parse_authority(host if host.rsplit("]", 1)[-1].count(":") == 1
-                                             else f"{host}:{self.server.port}")
-            except ProxyError:
-                pass
-            else:
-                return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
-        return self.server.url.removeprefix("http://")
 
     def _send_error(self, exc: ProxyError, head_only: bool = False) -> None:
         reason = " ".join(exc.reason.split())  # one line, whatever the reason held

@@ -13,7 +13,9 @@ from __future__ import annotations
 import ipaddress
 import json
 
+from .errors import ProxyError
 from .routing import BypassEntry
+from .target import parse_authority
 
 CONTENT_TYPE = "application/x-ns-proxy-autoconfig"
 
@@ -34,6 +36,19 @@ def pac_file(proxy_authority: str, bypass: tuple[BypassEntry, ...] = ()) -> str:
         lines.append(f"    if ({_condition(entry)}) return \"DIRECT\";\n")
     lines.append(f"    return {json.dumps('PROXY ' + proxy_authority)};\n}}\n")
     return "".join(lines)
+
+
+def proxy_authority(host_header: str | None, port: int, url: str) -> str:
+    """host:port clients should use: the Host they reached the proxy by if it is valid, else its URL's."""
+    if host_header:
+        has_port = host_header.rsplit("]", 1)[-1].count(":") == 1
+        try:
+            name, number = parse_authority(host_header if has_port else f"{host_header}:{port}")
+        except ProxyError:
+            pass  # not an authority: nothing from it reaches the script
+        else:
+            return f"[{name}]:{number}" if ":" in name else f"{name}:{number}"
+    return url.removeprefix("http://")
 
 
 def _condition(entry: BypassEntry) -> str:

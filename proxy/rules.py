@@ -24,25 +24,39 @@ from .errors import Forbidden, ProxyError
 from .flows import Flow
 from .forward import Downstream, Request
 from .headers import Headers, keep_alive
-from .rewrite import Plan, Rule, edit_fields, remote_path
+from .rewrite import Plan, Rule, edit_fields, plan, remote_path
 
 FILE_CHUNK = 262144
 
 
-def apply(plan: Plan, req: Request) -> None:
+def carry_out(rules: tuple[Rule, ...], req: Request, client: Downstream, flow: Flow) -> bool | None:
+    """Apply the rules matching req; None to go on forwarding it, or whether the connection
+    stays usable when a rule answered it (a file). A block raises its error."""
+    origin = req.origin
+    steps = plan(rules, origin.scheme, origin.host, origin.port, req.path)
+    flow.rules += steps.fired
+    if steps.answer is None:
+        apply(steps, req)
+        return None
+    if steps.answer.kind == "block":
+        raise block(steps.answer)
+    return serve_file(steps.answer, req, client, flow)
+
+
+def apply(steps: Plan, req: Request) -> None:
     """Rewrite ``req`` as a plan without an answering rule says: target, Host, fields."""
-    if plan.remote is not None:
-        rule = plan.remote
+    if steps.remote is not None:
+        rule = steps.remote
         assert rule.origin is not None
         if rule.keep_host and req.host_header is None:
             req.host_header = req.origin.authority
         req.origin, req.path = rule.origin, remote_path(rule, req.path)
-    if plan.request_edits:
-        for name, value in plan.request_edits:
+    if steps.request_edits:
+        for name, value in steps.request_edits:
             if name.lower() == "host" and value is not None:
                 req.host_header = value  # the forward step writes Host itself
-        req.headers = Headers(edit_fields(req.headers.items(), plan.request_edits))
-    req.response_edits = tuple(plan.response_edits)
+        req.headers = Headers(edit_fields(req.headers.items(), steps.request_edits))
+    req.response_edits = tuple(steps.response_edits)
 
 
 def block(rule: Rule) -> ProxyError:

@@ -60,9 +60,13 @@ class ProxyServer(ThreadingHTTPServer):
         self.rules = parse_rules(config.rewrite_rules)
         # The one seam for raw connections to targets (tunnels, TLS to origins): direct, or
         # through a CONNECT to the parent. Pooled plain-HTTP connections dial their hop directly.
-        self.connect = Dialler(Connector(connect, deny_private=config.deny_private,
-                                         own_address=lambda: (str(self.server_address[0]), self.port)),
-                               self.router, via_name=self.via_name, read_timeout=config.timeout)
+        def own() -> tuple[str, int]:
+            return str(self.server_address[0]), self.port
+
+        self.connect = Dialler(Connector(connect, deny_private=config.deny_private, own_address=own),
+                               self.router, via_name=self.via_name, read_timeout=config.timeout,
+                               parent_connector=Connector(connect, own_address=own),
+                               deny_private=config.deny_private)
         self.watchdog = Watchdog()
         self.faults = Faults()
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
@@ -89,8 +93,12 @@ class ProxyServer(ThreadingHTTPServer):
         self.server_name, self.server_port = self.config.host, self.server_address[1]
 
     def _new_connection(self, origin: Origin) -> UpstreamConnection:
+        # Plain HTTP dials its next hop itself: the origin, or the parent (keyed by its address).
+        parent = self.router.parent
+        to_parent = parent is not None and (origin.host, origin.port) == (parent.host, parent.port)
+        connect = self.connect.parent_connector if to_parent else self.connect.connector
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
-                                  read_timeout=self.config.timeout, connect=self.connect.connector,
+                                  read_timeout=self.config.timeout, connect=connect,
                                   watchdog=self.watchdog)
 
     @property

@@ -156,6 +156,16 @@ def test_http_proxy_variables_are_never_the_servers_parent(chain, origin, monkey
     assert get(chain(upstream_proxy=dead), origin.url("/echo"))[0] == 502  # negative control
 
 
+def test_deny_private_still_reaches_a_private_parent_but_judges_literal_targets(chain, raw_origin):
+    parent = raw_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    front = chain(upstream_proxy=f"http://{parent.authority}", deny_private=True)
+    status, _, body = get(front, "http://origin.test/")  # the parent resolves names: sent on
+    assert status == 200 and body == b"ok"
+    assert get(front, "http://10.1.2.3/")[0] == 403
+    assert connect(front, "127.0.0.1:443")[0] == 403
+    assert len(parent.received) == 1
+
+
 # -- loops through parents -------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
