@@ -181,6 +181,21 @@ def test_a_loop_through_parents_is_refused_with_508(chain, origin, kind):
     assert origin.received == [] and len(a.wait_flows(2)) == 2  # A saw it once, then refused it
 
 
+def test_bytes_after_the_parents_connect_answer_stay_in_the_tunnel(chain, raw_origin):
+    # A server that speaks first (SMTP, SSH): its banner may arrive with the parent's 200.
+    parent = raw_origin(b"HTTP/1.1 200 Connection established\r\nX-Hop: 1\r\n\r\n220 banner\r\n")
+    front = chain(upstream_proxy=f"http://{parent.authority}")
+    with socket.create_connection(front.address, timeout=10) as sock:
+        sock.sendall(b"CONNECT mail.test:25 HTTP/1.1\r\nHost: mail.test:25\r\n\r\n")
+        data = b""
+        while piece := sock.recv(65536):
+            data += piece
+    assert data == b"HTTP/1.1 200 Connection Established\r\n\r\n220 banner\r\n"
+    sent = parent.received[0].decode()
+    assert sent.startswith("CONNECT mail.test:25 HTTP/1.1\r\nHost: mail.test:25\r\n")
+    assert f"Via: 1.1 {front.server.via_name}\r\n" in sent and "Proxy-Authorization" not in sent
+
+
 # -- tinyproxy as the parent -----------------------------------------------------------
 
 def test_plain_and_connect_through_tinyproxy(chain, tinyproxy, origin, tls_origin, ca_file):  # noqa: F811
