@@ -37,6 +37,6 @@ EXPOSE 8080
 STOPSIGNAL SIGTERM
 # GET /healthz to the proxy's own port over loopback (FWDPROXY_PORT); exit 0 healthy, 1 not.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
-    CMD ["python3", "-m", "proxy.health"]
+    CMD ["python3", "-m", "proxy.server.health"]
 ENTRYPOINT ["fwdproxy"]
 CMD ["serve"]

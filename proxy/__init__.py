@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BadRequest": "errors", "ProxyError": "errors", "UpstreamError": "errors",
-    "UpstreamTimeout": "errors", "Config": "config", "Flow": "flows", "ProxyServer": "server",
+    "BadRequest": "http1.errors", "ProxyError": "http1.errors", "UpstreamError": "http1.errors",
+    "UpstreamTimeout": "http1.errors", "Config": "config", "Flow": "record.flows",
+    "ProxyServer": "server.listener",
     "ClientError": "client", "ProxyClient": "client", "Response": "client", "Retry": "client",
     "Timeout": "client", "TooManyRedirects": "client",
 }
@@ -24,9 +25,9 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on demand
     from .client import ClientError, ProxyClient, Response, Retry, Timeout, TooManyRedirects  # noqa: F401
     from .config import Config  # noqa: F401
-    from .errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout  # noqa: F401
-    from .flows import Flow  # noqa: F401
-    from .server import ProxyServer  # noqa: F401
+    from .http1.errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout  # noqa: F401
+    from .record.flows import Flow  # noqa: F401
+    from .server.listener import ProxyServer  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

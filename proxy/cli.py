@@ -19,10 +19,21 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, fetch, health
-from .config import LOG_FORMATS, LOG_LEVELS, Config
-from .policy import LOOPBACK_NETWORKS, ConfigError, parse_networks, parse_ports
-from .server import ProxyServer
+from . import __version__
+from .client import fetch
+from .config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    LOOPBACK_NETWORKS,
+    Config,
+    ConfigError,
+    parse_networks,
+    parse_ports,
+)
+from .server import health
+from .server.listener import ProxyServer
+from .server.rewrite import parse_rules
+from .server.routing import Router
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
@@ -177,22 +188,26 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
             # Credentials are the gate on a shared network: with --auth and no
             # --allow-from, anyone who can reach the port may try them.
             allow_from = parse_networks("0.0.0.0/0,::/0") if auth else LOOPBACK_NETWORKS
-        return Config(host=ns.host, port=int(ns.port), timeout=float(ns.timeout),
-                      connect_timeout=float(ns.connect_timeout),
-                      client_idle_timeout=float(ns.client_idle_timeout),
-                      tunnel_idle_timeout=float(ns.tunnel_idle_timeout),
-                      log_level=ns.log_level, log_format=ns.log_format,
-                      allow_from=allow_from, auth=auth,
-                      allow_hosts=tuple(ns.allow_host), deny_hosts=tuple(ns.deny_host),
-                      connect_ports=parse_ports(ns.connect_ports) if ns.connect_ports else None,
-                      deny_private=ns.deny_private,
-                      max_request_line=int(ns.max_request_line),
-                      max_header_bytes=int(ns.max_header_bytes),
-                      max_header_count=int(ns.max_headers),
-                      max_body=None if ns.max_body is None else int(ns.max_body),
-                      max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                      workers=int(ns.workers), upstream_proxy=ns.upstream_proxy or None,
-                      upstream_bypass=tuple(ns.upstream_bypass), rewrite_rules=tuple(ns.rules))
+        config = Config(host=ns.host, port=int(ns.port), timeout=float(ns.timeout),
+                        connect_timeout=float(ns.connect_timeout),
+                        client_idle_timeout=float(ns.client_idle_timeout),
+                        tunnel_idle_timeout=float(ns.tunnel_idle_timeout),
+                        log_level=ns.log_level, log_format=ns.log_format,
+                        allow_from=allow_from, auth=auth,
+                        allow_hosts=tuple(ns.allow_host), deny_hosts=tuple(ns.deny_host),
+                        connect_ports=parse_ports(ns.connect_ports) if ns.connect_ports else None,
+                        deny_private=ns.deny_private,
+                        max_request_line=int(ns.max_request_line),
+                        max_header_bytes=int(ns.max_header_bytes),
+                        max_header_count=int(ns.max_headers),
+                        max_body=None if ns.max_body is None else int(ns.max_body),
+                        max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
+                        workers=int(ns.workers), upstream_proxy=ns.upstream_proxy or None,
+                        upstream_bypass=tuple(ns.upstream_bypass), rewrite_rules=tuple(ns.rules))
+        # Parsed here too, so a bad parent URL, bypass entry or rule stops the start with one line.
+        Router.from_settings(config.upstream_proxy, config.upstream_bypass)
+        parse_rules(config.rewrite_rules)
+        return config
     except OSError as exc:
         parser.exit(2, f"fwdproxy: cannot read {exc.filename}: {exc.strerror}\n")
     except ValueError as exc:

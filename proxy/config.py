@@ -1,17 +1,22 @@
 """Config: every setting of a proxy instance, as one frozen, validated value.
 
-This module owns defaults and validation. It knows nothing of sockets or
+This module owns defaults and validation, including the network rules a
+setting is parsed with and the open-proxy guard. It knows nothing of sockets or
 argparse: the CLI turns flags into a Config, tests build one directly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .policy import LOOPBACK_NETWORKS, Network, check_exposure
-from .rewrite import parse_rules
-from .routing import Router
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+LOOPBACK_NETWORKS: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                          ipaddress.ip_network("::1/128"))
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -37,7 +42,7 @@ class Config:
     shutdown_grace: float = 5.0
     log_level: str = "info"
     log_format: str = "text"
-    # Access control (see policy.py). Only loopback clients by default.
+    # Access control (see server/policy.py). Only loopback clients by default.
     allow_from: tuple[Network, ...] = LOOPBACK_NETWORKS
     auth: tuple[tuple[str, str], ...] = ()
     allow_hosts: tuple[str, ...] = ()
@@ -86,11 +91,6 @@ class Config:
             if not user or ":" in user:
                 raise ValueError("auth user names must be non-empty and contain no ':'")
         check_exposure(self.host, self.allow_from, bool(self.auth))  # raises ConfigError
-        self.router()  # raises ConfigError naming a bad parent URL or bypass entry
-        parse_rules(self.rewrite_rules)  # raises RuleError naming the rule
-
-    def router(self) -> Router:
-        return Router.from_settings(self.upstream_proxy, self.upstream_bypass)
 
     @property
     def exposure_warning(self) -> str | None:
@@ -109,3 +109,61 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+class ConfigError(ValueError):
+    """A configuration that must not start (the message says how to proceed)."""
+
+
+def parse_networks(text: str | Iterable[str]) -> tuple[Network, ...]:
+    """``"10.0.0.0/8, ::1"`` -> networks; bare addresses become /32 or /128."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
+    except ValueError as exc:
+        raise ConfigError(f"invalid network: {exc}") from None
+
+
+def parse_ports(text: str) -> frozenset[int]:
+    """``"443,8443,9000-9100"`` -> the set of ports."""
+    ports: set[int] = set()
+    for item in text.split(","):
+        low, dash, high = item.strip().partition("-")
+        try:
+            first, last = int(low), int(high) if dash else int(low)
+        except ValueError:
+            raise ConfigError(f"invalid port or range {item.strip()!r}") from None
+        if not 0 < first <= last < 65536:
+            raise ConfigError(f"invalid port or range {item.strip()!r}")
+        ports.update(range(first, last + 1))
+    return frozenset(ports)
+
+
+def parse_address(text: str) -> Address | None:
+    """An IP address (zone dropped, IPv4-mapped IPv6 unwrapped), or None for a name."""
+    try:
+        address = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def check_exposure(host: str, allow_from: Sequence[Network], auth: bool) -> str | None:
+    """Refuse to become an accidental open proxy; returns a warning to print, if any."""
+    bound = parse_address(host)
+    loopback_only = host == "localhost" or (bound is not None and bound.is_loopback)
+    admits_others = any(not (net.network_address.is_loopback and net.broadcast_address.is_loopback)
+                        for net in allow_from)
+    if loopback_only or auth:
+        return None
+    if not admits_others:
+        raise ConfigError(
+            f"refusing to listen on {host} as an open proxy: only loopback clients would be "
+            "allowed anyway. Say who may use it with --allow-from CIDR (e.g. --allow-from "
+            "10.0.0.0/8) and/or require credentials with --auth user:password")
+    if any(net.prefixlen == 0 for net in allow_from):
+        return (f"warning: listening on {host} with --allow-from admitting every address and no "
+                "--auth: this is an open proxy to anyone who can reach it")
+    return None

@@ -14,7 +14,7 @@ import pytest
 import requests
 from wire import exchange, read_response, through
 
-from proxy.policy import parse_networks, parse_ports
+from proxy.config import parse_networks, parse_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from wire import through
 
-from proxy.policy import LOOPBACK_NETWORKS, parse_networks
+from proxy.config import LOOPBACK_NETWORKS, parse_networks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -204,7 +204,7 @@ def test_health_subcommand(running):
 
 def test_loading_the_pytest_plugin_does_not_import_the_client():
     """Every pytest run of a project with fwdproxy installed loads the plugin: keep it light."""
-    code = "import sys, proxy.pytest_plugin; from proxy import ProxyServer; print('proxy.client' in sys.modules)"
+    code = "import sys, proxy.testing.pytest_plugin; from proxy import ProxyServer; print('proxy.client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from proxy.client_rules import (
+from proxy.client.rules import (
     URL,
     InvalidURL,
     Mode,

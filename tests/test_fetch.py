@@ -13,7 +13,7 @@ import pytest
 from client_fixtures import *  # noqa: F403
 from client_fixtures import add_redirects, free_port
 
-from proxy import fetch
+from proxy.client import fetch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,6 +95,6 @@ def test_too_many_redirects_exit_status(capsysbinary, origin):
 
 
 def test_runs_as_a_module(proxy, origin):
-    out = subprocess.run([sys.executable, "-m", "proxy.fetch", origin.url("/bytes/3"), "-x", proxy.url],
+    out = subprocess.run([sys.executable, "-m", "proxy.client.fetch", origin.url("/bytes/3"), "-x", proxy.url],
                          capture_output=True, timeout=30, cwd=REPO)
     assert (out.returncode, out.stdout) == (0, b"012")

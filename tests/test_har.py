@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
-from proxy.flows import Flow
-from proxy.har import har_entry, har_log
+from proxy.record.flows import Flow
+from proxy.record.har import har_entry, har_log
 
 REQUIRED_REQUEST = {"method", "url", "httpVersion", "cookies", "headers", "queryString", "headersSize", "bodySize"}
 REQUIRED_RESPONSE = {"status", "statusText", "httpVersion", "cookies", "headers", "content", "redirectURL",

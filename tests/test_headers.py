@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from proxy.chunked import encode_chunk, read_chunked
-from proxy.errors import BadRequest
-from proxy.headers import (
+from proxy.http1.chunked import encode_chunk, read_chunked
+from proxy.http1.errors import BadRequest
+from proxy.http1.headers import (
     Headers,
     Limits,
     end_to_end,

@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from proxy import Config, ProxyServer, health
+from proxy import Config, ProxyServer
+from proxy.server import health
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,11 +114,11 @@ def test_a_wildcard_listen_address_is_probed_on_loopback(listen, probe):
 
 def test_python_m_proxy_health_runs_standalone(proxy):
     env = {**os.environ, "FWDPROXY_PORT": str(proxy.port), "FWDPROXY_HOST": "0.0.0.0"}
-    ok = subprocess.run([sys.executable, "-m", "proxy.health"], cwd=REPO, env=env,
+    ok = subprocess.run([sys.executable, "-m", "proxy.server.health"], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["status"] == "ok"
     env["FWDPROXY_PORT"] = str(closed_port())
-    bad = subprocess.run([sys.executable, "-m", "proxy.health"], cwd=REPO, env=env,
+    bad = subprocess.run([sys.executable, "-m", "proxy.server.health"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "unhealthy" in bad.stderr

@@ -23,7 +23,7 @@ pytest_plugins = ["pytester"]
 # Inner runs load only this plugin, by name: other installed plugins (hypothesis takes
 # over a second to set up) would only slow them down, and once the pytest11 entry point
 # is installed, loading the module by name as well would register it twice.
-PLUGIN = ("-p", "proxy.pytest_plugin", "-p", "no:cacheprovider",
+PLUGIN = ("-p", "proxy.testing.pytest_plugin", "-p", "no:cacheprovider",
           "-W", "ignore::pytest.PytestAssertRewriteWarning")  # imported here before the inner run
 
 
@@ -344,7 +344,7 @@ def test_the_pytest11_entry_point_loads_the_plugin(pytester: pytest.Pytester,
     dist = site / "fwdproxy_entry_point-0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fwdproxy-entry-point\nVersion: 0\n")
-    (dist / "entry_points.txt").write_text("[pytest11]\nfwdproxy = proxy.pytest_plugin\n")
+    (dist / "entry_points.txt").write_text("[pytest11]\nfwdproxy = proxy.testing.pytest_plugin\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *sys.path]))
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     pytester.makepyfile("""

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from proxy.pytest_plugin import FwdProxy, Origin
+from proxy.testing.pytest_plugin import FwdProxy, Origin
 
 
 def get(proxy: FwdProxy, url: str, **kwargs: object) -> requests.Response:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from proxy.flows import Flow
-from proxy.flowstore import FlowStore
+from proxy.record.flows import Flow
+from proxy.testing.flowstore import FlowStore
 
 
 def flow(path: str = "/", *, kind: str = "http", host: str = "api.test", status: int = 200,

@@ -8,10 +8,10 @@ import pacparser
 import pytest
 from wire import exchange
 
-from proxy.pac import pac_file
-from proxy.policy import ConfigError
-from proxy.rewrite import RuleError, edit_fields, parse_rule, plan, remote_path, tunnel_block
-from proxy.routing import Parent, Router, parse_bypass, parse_parent, route
+from proxy.config import ConfigError
+from proxy.server.pac import pac_file
+from proxy.server.rewrite import RuleError, edit_fields, parse_rule, plan, remote_path, tunnel_block
+from proxy.server.routing import Parent, Router, parse_bypass, parse_parent, route
 
 PARENT = Parent("proxy.corp", 3128)
 
@@ -196,7 +196,7 @@ def test_proxy_pac_names_the_proxy_as_the_client_reached_it(proxy, pac_engine, h
 
 
 def test_proxy_pac_is_refused_to_clients_that_may_not_use_the_proxy(proxy_factory):
-    from proxy.policy import parse_networks
+    from proxy.config import parse_networks
 
     proxy = proxy_factory(allow_from=parse_networks("10.0.0.0/8"))
     raw = exchange(proxy.address, b"GET /proxy.pac HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.errors import BadRequest
-from proxy.target import Origin, parse_absolute, parse_authority
+from proxy.http1.errors import BadRequest
+from proxy.http1.target import Origin, parse_absolute, parse_authority
 
 
 @pytest.mark.parametrize("target,origin,path", [

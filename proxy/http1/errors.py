@@ -1,15 +1,14 @@
 """The proxy's errors: each carries the HTTP status to answer with and a one-line reason.
 
 Low-level failures (socket errors, http.client exceptions) are translated into
-these where they happen, with ``raise ... from``, so the handler only ever has
-to turn a ProxyError into a response. ``kind`` is the RFC 9209 Proxy-Status
+these where they happen, with ``raise ... from`` (failures at the next hop by
+``proxy.server.failures``), so the handler only ever has to turn a ProxyError
+into a response (``responses.error``). ``kind`` is the RFC 9209 Proxy-Status
 error type, so a client (or a test) can tell a refused connection from a DNS
 failure without parsing prose.
 """
 
 from __future__ import annotations
-
-import socket
 
 REALM = "fwdproxy"  # of the Proxy-Authenticate challenge
 
@@ -86,15 +85,3 @@ class Abort(Exception):
     Raised when the client has gone away, or when a response broke off after
     its head was sent (the truncation must show as a closed connection).
     """
-
-
-def connect_failure(exc: OSError, where: str) -> ProxyError:
-    """Translate a failure to open a connection to ``where`` into the status to answer with."""
-    if isinstance(exc, socket.gaierror):
-        return UpstreamError(f"cannot resolve {where}: {exc.strerror}", kind="dns_error")
-    if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"timed out connecting to {where}", kind="connection_timeout")
-    if isinstance(exc, ConnectionRefusedError):
-        return UpstreamError(f"connection refused by {where}", kind="connection_refused")
-    return UpstreamError(f"cannot connect to {where}: {exc.strerror or exc}",
-                         kind="destination_unavailable")

@@ -27,10 +27,8 @@ hands it to an ``HTTPConnection`` through its public ``connect()`` hook.
 
 from __future__ import annotations
 
-import email.message
 import http.client
 import io
-import json
 import select
 import socket
 import ssl
@@ -39,10 +37,9 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from .client_rules import (
+from .rules import (
     ClientError,
     ClientTimeout,
     ConnectError,
@@ -55,7 +52,6 @@ from .client_rules import (
     Route,
     TLSError,
 )
-from .headers import Headers
 
 Debug = Callable[[str], None]
 MAX_CONNECT_HEAD = 65536
@@ -339,19 +335,6 @@ def translated(what: str) -> Iterator[None]:
 # -- the response: its head, and its body streamed off the connection --------------
 
 
-class ResponseHeaders(Headers):
-    """Response header fields: in order, duplicates kept, looked up case-insensitively."""
-
-    def __getitem__(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise KeyError(name)
-        return value
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self)
-
-
 class Deadline:
     """A total deadline across hops; clamps each connect or read timeout to the time left."""
 
@@ -437,74 +420,3 @@ class Stream:
             self.pool.give(self.conn)
         else:
             self.conn.close()
-
-
-@dataclass(eq=False)
-class Response:
-    """A response: status, headers in order, body bytes, final URL, and the redirects that led to it."""
-
-    method: str
-    url: str
-    status: int
-    reason: str
-    version: str
-    headers: ResponseHeaders
-    history: list[Response] = field(default_factory=list)
-    body: bytes = b""
-    _stream: Stream | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status < 400
-
-    def iter_bytes(self, chunk_size: int = 65536) -> Iterator[bytes]:
-        """The body in chunks as they arrive (decoded if the client decodes content)."""
-        if self._stream is None:
-            if self.body:
-                yield self.body
-            return
-        for chunk in self._stream.chunks(chunk_size):
-            if chunk:
-                yield chunk
-
-    __iter__ = iter_bytes
-
-    def read(self, limit: int | None = None) -> bytes:
-        """Read the rest of the body into ``body``; past ``limit`` bytes, stop and drop the connection."""
-        if self._stream is None:
-            return self.body
-        parts, size = [self.body], len(self.body)
-        for chunk in self.iter_bytes():
-            parts.append(chunk)
-            size += len(chunk)
-            if limit is not None and size > limit:
-                break
-        self.body = b"".join(parts)
-        self.close()
-        return self.body
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.release(clean=False)  # a no-op once the body was read to its end
-            self._stream = None
-
-    def text(self, encoding: str | None = None) -> str:
-        return self.body.decode(encoding or self.charset or "utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def charset(self) -> str | None:
-        msg = email.message.Message()
-        msg["Content-Type"] = self.headers.get("Content-Type") or ""
-        return msg.get_content_charset()
-
-    def __enter__(self) -> Response:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Response [{self.status} {self.reason}] {self.method} {self.url}>"

@@ -1,6 +1,9 @@
-"""Opening upstream TCP connections under the address rules: private targets and loops.
+"""Dialling the next hop: the one way the proxy opens a connection, under the address rules.
 
-Names are resolved here and each address is checked before it is dialled, so
+``dial`` opens every upstream connection, for forwarded requests (through the
+pool) and for CONNECT tunnels alike, and translates a failure into the status
+to answer with (``failures.py``). The ``Connector`` it is handed applies the
+address rules: names are resolved here and each address is checked before it is dialled, so
 the address judged is the address connected to: a name that resolves to a
 public address at check time and a private one at connect time (DNS
 rebinding) gets nowhere. After connecting, the peer is compared with the
@@ -14,9 +17,22 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-from .errors import Forbidden, LoopDetected
+from ..http1.errors import Forbidden, LoopDetected
+from .failures import Step, upstream_failure
 from .policy import is_private
-from .pool import ConnectFn
+
+# Opens a TCP connection to (host, port) within a timeout; injected so tests can stand in for DNS.
+ConnectFn = Callable[[tuple[str, int], float], socket.socket]
+
+
+def dial(connect: ConnectFn, host: str, port: int, timeout: float, where: str) -> socket.socket:
+    """A connected socket to (host, port), Nagle off; a failure raises the error to answer with."""
+    try:
+        sock = connect((host, port), timeout)
+    except OSError as exc:
+        raise upstream_failure(Step.CONNECT, where, exc) from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 class Connector:

@@ -21,11 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ProxyError
-from .headers import HOP_BY_HOP
+from ..config import ConfigError
+from ..http1.errors import ProxyError
+from ..http1.headers import HOP_BY_HOP
+from ..http1.target import DEFAULT_PORTS, Origin, parse_authority
 from .match import Match
-from .policy import ConfigError
-from .target import DEFAULT_PORTS, Origin, parse_authority
 
 KINDS = ("map-remote", "map-local", "set-header", "remove-header", "block")
 SIDES = ("request", "response")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from .errors import ProxyError
+from ..http1.errors import ProxyError
+from ..http1.target import parse_authority
 from .routing import BypassEntry
-from .target import parse_authority
 
 CONTENT_TYPE = "application/x-ns-proxy-autoconfig"
 
@@ -38,8 +38,8 @@ def pac_file(proxy_authority: str, bypass: tuple[BypassEntry, ...] = ()) -> str:
     return "".join(lines)
 
 
-def proxy_authority(host_header: str | None, port: int, url: str) -> str:
-    """host:port clients should use: the Host they reached the proxy by if it is valid, else its URL's."""
+def proxy_authority(host_header: str | None, bound: str, port: int) -> str:
+    """host:port clients should use: the Host they reached the proxy by if it is valid, else bound:port."""
     if host_header:
         has_port = host_header.rsplit("]", 1)[-1].count(":") == 1
         try:
@@ -48,7 +48,7 @@ def proxy_authority(host_header: str | None, port: int, url: str) -> str:
             pass  # not an authority: nothing from it reaches the script
         else:
             return f"[{name}]:{number}" if ":" in name else f"{name}:{number}"
-    return url.removeprefix("http://")
+    return f"[{bound}]:{port}" if ":" in bound else f"{bound}:{port}"
 
 
 def _condition(entry: BypassEntry) -> str:

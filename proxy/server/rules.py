@@ -19,11 +19,12 @@ import os
 from pathlib import Path
 from urllib.parse import unquote
 
-from .chunked import read_chunked
-from .errors import Forbidden, ProxyError
-from .flows import Flow
-from .forward import Downstream, Request
-from .headers import Headers, keep_alive
+from ..http1.chunked import read_chunked
+from ..http1.errors import Forbidden, ProxyError
+from ..http1.headers import Headers, keep_alive
+from ..record.flows import Flow
+from .downstream import Downstream
+from .forward import Request
 from .rewrite import Plan, Rule, edit_fields, plan, remote_path
 
 FILE_CHUNK = 262144

@@ -1,8 +1,8 @@
 """CONNECT tunnels: open the upstream socket, then relay bytes both ways (RFC 9110 section 9.3.6).
 
-This module owns a tunnel's life after the handler has answered 200:
-connecting (through an injected connect function), then relaying with
-half-close, backpressure, an idle timeout, and a clean close of both ends.
+This module owns a tunnel's life after the handler has dialled the target
+(``connect.dial``) and answered 200: relaying with half-close, backpressure,
+an idle timeout, and a clean close of both ends.
 
 One Relay thread serves every tunnel of a server through a selector, with
 non-blocking sockets: an idle tunnel costs two sockets and a small record,
@@ -25,9 +25,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from .errors import connect_failure
-from .pool import ConnectFn
-
 RELAY_BUFFER = 262144
 _SWEEP_INTERVAL = 1.0
 _SPLICE = hasattr(os, "splice")
@@ -44,17 +41,6 @@ class State(enum.Enum):
 
     def __repr__(self) -> str:
         return self.name
-
-
-def open_upstream(host: str, port: int, connect: ConnectFn, timeout: float) -> socket.socket:
-    """Connect to the tunnel's target, translating failures to 502/504."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        sock = connect((host, port), timeout)
-    except OSError as exc:
-        raise connect_failure(exc, where) from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 class Tunnel:

@@ -17,22 +17,24 @@ import socket
 import socketserver
 import threading
 import time
-from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from . import __version__
-from .config import Config
-from .connect import Connector
+from .. import __version__
+from ..config import Config
+from ..http1 import responses
+from ..http1.headers import Limits
+from ..http1.target import Origin
+from ..record.flows import Flow, FlowLog, Sink, log_sink
+from .connect import ConnectFn, Connector
 from .dialler import Dialler
 from .faults import Faults
-from .flows import Flow, FlowLog, Sink, log_sink
 from .handler import ProxyHandler
-from .headers import Limits
 from .policy import HostRules
-from .pool import ConnectFn, Pool, UpstreamConnection
+from .pool import Pool, UpstreamConnection
 from .rewrite import parse_rules
-from .target import Origin
+from .routing import Router
+from .shared import Client, ServerBase
 from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
 
@@ -41,7 +43,7 @@ _MAX_IDLE_WORKERS = 64
 _WORKER_IDLE_SECONDS = 30.0
 
 
-class ProxyServer(ThreadingHTTPServer):
+class ProxyServer(ServerBase):
     """A forward proxy on one listening socket; ``with ProxyServer(cfg) as s:`` runs it in the background."""
 
     daemon_threads = True
@@ -56,7 +58,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.host_rules = HostRules(config.allow_hosts, config.deny_hosts)
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
-        self.router = config.router()
+        self.router = Router.from_settings(config.upstream_proxy, config.upstream_bypass)
         self.rules = parse_rules(config.rewrite_rules)
         # The one seam for raw connections to targets (tunnels, TLS to origins): direct, or
         # through a CONNECT to the parent. Pooled plain-HTTP connections dial their hop directly.
@@ -77,7 +79,7 @@ class ProxyServer(ThreadingHTTPServer):
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
         self.started = time.monotonic()
         self.stopping = False
-        self._clients: set[ProxyHandler] = set()
+        self._clients: set[Client] = set()
         self._active = 0  # connections accepted and not yet closed, threads included
         self._idle_slots: list[queue.SimpleQueue[tuple[Any, Any] | None]] = []  # idle worker threads
         self._refused: queue.Queue[socket.socket] = queue.Queue(256)
@@ -96,7 +98,7 @@ class ProxyServer(ThreadingHTTPServer):
         # Plain HTTP dials its next hop itself: the origin, or the parent (keyed by its address).
         parent = self.router.parent
         to_parent = parent is not None and (origin.host, origin.port) == (parent.host, parent.port)
-        connect = self.connect.parent_connector if to_parent else self.connect.connector
+        connect = self.connect.parent_dial if to_parent else self.connect.connector
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
                                   read_timeout=self.config.timeout, connect=connect,
                                   watchdog=self.watchdog)
@@ -189,9 +191,8 @@ class ProxyServer(ThreadingHTTPServer):
 
     def _refuse_loop(self) -> None:
         body = b"fwdproxy: too many client connections; retry shortly\n"
-        response = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-                    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        response = responses.head(503, [("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8"),
+                                        ("Connection", "close"), ("Content-Length", str(len(body)))]) + body
         while True:
             sock = self._refused.get()
             try:
@@ -206,13 +207,13 @@ class ProxyServer(ThreadingHTTPServer):
             finally:
                 sock.close()
 
-    def track(self, handler: ProxyHandler) -> None:
+    def track(self, client: Client) -> None:
         with self._lock:
-            self._clients.add(handler)
+            self._clients.add(client)
 
-    def untrack(self, handler: ProxyHandler) -> None:
+    def untrack(self, client: Client) -> None:
         with self._lock:
-            self._clients.discard(handler)
+            self._clients.discard(client)
 
     def busy(self) -> bool:
         """Whether some exchange is in progress (its flow not recorded yet)."""

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from . import __version__
+from .. import __version__
 from .flows import Flow
 
 Json = dict[str, Any]

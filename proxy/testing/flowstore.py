@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
 
-from .faults import Match, PathMatcher
-from .flows import Flow
+from ..record.flows import Flow
+from ..server.faults import Match, PathMatcher
 
 
 @dataclass(frozen=True)

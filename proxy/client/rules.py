@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 if TYPE_CHECKING:
-    from .client_transport import Response
+    from .response import Response
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 9110 section 9.2.2: methods a client may repeat without changing the outcome.

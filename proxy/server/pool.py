@@ -6,8 +6,9 @@ makes forwarding cheap. It knows nothing of clients or of the request being
 sent; the forward step borrows a connection and gives it back only if the
 exchange left it clean.
 
-The connect function is injected (``socket.create_connection`` by default) so
-tests can stand in for DNS, which a loopback server cannot.
+Connections are opened by ``connect.dial`` with an injected connect function
+(``socket.create_connection`` by default), so tests can stand in for DNS,
+which a loopback server cannot.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .chunked import MAX_SIZE_LINE, parse_chunk_size
-from .errors import ProxyError
-from .headers import Headers, Limits, content_length, is_chunked, keep_alive, read_fields
-from .target import Origin
+from ..http1.chunked import MAX_SIZE_LINE, parse_chunk_size
+from ..http1.errors import ProxyError
+from ..http1.headers import Headers, Limits, content_length, is_chunked, keep_alive, read_fields
+from ..http1.target import Origin
+from .connect import ConnectFn, dial
 from .watchdog import Deadline, Watchdog
 
 # Origins may send more and larger fields than we accept from clients (cookies).
 RESPONSE_LIMITS = Limits(request_line=65536, header_bytes=131072, header_count=200)
-
-ConnectFn = Callable[[tuple[str, int], float], socket.socket]
 
 
 class MalformedResponse(http.client.HTTPException):
@@ -132,8 +132,8 @@ class UpstreamConnection(http.client.HTTPConnection):
         self.deadline: Deadline | None = None
 
     def connect(self) -> None:
-        self.sock = self._connect_fn((self.host, self.port), self.connect_timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Dial the origin; a failure raises the ProxyError to answer with (see failures.py)."""
+        self.sock = dial(self._connect_fn, self.host, self.port, self.connect_timeout, self.origin.authority)
         if self._watchdog is None:
             self.sock.settimeout(self.read_timeout)
         else:

@@ -11,21 +11,21 @@ policy or write error pages: the handler does that with what this raises.
 from __future__ import annotations
 
 import http.client
-import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BufferedReader
 
-from .chunked import LAST_CHUNK, encode_chunk, read_chunked
-from .errors import Abort, BadRequest, UpstreamError, UpstreamTimeout, connect_failure
-from .flows import Flow
-from .headers import Headers, content_length, end_to_end, keep_alive
+from ..http1 import responses
+from ..http1.chunked import LAST_CHUNK, encode_chunk, read_chunked
+from ..http1.errors import Abort, BadRequest, UpstreamError, UpstreamTimeout
+from ..http1.headers import Headers, content_length, end_to_end, keep_alive
+from ..http1.target import Origin
+from ..record.flows import Flow
+from .downstream import Downstream
+from .failures import Closed, Step, upstream_failure
 from .pool import Pool, UpstreamConnection, UpstreamResponse
 from .rewrite import HeaderEdit, edit_fields
 from .routing import Parent
-from .target import Origin
-from .watchdog import Deadline
 
 # Bodies up to this size are read whole and sent with their head in one write;
 # larger ones stream in pieces of up to STREAM_BUFFER bytes.
@@ -73,47 +73,6 @@ class Request:
         return self.origin.authority if self.parent is None else str(self.parent)
 
 
-class Downstream:
-    """The client side of an exchange: its buffered reader, its raw socket, its deadline.
-
-    Every send and read first moves the deadline ``timeout`` seconds ahead:
-    a client may be slow, but not silent for longer than that.
-    """
-
-    def __init__(self, rfile: BufferedReader, sock: socket.socket, deadline: Deadline | None = None,
-                 timeout: float = 60.0) -> None:
-        self.rfile = rfile
-        self.sock = sock
-        self.deadline = deadline
-        self.timeout = timeout
-
-    def progress(self) -> None:
-        if self.deadline is not None:
-            self.deadline.at = time.monotonic() + self.timeout
-
-    def rest(self) -> None:
-        """Nothing is expected from the client for now (the origin is being waited for)."""
-        if self.deadline is not None:
-            self.deadline.clear()
-
-    def send(self, data: bytes) -> None:
-        self.progress()
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:  # includes a deadline cut: a client that stops reading is gone
-            raise Abort(f"client stopped receiving: {exc}") from exc
-
-    def read_exact(self, n: int) -> bytes:
-        self.progress()
-        try:
-            data = self.rfile.read(n)
-        except OSError as exc:
-            raise BadRequest(f"request body not received: {exc}") from exc
-        if len(data) != n:
-            raise BadRequest(f"request body ended after {len(data)} of {n} bytes")
-        return data
-
-
 def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
     """Carry one request to its origin and the response back; True if the client may send another."""
     try:
@@ -142,11 +101,10 @@ def _forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
         try:
             resp, clean_upload = _send(conn, req, client, body, flow, expects_continue)
             break
-        except _Stale as stale:
+        except Closed as stale:
             conn.close()
             if not (reused and retry):
-                raise UpstreamError(f"{req.where} closed the connection without a response",
-                                    kind="connection_terminated") from stale.__cause__
+                raise upstream_failure(Step.RESPONSE, req.where, stale) from stale.__cause__
             conn, reused = _acquire(pool, req, fresh=True)
             retry = False
         except BaseException:
@@ -194,19 +152,11 @@ class _Lease:
             self.conn.close()
 
 
-class _Stale(Exception):
-    """A connection failed before the origin sent a byte: safe to retry if idempotent."""
-
-
 def _acquire(pool: Pool, req: Request, *, fresh: bool) -> tuple[UpstreamConnection, bool]:
     conn, reused = pool.acquire(req.hop, fresh=fresh)
-    if reused:
-        return conn, True
-    try:
-        conn.connect()
-    except OSError as exc:
-        raise connect_failure(exc, req.where) from exc
-    return conn, False
+    if not reused:
+        conn.connect()  # raises the error to answer with
+    return conn, reused
 
 
 def _parent_refused(parent: Parent) -> UpstreamError:
@@ -235,12 +185,9 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
             conn.putheader("Content-Length", str(req.body_length))
         conn.endheaders(body or None)
     except (BrokenPipeError, ConnectionResetError) as exc:
-        raise _Stale() from exc
-    except (http.client.HTTPException, ValueError) as exc:
-        raise BadRequest(f"request cannot be forwarded: {exc}") from exc
-    except OSError as exc:
-        raise UpstreamError(f"cannot send to {req.where}: {exc}",
-                            kind="connection_terminated") from exc
+        raise Closed() from exc  # a reused connection the origin had closed: retried if safe
+    except (http.client.HTTPException, ValueError, OSError) as exc:
+        raise upstream_failure(Step.SEND, req.where, exc) from exc
     clean_upload = True
     if body is None:
         if expects_continue:
@@ -276,8 +223,7 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
         client.rest()
     except OSError as exc:
         if conn.timed_out():
-            raise UpstreamTimeout(f"{req.where} stopped reading the request body",
-                                  kind="connection_write_timeout") from exc
+            raise upstream_failure(Step.UPLOAD, req.where, exc, timed_out=True) from exc
         return False
     return True
 
@@ -305,24 +251,16 @@ def _read_length(rfile: BufferedReader, length: int) -> Iterator[bytes]:
 
 
 def _read_head(conn: UpstreamConnection, req: Request, *, retry_safe: bool) -> UpstreamResponse:
-    where = req.where
     conn.progress()
     try:
         resp = conn.getresponse()
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        if conn.timed_out() or isinstance(exc, TimeoutError):
-            raise UpstreamTimeout(f"no response from {where} within {conn.read_timeout:g}s",
-                                  kind="http_response_timeout") from exc
-        if isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError)):
-            if retry_safe:
-                raise _Stale() from exc
-            raise UpstreamError(f"{where} closed the connection without a response",
-                                kind="connection_terminated") from exc
-        if isinstance(exc, OSError):
-            raise UpstreamError(f"reading from {where} failed: {exc}",
-                                kind="connection_terminated") from exc
-        raise UpstreamError(f"malformed response from {where}: {type(exc).__name__}",
-                            kind="http_protocol_error") from exc
+        timed_out = conn.timed_out() or isinstance(exc, TimeoutError)
+        if retry_safe and not timed_out and isinstance(exc, (http.client.RemoteDisconnected,
+                                                              ConnectionResetError)):
+            raise Closed() from exc
+        raise upstream_failure(Step.RESPONSE, req.where, exc, timed_out=timed_out,
+                               read_timeout=conn.read_timeout) from exc
     assert isinstance(resp, UpstreamResponse)
     return resp
 
@@ -335,7 +273,7 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
     client_keep = keep_alive(req.version, req.headers)
     for status, reason, fields in resp.informational:
         if req.version == "HTTP/1.1":
-            client.send(_head(status, reason, fields.items(), ()))
+            client.send(responses.head(status, fields.items(), reason))
     framing: list[tuple[str, str]] = []
     chunked_down = False
     if length is not None:
@@ -352,7 +290,7 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
         framing.append(("Connection", "keep-alive"))
     framing.append(("Via", _via(resp, req)))
     flow.response_headers = [*headers, *framing]
-    head = _head(resp.status, resp.reason, headers, framing)
+    head = responses.head(resp.status, [*headers, *framing], resp.reason)
     if not _has_body(resp, req):
         lease.settle()
         client.send(head)
@@ -400,30 +338,15 @@ def _via(resp: UpstreamResponse, req: Request) -> str:
     return f"{'1.0' if resp.version == 10 else '1.1'} {name}"
 
 
-def _head(status: int, reason: str, fields: list[tuple[str, str]], extra: object) -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in fields]
-    lines += [f"{name}: {value}\r\n" for name, value in extra]  # type: ignore[attr-defined]
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
-
-
 def _read_upstream(resp: UpstreamResponse, n: int, req: Request, conn: UpstreamConnection) -> bytes:
     conn.progress()
     try:
         data = resp.read(n)
     except (http.client.HTTPException, OSError) as exc:
-        if conn.timed_out() or isinstance(exc, TimeoutError):
-            raise UpstreamTimeout(f"{req.where} stalled mid-body",
-                                  kind="connection_read_timeout") from exc
-        raise UpstreamError(f"{req.where} broke off the response body",
-                            kind="http_response_incomplete") from exc
+        raise upstream_failure(Step.BODY, req.where, exc, timed_out=conn.timed_out()) from exc
     if len(data) != n:
-        if conn.timed_out():
-            raise UpstreamTimeout(f"{req.where} stalled mid-body",
-                                  kind="connection_read_timeout")
-        raise UpstreamError(f"{req.where} sent {len(data)} of {n} body bytes",
-                            kind="http_response_incomplete")
+        raise upstream_failure(Step.BODY, req.where, timed_out=conn.timed_out(),
+                               short=(len(data), n))
     return data
 
 

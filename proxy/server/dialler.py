@@ -19,9 +19,10 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 
-from .errors import Forbidden, LoopDetected, ProxyError, UpstreamError, UpstreamTimeout, connect_failure
+from ..http1.errors import Forbidden, LoopDetected, ProxyError, UpstreamError, UpstreamTimeout
+from .connect import ConnectFn
+from .failures import Step, upstream_failure
 from .policy import is_private
-from .pool import ConnectFn
 from .routing import Parent, Router
 
 # The parent's answer to CONNECT is a head only; a larger one is not a proxy talking.
@@ -64,7 +65,14 @@ class Dialler:
         try:
             return self.parent_connector((parent.host, parent.port), timeout)
         except OSError as exc:
-            raise _at_parent(connect_failure(exc, str(parent)), parent) from exc
+            raise _at_parent(upstream_failure(Step.CONNECT, str(parent), exc), parent) from exc
+
+    def parent_dial(self, address: tuple[str, int], timeout: float) -> socket.socket:
+        """The ConnectFn of pooled connections to the parent: failures name it, with next-hop."""
+        assert self.router.parent is not None
+        sock = self.connect_parent(self.router.parent, timeout)
+        sock.settimeout(timeout)
+        return sock
 
     def tunnel(self, parent: Parent, address: tuple[str, int], timeout: float,
                via: Sequence[str] = ()) -> socket.socket:

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Abort
-from .forward import Downstream
+from ..http1.errors import Abort
+from .downstream import Downstream
 from .match import Match, PathMatcher
 
 __all__ = ["ACTIONS", "Fault", "Faults", "Match", "PathMatcher", "ShapedDownstream"]

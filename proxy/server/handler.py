@@ -1,18 +1,20 @@
 """ProxyHandler: one client connection, request after request; orchestration only.
 
-Each step lives elsewhere (head parsing and validation in ``headers``, targets
-in ``target``, access rules in ``policy``, forwarding in ``forward``, tunnels
-in ``tunnel``); this class reads a head under a deadline, checks it against
-the policy, routes it, turns a ProxyError into a one-line error response, and
-records a Flow per exchange. It overrides ``handle_one_request`` because the
+Each step lives elsewhere (head parsing and validation in ``http1.headers``,
+targets in ``http1.target``, access rules in ``policy``, dialling in
+``connect``, forwarding in ``forward``, tunnels in ``tunnel``, every response
+head in ``http1.responses``); this class reads a head under a deadline, checks
+it against the policy, routes it, turns a ProxyError into a one-line error
+response, and records a Flow per exchange. Where a connection is (idle, in a
+head, in an exchange, handed to the relay) is one ``Phase``. It overrides ``handle_one_request`` because the
 stdlib's answers unknown methods with 501 and parses heads leniently, both
 wrong for a proxy.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
-import http
 import io
 import json
 import logging
@@ -20,15 +22,11 @@ import re
 import socket
 import time
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING
 
-from . import pac, rules
-from .chunked import read_chunked
-from .errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
-from .faults import ShapedDownstream
-from .flows import Flow
-from .forward import Downstream, Request, forward
-from .headers import (
+from ..http1 import responses
+from ..http1.chunked import read_chunked
+from ..http1.errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
+from ..http1.headers import (
     Headers,
     RequestLine,
     content_length,
@@ -37,17 +35,20 @@ from .headers import (
     read_fields,
     request_body_length,
 )
+from ..http1.target import parse_absolute, parse_authority
+from ..record.flows import Flow
+from . import pac, rules
+from .connect import dial
+from .downstream import Downstream
+from .faults import ShapedDownstream
+from .forward import Request, forward
 from .policy import check_connect_port, check_credentials, client_allowed
 from .rewrite import tunnel_block
-from .target import parse_absolute, parse_authority
-from .tunnel import open_upstream
-
-if TYPE_CHECKING:
-    from .server import ProxyServer
+from .shared import ServerBase
 
 log = logging.getLogger("fwdproxy")
 
-_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+_ESTABLISHED = responses.head(200, [], "Connection Established")
 _HINT = ("this is a forward proxy: send absolute-form requests (GET http://host/path) "
          "or CONNECT host:port; GET /healthz reports status")
 # RFC 9112 section 2.2: empty lines before a request line are ignored (a few).
@@ -55,10 +56,22 @@ _MAX_EMPTY_LINES = 4
 _USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
 
 
+class Phase(enum.Enum):
+    """Where a client connection is. Only its handler's thread moves it; others may read it."""
+
+    IDLE = "idle"  # between requests: waiting up to client_idle_timeout for a first byte
+    HEAD = "head"  # a request head is arriving: all of it within header_timeout
+    EXCHANGE = "exchange"  # the head is in: the request is being carried out
+    RELAYED = "relayed"  # a tunnel: the relay owns the socket and records the flow
+
+    def __repr__(self) -> str:
+        return self.name
+
+
 class ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: ProxyServer
+    server: ServerBase
 
     def setup(self) -> None:
         super().setup()
@@ -72,10 +85,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.deadline = self.server.watchdog.watch(self.connection)
         self.downstream = Downstream(self.rfile, self.connection, self.deadline,
                                      self.server.config.timeout)
-        self.busy = False
-        self.in_head = False
-        self.flow_deferred = False
+        self.phase = Phase.IDLE
         self._start = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Mid-exchange: from a request's first byte until its flow is recorded (see ProxyServer.drain)."""
+        return self.phase is Phase.HEAD or self.phase is Phase.EXCHANGE
 
     def handle(self) -> None:
         self.server.track(self)
@@ -92,26 +108,16 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.close_connection = True
         if not self._await_request():
             return
-        self.busy = True
         self._start = start = time.monotonic()
-        config = self.server.config
         # From its first byte, the whole head must arrive within header_timeout;
         # only the read side is cut, so a 408 can still be written.
-        self.deadline.set(config.header_timeout, socket.SHUT_RD)
-        self.in_head = True
+        self.deadline.set(self.server.config.header_timeout, socket.SHUT_RD)
+        self.phase = Phase.HEAD
         flow = Flow(kind="http", client=self.client_label, method="-", url="-")
         try:
             self.close_connection = not self._exchange(flow)
         except ProxyError as exc:
-            if self.deadline.fired and not self.in_head:  # the socket is cut: nobody to tell
-                flow.error = f"client made no progress for {config.timeout:g}s"
-            else:
-                error = exc
-                if self.deadline.fired:  # the watchdog cut the head short: say so, not "malformed"
-                    error = BadRequest(f"request head not received within {config.header_timeout:g}s",
-                                       status=408)
-                flow.status, flow.error = error.status, error.reason
-                self._send_error(error, head_only=flow.method == "HEAD")
+            self._refuse(exc, flow)
         except Abort as exc:
             flow.error = str(exc)
         except OSError as exc:  # the client's socket failed while we read from it
@@ -121,12 +127,23 @@ class ProxyHandler(BaseHTTPRequestHandler):
             flow.status, flow.error = 500, "internal error"
             self._send_error(ProxyError("internal error; see the proxy's log"))
         finally:
-            if not self.flow_deferred:
+            if self.phase is not Phase.RELAYED:
                 flow.finish(start)
                 self.server.flows.emit(flow)
-            self.busy = False  # after the flow is recorded: see ProxyServer.busy()
+                self.phase = Phase.IDLE  # after the flow is recorded: see ProxyServer.busy()
             if self.server.stopping:
                 self.close_connection = True
+
+    def _refuse(self, exc: ProxyError, flow: Flow) -> None:
+        """Answer a failed request with its error, unless the watchdog already cut the client off."""
+        config = self.server.config
+        if self.deadline.fired and self.phase is not Phase.HEAD:  # the socket is cut: nobody to tell
+            flow.error = f"client made no progress for {config.timeout:g}s"
+            return
+        if self.deadline.fired:  # the watchdog cut the head short: say so, not "malformed"
+            exc = BadRequest(f"request head not received within {config.header_timeout:g}s", status=408)
+        flow.status, flow.error = exc.status, exc.reason
+        self._send_error(exc, head_only=flow.method == "HEAD")
 
     def _await_request(self) -> bool:
         """Wait (up to the idle timeout) for the next request's first byte; False if none comes."""
@@ -146,7 +163,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.command, self.path, self.request_version = line.method, line.target, line.version
         self.requestline = raw[:-2].decode("ascii")
         headers = read_fields(self.rfile.readline, limits)
-        self.in_head = False
+        self.phase = Phase.EXCHANGE
         # From here Downstream sets the deadline before each blocking call on the
         # client; while the origin is being waited for, the client owes nothing.
         self.deadline.clear()
@@ -178,6 +195,24 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 raise LoopDetected("request already passed through this proxy (Via)")
 
     def _forward(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
+        """Plain HTTP: the request to send, shaped by fault rules if any, carried there and back."""
+        req = self._request(line, headers, flow)
+        downstream = self.downstream
+        if self.server.faults:
+            shaped = self._apply_faults(line.method, req.origin.host, req.path, headers, flow, req)
+            if shaped is None:
+                return False  # answered by a fault rule
+            downstream = shaped
+        if self.server.rules:
+            answered = rules.carry_out(self.server.rules, req, downstream, flow)
+            if answered is not None:
+                return answered
+        req.parent = self.server.connect.parent_for(req.origin.host, req.origin.port)
+        flow.parent = req.parent.authority if req.parent else ""
+        return forward(req, downstream, self.server.pool, flow)
+
+    def _request(self, line: RequestLine, headers: Headers, flow: Flow) -> Request:
+        """The request to forward: an allowed target, a body within limits, our Via entry."""
         config = self.server.config
         origin, path = parse_absolute(line.target, line.method)
         self.server.host_rules.check(origin.host)
@@ -190,19 +225,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
                       via=f"{line.version[5:]} {self.server.via_name}", max_body=config.max_body,
                       capture=config.capture_bodies)
         flow.url = req.url
-        downstream = self.downstream
-        if self.server.faults:
-            shaped = self._apply_faults(line.method, origin.host, path, headers, flow, req)
-            if shaped is None:
-                return False  # answered by a fault rule
-            downstream = shaped
-        if self.server.rules:
-            answered = rules.carry_out(self.server.rules, req, downstream, flow)
-            if answered is not None:
-                return answered
-        req.parent = self.server.connect.parent_for(req.origin.host, req.origin.port)
-        flow.parent = req.parent.authority if req.parent else ""
-        return forward(req, downstream, self.server.pool, flow)
+        return req
 
     def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> None:
         flow.kind = "tunnel"
@@ -219,12 +242,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if blocked is not None:
             flow.rules.append(str(blocked))
             raise rules.block(blocked)
-        config = self.server.config
         parent = self.server.connect.parent_for(host, port)
         flow.parent = parent.authority if parent else ""
         # The client's Via goes on in our CONNECT to a parent, so a loop through parents is seen.
-        dial = functools.partial(self.server.connect, via=headers.get_all("via"))
-        upstream = open_upstream(host, port, dial, config.connect_timeout)
+        connect = functools.partial(self.server.connect, via=headers.get_all("via"))
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        upstream = dial(connect, host, port, self.server.config.connect_timeout, where)
         try:
             self.downstream.send(_ESTABLISHED)
         except BaseException:
@@ -234,7 +257,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.deadline.clear()
         # From here the relay owns both sockets and records the flow when the tunnel ends.
         self.server.relay_tunnel(self.connection, upstream, self._buffered_bytes(), flow, self._start)
-        self.flow_deferred = True
+        self.phase = Phase.RELAYED
 
     def _apply_faults(self, method: str, host: str, path: str, headers: Headers, flow: Flow,
                       req: Request | None) -> Downstream | None:
@@ -280,13 +303,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _send_response(self, status: int, body: bytes, headers: list[tuple[str, str]], flow: Flow,
                        head_only: bool) -> None:
-        try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            phrase = ""
-        lines = [f"HTTP/1.1 {status} {phrase}\r\n", *(f"{n}: {v}\r\n" for n, v in headers),
-                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"]
-        self.downstream.send("".join(lines).encode("latin-1") + (b"" if head_only else body))
+        head = responses.head(status, [*headers, ("Content-Length", str(len(body))), ("Connection", "close")])
+        self.downstream.send(head + (b"" if head_only else body))
         flow.status, flow.bytes_down = status, len(body)
         flow.response_headers = [*headers, ("Content-Length", str(len(body)))]
         flow.keep("response_body", body, self.server.config.capture_bodies)
@@ -310,7 +328,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise BadRequest("/healthz takes no body")
         body = (json.dumps(self.server.status()) + "\n").encode()
         keep = keep_alive(line.version, headers)
-        self._send_simple(200, body, "application/json", head_only=line.method == "HEAD", close=not keep)
+        self._send(responses.own(200, body, "application/json", head_only=line.method == "HEAD",
+                                 close=not keep))
         flow.status, flow.bytes_down = 200, len(body)
         return keep
 
@@ -320,41 +339,29 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
         if request_body_length(headers):
             raise BadRequest("/proxy.pac takes no body")
-        authority = pac.proxy_authority(headers.get("host"), self.server.port, self.server.url)
+        authority = pac.proxy_authority(headers.get("host"), self.server.config.host,
+                                        int(self.server.server_address[1]))
         body = pac.pac_file(authority, self.server.router.bypass).encode()
         keep = keep_alive(line.version, headers)
-        self._send_simple(200, body, pac.CONTENT_TYPE, head_only=line.method == "HEAD", close=not keep)
+        self._send(responses.own(200, body, pac.CONTENT_TYPE, head_only=line.method == "HEAD",
+                                 close=not keep))
         flow.status, flow.bytes_down = 200, len(body)
         return keep
 
     def _send_error(self, exc: ProxyError, head_only: bool = False) -> None:
-        reason = " ".join(exc.reason.split())  # one line, whatever the reason held
-        body = f"fwdproxy: {reason}\n".encode("utf-8", "replace")
-        details = reason.replace("\\", "\\\\").replace('"', '\\"')
-        extra = "".join(f"{name}: {value}\r\n" for name, value in exc.headers)
-        hop = f'; next-hop="{exc.next_hop}"' if exc.next_hop else ""
-        extra += f'Proxy-Status: {self.server.via_name}; error={exc.kind}{hop}; details="{details}"\r\n'
-        self._send_simple(exc.status, body, "text/plain; charset=utf-8", head_only=head_only,
-                          close=True, extra=extra)
+        self._send(responses.error(exc, self.server.via_name, head_only=head_only))
         self.close_connection = True
 
-    def _send_simple(self, status: int, body: bytes, content_type: str, *, head_only: bool,
-                     close: bool, extra: str = "") -> None:
+    def _send(self, response: bytes) -> None:
+        """Send a response of ours; a client that is gone is not told anything."""
         try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            phrase = ""
-        connection = "Connection: close\r\n" if close else ""
-        head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{extra}{connection}\r\n")
-        try:
-            self.connection.sendall(head.encode("latin-1", "replace") + (b"" if head_only else body))
+            self.connection.sendall(response)
         except OSError:
-            pass  # the client is gone; nothing left to tell it
+            pass
 
     def close_now(self) -> None:
         """Cut this connection from outside (server shutdown)."""
-        if self.flow_deferred:
+        if self.phase is Phase.RELAYED:
             return  # the relay owns this socket now
         try:
             self.connection.shutdown(socket.SHUT_RDWR)

@@ -1,7 +1,7 @@
 """ProxyClient: HTTP/1.1 requests through a forward proxy, with redirects, cookies and retries done right.
 
 This module owns a request's life across hops: each hop's route (from
-``client_rules``), a kept-alive connection for it (from ``client_transport``),
+``rules``), a kept-alive connection for it (from ``transport``),
 the request's framing, the redirect rules of RFC 9110 section 15.4, an
 optional cookie jar, opt-in retries, and the connect, read and total
 timeouts. It is built on ``http.client`` and never imports server code.
@@ -10,7 +10,7 @@ timeouts. It is built on ``http.client`` and never imports server code.
         resp = client.get("https://example.com/")
 
 Why the CONNECT exchange does not go through ``set_tunnel()``: see the
-docstring of ``client_transport``.
+docstring of ``transport``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, cast
 
-from . import __version__
-from .client_rules import (
+from .. import __version__
+from .response import Response, ResponseHeaders
+from .rules import (
     IDEMPOTENT,
     REDIRECT_STATUSES,
     URL,
@@ -59,15 +60,13 @@ from .client_rules import (
     redirect_method,
     resolve_location,
 )
-from .client_transport import (
+from .transport import (
     Connection,
     Deadline,
     Debug,
     Decoder,
     Dialer,
     Pool,
-    Response,
-    ResponseHeaders,
     Stream,
     show_fields,
     translated,

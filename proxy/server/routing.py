@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from .policy import ConfigError, Network
+from ..config import ConfigError, Network
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
-from .config import Config
-from .faults import Fault, Match, PathMatcher
+from ..config import Config
+from ..record.har import har_log
+from ..server.faults import Fault, Match, PathMatcher
+from ..server.listener import ProxyServer
 from .flowstore import FlowStore
-from .har import har_log
 from .origins import Fields, Origin, OriginCA, OriginReply, OriginRequest, fields_list
-from .server import ProxyServer
 
 __all__ = ["FwdProxy", "HostMap", "Origin", "OriginCA", "OriginReply", "OriginRequest"]
 

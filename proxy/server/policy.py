@@ -2,7 +2,7 @@
 
 This module owns access control: client networks, Basic proxy credentials
 (compared in constant time), host allow/deny rules, CONNECT port rules, the
-private-address rule and the open-proxy guard. It never opens a socket:
+private-address rule. It never opens a socket:
 ``connect.py`` applies the address rules to the address actually connected to.
 Every refusal is a ProxyError with its status and a one-line reason.
 """
@@ -18,60 +18,18 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .errors import AuthRequired, Forbidden
+from ..config import Address, Network, parse_address
+from ..http1.errors import AuthRequired, Forbidden
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-LOOPBACK_NETWORKS: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
-                                          ipaddress.ip_network("::1/128"))
 # Cloud metadata services live on link-local addresses already; these are the
 # ones outside that range.
 _METADATA = (ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200"))
 
 
-class ConfigError(ValueError):
-    """A configuration that must not start (the message says how to proceed)."""
-
-
-def parse_networks(text: str | Iterable[str]) -> tuple[Network, ...]:
-    """``"10.0.0.0/8, ::1"`` -> networks; bare addresses become /32 or /128."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
-    except ValueError as exc:
-        raise ConfigError(f"invalid network: {exc}") from None
-
-
-def parse_ports(text: str) -> frozenset[int]:
-    """``"443,8443,9000-9100"`` -> the set of ports."""
-    ports: set[int] = set()
-    for item in text.split(","):
-        low, dash, high = item.strip().partition("-")
-        try:
-            first, last = int(low), int(high) if dash else int(low)
-        except ValueError:
-            raise ConfigError(f"invalid port or range {item.strip()!r}") from None
-        if not 0 < first <= last < 65536:
-            raise ConfigError(f"invalid port or range {item.strip()!r}")
-        ports.update(range(first, last + 1))
-    return frozenset(ports)
-
-
-def _as_address(text: str) -> Address | None:
-    try:
-        address = ipaddress.ip_address(text.split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
-
-
 @functools.lru_cache(maxsize=4096)
 def client_allowed(client_ip: str, networks: tuple[Network, ...]) -> bool:
     """Whether a client address is in one of the networks (cached: parsing costs per connection)."""
-    address = _as_address(client_ip)
+    address = parse_address(client_ip)
     return address is not None and any(address in net for net in networks)
 
 
@@ -115,9 +73,9 @@ class HostRules:
 
 
 def _matches(host: str, patterns: Iterable[str]) -> bool:
-    address = _as_address(host)
+    address = parse_address(host)
     for pattern in patterns:
-        if "/" in pattern or _as_address(pattern) is not None:
+        if "/" in pattern or parse_address(pattern) is not None:
             if address is not None and address in ipaddress.ip_network(pattern, strict=False):
                 return True
         elif address is None and fnmatch.fnmatchcase(host.lower().rstrip("."), pattern.lower()):
@@ -137,22 +95,3 @@ def is_private(address: Address) -> bool:
     return (address.is_private or address.is_loopback or address.is_link_local
             or address.is_unspecified or address.is_reserved or address.is_multicast
             or address in _METADATA)
-
-
-def check_exposure(host: str, allow_from: Sequence[Network], auth: bool) -> str | None:
-    """Refuse to become an accidental open proxy; returns a warning to print, if any."""
-    bound = _as_address(host)
-    loopback_only = host == "localhost" or (bound is not None and bound.is_loopback)
-    admits_others = any(not (net.network_address.is_loopback and net.broadcast_address.is_loopback)
-                        for net in allow_from)
-    if loopback_only or auth:
-        return None
-    if not admits_others:
-        raise ConfigError(
-            f"refusing to listen on {host} as an open proxy: only loopback clients would be "
-            "allowed anyway. Say who may use it with --allow-from CIDR (e.g. --allow-from "
-            "10.0.0.0/8) and/or require credentials with --auth user:password")
-    if any(net.prefixlen == 0 for net in allow_from):
-        return (f"warning: listening on {host} with --allow-from admitting every address and no "
-                "--auth: this is an open proxy to anyone who can reach it")
-    return None

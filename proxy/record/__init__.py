@@ -1,0 +1,6 @@
+"""Records of traffic: the Flow of one exchange or tunnel, its sinks, and what turns flows into files (HAR).
+
+Owns plain records and their formats; knows nothing of sockets or pytest.
+May import ``proxy.http1`` only; the server, the client and the testing kit
+import it.
+"""

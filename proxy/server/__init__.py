@@ -1,0 +1,13 @@
+"""The proxy: listener, handler, forwarding, tunnels, upstream pool, dialling, deadlines, policy, faults.
+
+``listener.ProxyServer`` accepts connections and hands each to a
+``handler.ProxyHandler`` thread, which validates the request with
+``proxy.http1``, applies ``policy``, and routes it to ``forward`` (plain HTTP,
+pooled upstream connections from ``pool``) or ``tunnel`` (CONNECT), dialling
+origins through ``connect``. ``watchdog`` enforces every deadline; ``faults``
+applies the rules a test installs; ``health`` is ``fwdproxy health``.
+
+May import ``proxy.http1``, ``proxy.record`` and ``proxy.config``; never
+``proxy.client``, ``proxy.testing`` or ``proxy.cli``. This file imports nothing,
+so loading one module of the server loads only what that module needs.
+"""

@@ -1,0 +1,57 @@
+"""Downstream: the client side of one exchange, as the forward step and fault rules use it.
+
+It owns the client's buffered reader and raw socket for the length of an
+exchange, and the client's deadline: every send and read first moves it ahead,
+so a slow client is served and a silent one is cut. A client that stops
+receiving ends the exchange (``Abort``); one whose body never arrives is a 400.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from io import BufferedReader
+
+from ..http1.errors import Abort, BadRequest
+from .watchdog import Deadline
+
+
+class Downstream:
+    """The client side of an exchange: its buffered reader, its raw socket, its deadline.
+
+    Every send and read first moves the deadline ``timeout`` seconds ahead:
+    a client may be slow, but not silent for longer than that.
+    """
+
+    def __init__(self, rfile: BufferedReader, sock: socket.socket, deadline: Deadline | None = None,
+                 timeout: float = 60.0) -> None:
+        self.rfile = rfile
+        self.sock = sock
+        self.deadline = deadline
+        self.timeout = timeout
+
+    def progress(self) -> None:
+        if self.deadline is not None:
+            self.deadline.at = time.monotonic() + self.timeout
+
+    def rest(self) -> None:
+        """Nothing is expected from the client for now (the origin is being waited for)."""
+        if self.deadline is not None:
+            self.deadline.clear()
+
+    def send(self, data: bytes) -> None:
+        self.progress()
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:  # includes a deadline cut: a client that stops reading is gone
+            raise Abort(f"client stopped receiving: {exc}") from exc
+
+    def read_exact(self, n: int) -> bytes:
+        self.progress()
+        try:
+            data = self.rfile.read(n)
+        except OSError as exc:
+            raise BadRequest(f"request body not received: {exc}") from exc
+        if len(data) != n:
+            raise BadRequest(f"request body ended after {len(data)} of {n} bytes")
+        return data

@@ -1,0 +1,63 @@
+"""ServerBase: what one connection's handler may use of the server that accepted it.
+
+The listener builds these (config, pool, watchdog, flow log, ...) and subclasses
+this class; the handler reads them and calls the four methods below. Declaring
+them here, below both, lets the handler name its server's type without
+importing the listener, which imports the handler.
+"""
+
+from __future__ import annotations
+
+import socket
+from http.server import ThreadingHTTPServer
+from typing import Any, Protocol
+
+from ..config import Config
+from ..http1.headers import Limits
+from ..record.flows import Flow, FlowLog
+from .dialler import Dialler
+from .faults import Faults
+from .policy import HostRules
+from .pool import Pool
+from .rewrite import Rule
+from .routing import Router
+from .watchdog import Watchdog
+
+
+class Client(Protocol):
+    """A live client connection as the server sees it: busy mid-exchange, and cut on shutdown."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def close_now(self) -> None: ...
+
+
+class ServerBase(ThreadingHTTPServer):
+    """The state every connection of one server shares, and the calls a handler makes on it."""
+
+    config: Config
+    limits: Limits
+    host_rules: HostRules
+    via_name: str
+    watchdog: Watchdog
+    faults: Faults
+    connect: Dialler  # the routed dialler: direct, or a CONNECT through the parent
+    router: Router
+    rules: tuple[Rule, ...]
+    pool: Pool
+    flows: FlowLog
+    stopping: bool
+
+    def track(self, client: Client) -> None:
+        raise NotImplementedError
+
+    def untrack(self, client: Client) -> None:
+        raise NotImplementedError
+
+    def relay_tunnel(self, client: socket.socket, upstream: socket.socket, early: bytes,
+                     flow: Flow, start: float) -> None:
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
