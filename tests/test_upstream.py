@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -274,3 +275,43 @@ def test_silent_parent_is_a_504(chain, raw_origin):
     for status, fields, body in (get(front, "http://origin.test/"), connect(front, "origin.test:443")):
         assert status == 504 and parent.authority.encode() in body
         assert "next-hop" in fields["proxy-status"]
+
+
+def test_the_parents_answer_is_read_exactly_however_it_arrives():
+    from proxy.server.dialler import _read_reply
+    from proxy.server.routing import Parent
+
+    ours, theirs = socket.socketpair()
+    reply = b"HTTP/1.0 200 Connection established\r\nX: y\r\n\r\nBANNER"
+
+    def trickle() -> None:  # one byte a send: the reader sees the head cut at every point
+        for i in range(len(reply)):
+            theirs.sendall(reply[i:i + 1])
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    with ours, theirs:
+        ours.settimeout(10)
+        assert _read_reply(ours, Parent("p", 1)) == (200, "Connection established")
+        sender.join(10)
+        assert ours.recv(100) == b"BANNER"
+
+
+def test_bad_settings_fail_at_construction_not_at_first_request():
+    from proxy.config import ConfigError
+
+    for settings in ({"upstream_proxy": "ftp://p:1"}, {"rewrite_rules": (("block", "*=99"),)},
+                     {"upstream_bypass": ("10.0.0.0/40",)}):
+        with pytest.raises(ConfigError):
+            ProxyServer(Config(port=0, **settings), sinks=[])
+
+
+def test_names_go_to_the_parent_unresolved_with_the_plugins_proxies(fwdproxy, fwdproxy_factory, origin_http):
+    # The plugin's proxy is the parent and knows api.test; the front proxy never resolves it.
+    fwdproxy.map_host("api.test", origin_http)
+    origin_http.respond(200, b"from the parent's side")
+    front = fwdproxy_factory(upstream_proxy=fwdproxy.url)
+    resp = requests.get("http://api.test/items", proxies={"http": front.url}, timeout=10)
+    assert resp.status_code == 200 and resp.content == b"from the parent's side"
+    assert fwdproxy.flows.one(host="api.test").path == "/items"
+    assert front.flows.one(host="api.test").parent == fwdproxy.url.removeprefix("http://")
