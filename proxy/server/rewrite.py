@@ -3,7 +3,7 @@
 Pure: a rule is parsed from two strings (its kind and its text, as a flag or
 a config file gives them), and a request's URL parts are matched against the
 rules to give a Plan of what to do. Carrying the plan out (sending a file,
-refusing, forwarding elsewhere) is the handler's job. A rule that does not
+refusing, forwarding elsewhere) is ``rules.py``'s job. A rule that does not
 parse is a RuleError naming the rule, for a clear message at start.
 
 A URL glob is ``[SCHEME://]HOST[:PORT][/PATH]``: the scheme ``http``,
@@ -25,7 +25,7 @@ from ..config import ConfigError
 from ..http1.errors import ProxyError
 from ..http1.headers import HOP_BY_HOP
 from ..http1.target import DEFAULT_PORTS, Origin, parse_authority
-from .match import Match
+from .match import UrlGlob, parse_glob
 
 KINDS = ("map-remote", "map-local", "set-header", "remove-header", "block")
 SIDES = ("request", "response")
@@ -33,32 +33,12 @@ SIDES = ("request", "response")
 _UNSETTABLE = HOP_BY_HOP | {"content-length"}
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_HOST_GLOB = re.compile(r"[A-Za-z0-9.*?_~\-\[\]:]+")
-_WILDCARDS = "*?["
 
 HeaderEdit = tuple[str, str | None]  # (name, value); None removes the field
 
 
 class RuleError(ConfigError):
     """A rule that cannot be used; the message names the rule."""
-
-
-@dataclass(frozen=True)
-class UrlGlob:
-    """Which URLs a rule applies to."""
-
-    text: str
-    scheme: str | None  # None: any
-    port: int | None  # None: any
-    match: Match
-    path_prefix: str  # the path glob's literal start, replaced by map-remote
-
-    def matches(self, scheme: str, host: str, port: int, path: str) -> bool:
-        if self.scheme is not None and self.scheme != scheme:
-            return False
-        if self.port is not None and self.port != port:
-            return False
-        return self.match.matches("GET", host, path)
 
 
 @dataclass(frozen=True)
@@ -126,46 +106,6 @@ def _split(text: str, *, required: bool = True) -> tuple[str, str | None]:
     if required:
         raise ValueError("expected URL_GLOB=...")
     return text, None
-
-
-def parse_glob(text: str) -> UrlGlob:
-    scheme: str | None = None
-    rest = text.strip()
-    if "://" in rest:
-        scheme_text, _, rest = rest.partition("://")
-        if scheme_text.lower() not in ("http", "https", "*"):
-            raise ValueError(f"scheme {scheme_text!r} is not http, https or *")
-        scheme = None if scheme_text == "*" else scheme_text.lower()
-    slash = rest.find("/")
-    authority, path = (rest, None) if slash == -1 else (rest[:slash], rest[slash:])
-    host, port = _glob_host_port(authority)
-    prefix = ""
-    if path is not None:
-        cut = min([path.find(c) for c in _WILDCARDS if c in path] or [len(path)])
-        prefix = path[:cut]
-    return UrlGlob(text, scheme, port, Match(host=None if host == "*" else host,
-                                             path=None if path in (None, "/*") else path), prefix)
-
-
-def _glob_host_port(authority: str) -> tuple[str, int | None]:
-    port_text = ""
-    if authority.startswith("[") and "]" in authority and not authority.startswith("[]"):
-        end = authority.index("]")
-        host, tail = authority[1:end], authority[end + 1:]
-        if tail and not tail.startswith(":"):
-            raise ValueError(f"malformed host {authority!r}")
-        port_text = tail[1:]
-    elif authority.count(":") == 1:
-        host, _, port_text = authority.partition(":")
-    else:
-        host = authority
-    if not host or not _HOST_GLOB.fullmatch(host):
-        raise ValueError(f"invalid host pattern {authority!r}")
-    if port_text in ("", "*"):
-        return host.lower(), None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"invalid port {port_text!r}")
-    return host.lower(), int(port_text)
 
 
 def _map_remote(kind: str, text: str) -> Rule:
