@@ -207,8 +207,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             answered = rules.carry_out(self.server.rules, req, downstream, flow)
             if answered is not None:
                 return answered
-        req.parent = self.server.connect.parent_for(req.origin.host, req.origin.port)
-        flow.parent = req.parent.authority if req.parent else ""
+        parent = self.server.connect.parent_for(req.origin.host, req.origin.port)
+        flow.parent = parent.authority if parent else ""
+        # Plain HTTP goes to the parent in absolute-form; an https:// origin (TLS with the
+        # origin itself) is reached through a CONNECT to the parent, by the pool's dialler.
+        req.parent = parent if req.origin.scheme == "http" else None
         return forward(req, downstream, self.server.pool, flow)
 
     def _request(self, line: RequestLine, headers: Headers, flow: Flow) -> Request:

@@ -60,11 +60,12 @@ class ProxyServer(ServerBase):
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
         self.router = Router.from_settings(config.upstream_proxy, config.upstream_bypass)
         self.rules = parse_rules(config.rewrite_rules)
-        # The one seam for raw connections to targets (tunnels, TLS to origins): direct, or
-        # through a CONNECT to the parent. Pooled plain-HTTP connections dial their hop directly.
         def own() -> tuple[str, int]:
             return str(self.server_address[0]), self.port
 
+        # The one seam for connections to targets (tunnels, pooled origins, TLS to origins):
+        # direct, or through a CONNECT to the parent. Only the parent's own pooled connections,
+        # which carry plain HTTP in absolute-form, are dialled beside it (parent_dial).
         self.connect = Dialler(Connector(connect, deny_private=config.deny_private, own_address=own),
                                self.router, via_name=self.via_name, read_timeout=config.timeout,
                                parent_connector=Connector(connect, own_address=own),
@@ -95,10 +96,11 @@ class ProxyServer(ServerBase):
         self.server_name, self.server_port = self.config.host, self.server_address[1]
 
     def _new_connection(self, origin: Origin) -> UpstreamConnection:
-        # Plain HTTP dials its next hop itself: the origin, or the parent (keyed by its address).
+        # The parent's own connections (plain HTTP in absolute-form, keyed by its address) dial
+        # it directly; every other origin goes through the routed dialler.
         parent = self.router.parent
         to_parent = parent is not None and (origin.host, origin.port) == (parent.host, parent.port)
-        connect = self.connect.parent_dial if to_parent else self.connect.connector
+        connect = self.connect.parent_dial if to_parent else self.connect
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
                                   read_timeout=self.config.timeout, connect=connect,
                                   watchdog=self.watchdog)
