@@ -23,11 +23,20 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on demand
-    from .client import ClientError, ProxyClient, Response, Retry, Timeout, TooManyRedirects  # noqa: F401
-    from .config import Config  # noqa: F401
-    from .http1.errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout  # noqa: F401
-    from .record.flows import Flow  # noqa: F401
-    from .server.listener import ProxyServer  # noqa: F401
+    # "X as X": an explicit re-export, which mypy --strict (no_implicit_reexport) asks of a typed package.
+    from .client import ClientError as ClientError
+    from .client import ProxyClient as ProxyClient
+    from .client import Response as Response
+    from .client import Retry as Retry
+    from .client import Timeout as Timeout
+    from .client import TooManyRedirects as TooManyRedirects
+    from .config import Config as Config
+    from .http1.errors import BadRequest as BadRequest
+    from .http1.errors import ProxyError as ProxyError
+    from .http1.errors import UpstreamError as UpstreamError
+    from .http1.errors import UpstreamTimeout as UpstreamTimeout
+    from .record.flows import Flow as Flow
+    from .server.listener import ProxyServer as ProxyServer
 
 
 def __getattr__(name: str) -> Any:

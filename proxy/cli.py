@@ -1,6 +1,7 @@
 """Command line: flags and FWDPROXY_* environment variables -> Config -> a running ProxyServer.
 
-``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand. Every flag
+``fwdproxy [serve] [flags]``; ``serve`` is the default subcommand, beside
+``fwdproxy health`` (``server/health.py``) and ``fwdproxy fetch`` (``client/fetch.py``). Every flag
 can also be set as an environment variable named FWDPROXY_ plus the flag in
 upper case (``--connect-timeout`` -> ``FWDPROXY_CONNECT_TIMEOUT``); a flag on
 the command line wins.
@@ -12,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import signal
 import sys
 import threading
@@ -30,7 +30,7 @@ from .config import (
     parse_networks,
     parse_ports,
 )
-from .server import health
+from .server import descriptors, health, memory
 from .server.listener import ProxyServer
 from .server.rewrite import parse_rules
 from .server.routing import Router
@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
     _add_routing(serve)
+    access.add_argument("--upgrade-protocols", default=_env("upgrade-protocols", "websocket"),
+                        metavar="LIST",
+                        help="Upgrade protocols a plain (ws://) request may switch to; '' for none "
+                             "(default %(default)s). CONNECT tunnels are not affected")
     serve.add_argument("--workers", type=int, default=_env("workers", _DEFAULTS.workers),
                        help="processes sharing the port with SO_REUSEPORT (default %(default)s); "
                             "more than one uses more cores for many small requests")
@@ -202,7 +206,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                         max_header_count=int(ns.max_headers),
                         max_body=None if ns.max_body is None else int(ns.max_body),
                         max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                        workers=int(ns.workers), upstream_proxy=ns.upstream_proxy or None,
+                        workers=int(ns.workers),
+                        upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
+                                                if p.strip()),
+                        upstream_proxy=ns.upstream_proxy or None,
                         upstream_bypass=tuple(ns.upstream_bypass), rewrite_rules=tuple(ns.rules))
         # Parsed here too, so a bad parent URL, bypass entry or rule stops the start with one line.
         Router.from_settings(config.upstream_proxy, config.upstream_bypass)
@@ -222,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(args)
     _setup_logging(config)
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
-    _raise_fd_limit()
+    memory.tune_allocator()  # few malloc arenas: resident memory plateaus under churn
+    descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
     try:
         server = ProxyServer(config)
     except OSError as exc:
@@ -268,16 +276,6 @@ def _announce(config: Config, text: str) -> None:
     """Startup lines: plain text, or one JSON object per line under --log-format json."""
     line = json.dumps({"level": "info", "message": text}) if config.log_format == "json" else text
     print(line, file=sys.stderr, flush=True)
-
-
-def _raise_fd_limit() -> None:
-    """Each tunnel holds two descriptors: lift the soft limit (often 1024) to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
-        except (ValueError, OSError):
-            pass  # keep what we have
 
 
 def _fork_workers(server: ProxyServer, config: Config) -> tuple[ProxyServer, list[int] | None]:

@@ -38,6 +38,7 @@ class Config:
     # Upstream pool: idle connections kept per origin, and for how long.
     pool_max_idle_per_origin: int = 256
     pool_idle_timeout: float = 30.0
+    pool_max_idle_total: int = 1024  # over all origins
     # How long SIGINT/SIGTERM waits for in-flight exchanges.
     shutdown_grace: float = 5.0
     log_level: str = "info"
@@ -59,6 +60,8 @@ class Config:
     header_timeout: float = 10.0
     # Flow records keep plain HTTP bodies up to this many bytes each way (0: none).
     capture_bodies: int = 0
+    # Upgrade protocols forwarded on plain requests (RFC 9110 section 7.8); others are stripped.
+    upgrade_protocols: tuple[str, ...] = ("websocket",)
     # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
     workers: int = 1
     # Routing (routing.py): a parent proxy URL, and targets that go direct anyway.
@@ -76,8 +79,8 @@ class Config:
                 raise ValueError(f"{field} must be positive")
         if self.shutdown_grace < 0:
             raise ValueError("shutdown_grace must not be negative")
-        if self.pool_max_idle_per_origin < 0:
-            raise ValueError("pool_max_idle_per_origin must not be negative")
+        if self.pool_max_idle_per_origin < 0 or self.pool_max_idle_total < 0:
+            raise ValueError("pool_max_idle_per_origin and pool_max_idle_total must not be negative")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:

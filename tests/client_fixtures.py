@@ -6,18 +6,26 @@ Import the fixtures into a test module with ``from client_fixtures import *``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from servers import OriginServer, Received
+
+from proxy.testing.origins import OriginConnection
+
+if TYPE_CHECKING:
+    from conftest import RunningProxy
+
 import os
 import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
-
-import pytest
-from servers import OriginServer, Received
 
 __all__ = ["Scripted", "SpyProxy", "TinyProxy", "add_redirects", "free_port", "scripted", "spy_proxy",
            "tinyproxy", "tinyproxy_binary"]
@@ -29,7 +37,7 @@ __all__ = ["Scripted", "SpyProxy", "TinyProxy", "add_redirects", "free_port", "s
 def add_redirects(origin: OriginServer) -> OriginServer:
     """Routes: /redirect?status=302&to=LOCATION (to omitted: no Location), /chain/N, /loop."""
 
-    def redirect(h, r: Received) -> None:
+    def redirect(h: OriginConnection, r: Received) -> None:
         query = parse_qs(urlsplit(r.target).query)
         status = int(query.get("status", ["302"])[0])
         fields = [("Location", query["to"][0])] if "to" in query else []
@@ -39,7 +47,7 @@ def add_redirects(origin: OriginServer) -> OriginServer:
         if r.method != "HEAD":
             h.wfile.write(body)
 
-    def chain(h, r: Received) -> None:
+    def chain(h: OriginConnection, r: Received) -> None:
         n = int(r.target.split("/")[2])
         fields = [("Location", f"/chain/{n - 1}" if n > 1 else "/echo"), ("Content-Length", "0")]
         h.send_raw_head(302, fields)
@@ -66,7 +74,7 @@ class SpyProxy:
 
 
 @pytest.fixture
-def spy_proxy(proxy_factory) -> SpyProxy:
+def spy_proxy(proxy_factory: Callable[..., RunningProxy]) -> SpyProxy:
     """Our proxy, recording each upstream (host, port) it connects to before it answers the client."""
     dialled: list[tuple[str, int]] = []
 

@@ -12,11 +12,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from servers import OriginServer, Received
 from wire import through
 
 from proxy.config import LOOPBACK_NETWORKS, parse_networks
+from proxy.testing.origins import OriginConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +55,7 @@ def running() -> Iterator[type[Running]]:
             r.proc.communicate(timeout=10)
 
 
-def test_help_documents_every_flag():
+def test_help_documents_every_flag() -> None:
     out = subprocess.run([sys.executable, "-m", "proxy", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 0
@@ -61,7 +64,7 @@ def test_help_documents_every_flag():
         assert flag in out.stdout
 
 
-def test_port_zero_prints_the_real_address_and_serves(running, origin):
+def test_port_zero_prints_the_real_address_and_serves(running: type[Running], origin: OriginServer) -> None:
     proxy = running("--port", "0")
     assert proxy.address[1] != 0
     _resp, body = through(proxy.address, "GET", origin.url("/bytes/5"))
@@ -72,7 +75,7 @@ def test_port_zero_prints_the_real_address_and_serves(running, origin):
     assert re.search(rf"127\.0\.0\.1:\d+ GET {re.escape(origin.url('/bytes/5'))} 200 up=0 down=5 [\d.]+ms$", line)
 
 
-def test_json_log_lines(running, origin):
+def test_json_log_lines(running: type[Running], origin: OriginServer) -> None:
     proxy = running("--port", "0", "--log-format", "json")
     through(proxy.address, "POST", origin.url("/echo"), body=b"abc")
     _code, err = proxy.stop()
@@ -83,7 +86,7 @@ def test_json_log_lines(running, origin):
     assert records[0]["method"] == "POST" and records[0]["status"] == 200 and records[0]["bytes_up"] == 3
 
 
-def test_auth_without_allow_from_admits_any_network():
+def test_auth_without_allow_from_admits_any_network() -> None:
     from proxy.cli import parse_config
 
     assert parse_config(["--auth", "u:p"]).allow_from == parse_networks("0.0.0.0/0,::/0")
@@ -91,14 +94,14 @@ def test_auth_without_allow_from_admits_any_network():
     assert parse_config(["--auth", "u:p", "--allow-from", "10.0.0.0/8"]).allow_from == parse_networks("10.0.0.0/8")
 
 
-def test_environment_variables_mirror_flags(running):
+def test_environment_variables_mirror_flags(running: type[Running]) -> None:
     proxy = running(env={"FWDPROXY_PORT": "0", "FWDPROXY_LOG_LEVEL": "warning"})
     assert proxy.address[1] != 0
     code, err = proxy.stop()
     assert code == 0 and "shutting down" not in err  # warning level hides info lines
 
 
-def test_health_endpoint(running):
+def test_health_endpoint(running: type[Running]) -> None:
     proxy = running("--port", "0")
     with socket.create_connection(proxy.address, timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
@@ -114,7 +117,7 @@ def test_health_endpoint(running):
     proxy.stop()
 
 
-def test_other_origin_form_requests_get_a_hint(running):
+def test_other_origin_form_requests_get_a_hint(running: type[Running]) -> None:
     proxy = running("--port", "0")
     with socket.create_connection(proxy.address, timeout=10) as sock:
         sock.sendall(b"GET /index.html HTTP/1.1\r\nHost: proxy\r\n\r\n")
@@ -125,10 +128,10 @@ def test_other_origin_form_requests_get_a_hint(running):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_lets_the_in_flight_exchange_finish(running, origin, sig):
+def test_signal_lets_the_in_flight_exchange_finish(running: type[Running], origin: OriginServer, sig: Any) -> None:
     arrived, release = threading.Event(), threading.Event()
 
-    def slow(h, r):
+    def slow(h: OriginConnection, r: Received) -> None:
         arrived.set()
         release.wait(10)
         h.send_raw_head(200, [("Content-Length", "4")])
@@ -153,7 +156,7 @@ def test_signal_lets_the_in_flight_exchange_finish(running, origin, sig):
         socket.create_connection(proxy.address, timeout=2).close()
 
 
-def test_port_in_use_is_a_clear_error():
+def test_port_in_use_is_a_clear_error() -> None:
     holder = socket.create_server(("127.0.0.1", 0))
     port = holder.getsockname()[1]
     out = subprocess.run([sys.executable, "-m", "proxy", "--port", str(port)], cwd=ROOT,
@@ -163,13 +166,13 @@ def test_port_in_use_is_a_clear_error():
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
 
 
-def test_invalid_flag_values_are_refused():
+def test_invalid_flag_values_are_refused() -> None:
     out = subprocess.run([sys.executable, "-m", "proxy", "--timeout", "-1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "timeout must be positive" in out.stderr
 
 
-def test_workers_share_the_port(running, origin):
+def test_workers_share_the_port(running: type[Running], origin: OriginServer) -> None:
     proxy = running("--port", "0", "--workers", "2")
     assert "(2 worker processes)" in proxy.banner
     pids = set()
@@ -191,7 +194,7 @@ def test_workers_share_the_port(running, origin):
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
-def test_health_subcommand(running):
+def test_health_subcommand(running: type[Running]) -> None:
     proxy = running("--port", "0")
     ok = subprocess.run([sys.executable, "-m", "proxy", "health", "--port", str(proxy.address[1])],
                         cwd=ROOT, capture_output=True, text=True, timeout=30)
@@ -202,7 +205,7 @@ def test_health_subcommand(running):
     assert down.returncode != 0
 
 
-def test_loading_the_pytest_plugin_does_not_import_the_client():
+def test_loading_the_pytest_plugin_does_not_import_the_client() -> None:
     """Every pytest run of a project with fwdproxy installed loads the plugin: keep it light."""
     code = "import sys, proxy.testing.pytest_plugin; from proxy import ProxyServer; print('proxy.client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from servers import OriginServer, Received
+
+from proxy.testing.origins import OriginConnection
+
+if TYPE_CHECKING:
+    from conftest import RunningProxy
+
 import http.cookiejar
 import io
 from urllib.parse import quote
 
-import pytest
 from client_fixtures import *  # noqa: F403
-from client_fixtures import add_redirects
-from servers import OriginServer
+from client_fixtures import SpyProxy, add_redirects
 
 from proxy.client import ProxyClient, RedirectError, TooManyRedirects
 
@@ -20,7 +28,7 @@ def redirect(origin: OriginServer, location: str | None, status: int = 302) -> s
     return origin.url(f"/redirect?status={status}{to}")
 
 
-def via_proxy(received) -> bool:
+def via_proxy(received: Any) -> bool:
     return any("fwdproxy" in v for v in received.all("Via"))
 
 
@@ -38,7 +46,7 @@ def expected(status: int, method: str) -> tuple[str, bool]:
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "DELETE"])
-def test_every_status_and_method(proxy, origin, status, method):
+def test_every_status_and_method(proxy: RunningProxy, origin: OriginServer, status: Any, method: Any) -> None:
     body = b"payload" if method in ("POST", "PUT") else None
     headers = {"Content-Type": "text/plain", "Content-Language": "en"} if body else {}
     with ProxyClient(proxy.url) as client:
@@ -59,7 +67,7 @@ def test_every_status_and_method(proxy, origin, status, method):
     assert resp.history[0].method == method and resp.method == want_method
 
 
-def test_seekable_file_body_is_rewound_for_307(proxy, origin):
+def test_seekable_file_body_is_rewound_for_307(proxy: RunningProxy, origin: OriginServer) -> None:
     data = io.BytesIO(b"skipTHE BODY")
     data.seek(4)  # the body starts where the caller's file position was
     with ProxyClient(proxy.url) as client:
@@ -67,14 +75,14 @@ def test_seekable_file_body_is_rewound_for_307(proxy, origin):
     assert [r.body for r in origin.received] == [b"THE BODY", b"THE BODY"]
 
 
-def test_unreplayable_body_on_308_is_an_error_not_an_empty_body(proxy, origin):
+def test_unreplayable_body_on_308_is_an_error_not_an_empty_body(proxy: RunningProxy, origin: OriginServer) -> None:
     with ProxyClient(proxy.url) as client, pytest.raises(RedirectError, match="cannot repeat") as info:
         client.post(redirect(origin, "/echo", 308), body=iter([b"one ", b"shot"]))
     assert [r.body for r in origin.received] == [b"one shot"]  # and nothing was sent again
     assert info.value.response is not None and info.value.response.status == 308
 
 
-def test_unreplayable_body_is_fine_when_the_redirect_drops_it(proxy, origin):
+def test_unreplayable_body_is_fine_when_the_redirect_drops_it(proxy: RunningProxy, origin: OriginServer) -> None:
     with ProxyClient(proxy.url) as client:
         resp = client.post(redirect(origin, "/echo", 303), body=iter([b"x"]))
     assert resp.status == 200 and origin.received[-1].method == "GET"
@@ -89,7 +97,7 @@ def test_unreplayable_body_is_fine_when_the_redirect_drops_it(proxy, origin):
     ("absolute", "http://127.0.0.1:{port}/echo?u=1"),
     ("scheme-relative", "//127.0.0.1:{port}/echo?s=1"),
 ])
-def test_location_forms(proxy, origin, form, location):
+def test_location_forms(proxy: RunningProxy, origin: OriginServer, form: Any, location: Any) -> None:
     with ProxyClient(proxy.url) as client:
         resp = client.get(redirect(origin, location.format(port=origin.port)))
     query = location.split("?")[1]
@@ -97,7 +105,7 @@ def test_location_forms(proxy, origin, form, location):
     assert resp.url == origin.url(f"/echo?{query}")
 
 
-def test_fragment_is_inherited_unless_location_has_its_own(proxy, origin):
+def test_fragment_is_inherited_unless_location_has_its_own(proxy: RunningProxy, origin: OriginServer) -> None:
     with ProxyClient(proxy.url) as client:
         inherited = client.get(redirect(origin, "/echo") + "#section")
         own = client.get(redirect(origin, "/echo#other") + "#section")
@@ -107,14 +115,14 @@ def test_fragment_is_inherited_unless_location_has_its_own(proxy, origin):
 
 
 @pytest.mark.parametrize("location", [None, "http://[::1", "http://127.0.0.1:99999/"])
-def test_missing_or_unparsable_location_returns_the_3xx(proxy, origin, location):
+def test_missing_or_unparsable_location_returns_the_3xx(proxy: RunningProxy, origin: OriginServer, location: Any) -> None:
     with ProxyClient(proxy.url) as client:
         resp = client.get(redirect(origin, location, 301))
     assert (resp.status, resp.body, resp.history) == (301, b"moved", [])
     assert len(origin.received) == 1
 
 
-def test_follow_redirects_false_returns_the_3xx(proxy, origin):
+def test_follow_redirects_false_returns_the_3xx(proxy: RunningProxy, origin: OriginServer) -> None:
     with ProxyClient(proxy.url, follow_redirects=False) as client:
         assert client.get(redirect(origin, "/echo")).status == 302
     with ProxyClient(proxy.url) as client:
@@ -127,7 +135,7 @@ def test_follow_redirects_false_returns_the_3xx(proxy, origin):
 SECRETS = {"Authorization": "Bearer t0k", "Cookie": "session=s3cret", "X-Custom": "kept"}
 
 
-def test_cross_origin_redirect_strips_credentials(proxy, origin):
+def test_cross_origin_redirect_strips_credentials(proxy: RunningProxy, origin: OriginServer) -> None:
     with OriginServer() as other, ProxyClient(proxy.url) as client:
         client.get(redirect(origin, other.url("/echo")), headers=SECRETS)
         got = other.received[-1]
@@ -137,7 +145,7 @@ def test_cross_origin_redirect_strips_credentials(proxy, origin):
 
 
 @pytest.mark.parametrize("target", ["http://localhost:{port}/echo", "/echo"])
-def test_same_port_other_host_strips_but_same_origin_keeps(proxy, origin, target):
+def test_same_port_other_host_strips_but_same_origin_keeps(proxy: RunningProxy, origin: OriginServer, target: Any) -> None:
     with ProxyClient(proxy.url) as client:
         client.get(redirect(origin, target.format(port=origin.port)), headers=SECRETS)
     got = origin.received[-1]
@@ -146,9 +154,9 @@ def test_same_port_other_host_strips_but_same_origin_keeps(proxy, origin, target
     assert (got.header("Cookie") == "session=s3cret") is same_origin
 
 
-def test_cross_origin_redirect_strips_proxy_authorization(origin):
+def test_cross_origin_redirect_strips_proxy_authorization(origin: OriginServer) -> None:
     # A fake forward proxy (an origin answering absolute-form requests) shows what reaches a proxy.
-    def as_proxy(h, r):
+    def as_proxy(h: OriginConnection, r: Received) -> None:
         location = "http://b.test/end" if r.target == "http://a.test/cross" else "http://a.test/end"
         if r.target.endswith("/end"):
             h.send_raw_head(200, [("Content-Length", "0")])
@@ -168,11 +176,12 @@ def test_cross_origin_redirect_strips_proxy_authorization(origin):
     assert cross_end.header("Proxy-Authorization") is None and cross_end.header("Authorization") is None
 
 
-def test_https_to_http_is_refused_unless_allowed(proxy, origin, tls_origin, ca_file):
+def test_https_to_http_is_refused_unless_allowed(proxy: RunningProxy, origin: OriginServer, tls_origin: OriginServer, ca_file: str) -> None:
     add_redirects(tls_origin)
     start = tls_origin.url(f"/redirect?status=302&to={quote(origin.url('/echo'), safe='')}")
     with ProxyClient(proxy.url, ca_file=ca_file) as client, pytest.raises(RedirectError) as info:
         client.get(start)
+    assert info.value.response is not None
     assert "https to http" in str(info.value) and info.value.response.status == 302
     assert origin.received == []
     with ProxyClient(proxy.url, ca_file=ca_file, allow_downgrade=True) as client:
@@ -181,7 +190,7 @@ def test_https_to_http_is_refused_unless_allowed(proxy, origin, tls_origin, ca_f
 
 
 @pytest.mark.parametrize("location", ["ftp://127.0.0.1/file", "file:///etc/passwd", "javascript:alert(1)"])
-def test_redirect_to_a_non_http_scheme_is_refused(proxy, origin, location):
+def test_redirect_to_a_non_http_scheme_is_refused(proxy: RunningProxy, origin: OriginServer, location: Any) -> None:
     with ProxyClient(proxy.url) as client, pytest.raises(RedirectError, match="non-HTTP"):
         client.get(redirect(origin, location))
 
@@ -189,7 +198,7 @@ def test_redirect_to_a_non_http_scheme_is_refused(proxy, origin, location):
 # -- each hop takes its own route ------------------------------------------------------------------
 
 
-def test_http_to_https_redirect_opens_a_tunnel(spy_proxy, origin, tls_origin, ca_file):
+def test_http_to_https_redirect_opens_a_tunnel(spy_proxy: SpyProxy, origin: OriginServer, tls_origin: OriginServer, ca_file: str) -> None:
     with ProxyClient(spy_proxy.url, ca_file=ca_file) as client:
         resp = client.post(redirect(origin, tls_origin.url("/echo"), 303), body=b"x")
     assert resp.url == tls_origin.url("/echo") and resp.history[0].status == 303
@@ -197,7 +206,7 @@ def test_http_to_https_redirect_opens_a_tunnel(spy_proxy, origin, tls_origin, ca
     assert via_proxy(origin.received[-1]) and not via_proxy(tls_origin.received[-1])
 
 
-def test_redirect_to_a_no_proxy_host_goes_direct(proxy, origin):
+def test_redirect_to_a_no_proxy_host_goes_direct(proxy: RunningProxy, origin: OriginServer) -> None:
     with OriginServer() as other, ProxyClient(proxy.url, no_proxy="localhost") as client:
         client.get(redirect(origin, f"http://localhost:{other.port}/echo"))
         assert via_proxy(origin.received[-1])
@@ -207,8 +216,8 @@ def test_redirect_to_a_no_proxy_host_goes_direct(proxy, origin):
 # -- loops and limits -------------------------------------------------------------------------------
 
 
-def test_redirect_to_itself_is_a_loop(proxy, origin):
-    def to_self(h, r):
+def test_redirect_to_itself_is_a_loop(proxy: RunningProxy, origin: OriginServer) -> None:
+    def to_self(h: OriginConnection, r: Received) -> None:
         h.send_raw_head(302, [("Location", "/self"), ("Content-Length", "0")])
 
     origin.routes["/self"] = to_self
@@ -218,17 +227,18 @@ def test_redirect_to_itself_is_a_loop(proxy, origin):
     assert len(origin.received) == 1
 
 
-def test_a_to_b_to_a_is_a_loop(proxy, origin):
+def test_a_to_b_to_a_is_a_loop(proxy: RunningProxy, origin: OriginServer) -> None:
     for here, there in (("/ping", "/pong"), ("/pong", "/ping")):
-        origin.routes[here] = lambda h, r, there=there: h.send_raw_head(
-            302, [("Location", there), ("Content-Length", "0")])
+        def bounce(h: OriginConnection, r: Received, there: str = there) -> None:
+            h.send_raw_head(302, [("Location", there), ("Content-Length", "0")])
+        origin.routes[here] = bounce
     with ProxyClient(proxy.url) as client, pytest.raises(TooManyRedirects, match="loop") as info:
         client.get(origin.url("/ping"))
     assert len(info.value.history) == 2
 
 
-def test_same_url_after_a_new_cookie_is_not_a_loop(proxy, origin):
-    def login(h, r):
+def test_same_url_after_a_new_cookie_is_not_a_loop(proxy: RunningProxy, origin: OriginServer) -> None:
+    def login(h: OriginConnection, r: Received) -> None:
         if "auth=1" in (r.header("Cookie") or ""):
             h.send_raw_head(302, [("Location", "/echo"), ("Content-Length", "0")])
         else:
@@ -244,7 +254,7 @@ def test_same_url_after_a_new_cookie_is_not_a_loop(proxy, origin):
 
 
 @pytest.mark.parametrize(("hops", "limit", "ok"), [(3, 3, True), (4, 3, False), (1, 0, False)])
-def test_max_redirects(proxy, origin, hops, limit, ok):
+def test_max_redirects(proxy: RunningProxy, origin: OriginServer, hops: Any, limit: Any, ok: Any) -> None:
     add_redirects(origin)
     with ProxyClient(proxy.url, max_redirects=limit) as client:
         if ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+from typing import Any
 
 import pytest
 
@@ -34,12 +35,12 @@ from proxy.client.rules import (
     ("http://[::1]:81/x", ("http", "::1", 81, "/x", "")),
     ("http://u:p%40ss@h/", ("http", "h", 80, "/", "")),
 ])
-def test_parse_url(url, expected):
+def test_parse_url(url: Any, expected: Any) -> None:
     u = parse_url(url)
     assert (u.scheme, u.host, u.port, u.target, u.fragment) == expected
 
 
-def test_url_forms():
+def test_url_forms() -> None:
     u = parse_url("http://u:p%40ss@[::1]:80/a?q#frag")
     assert u.authority == "[::1]"
     assert u.host_port == "[::1]:80"
@@ -50,12 +51,12 @@ def test_url_forms():
 
 @pytest.mark.parametrize("url", ["ftp://h/", "h/path", "http:///x", "http://h:99999/", "http://[::1/",
                                  "http://h/a b", "http://h/\r\nX-Injected: 1"])
-def test_bad_urls_are_refused(url):
+def test_bad_urls_are_refused(url: Any) -> None:
     with pytest.raises(InvalidURL):
         parse_url(url)
 
 
-def test_parse_proxy():
+def test_parse_proxy() -> None:
     assert parse_proxy("127.0.0.1:3128") == parse_proxy("http://127.0.0.1:3128")
     assert parse_proxy("http://proxy").port == 1080  # curl's default
     p = parse_proxy("http://user:p%3Ass@[::1]:8080")
@@ -69,19 +70,19 @@ def test_parse_proxy():
 # -- proxy selection from the environment (urllib's rules) --------------------------
 
 
-def test_env_lowercase_wins_and_empty_lowercase_unsets():
+def test_env_lowercase_wins_and_empty_lowercase_unsets() -> None:
     env = {"HTTP_PROXY": "http://upper:1", "http_proxy": "http://lower:1",
            "HTTPS_PROXY": "http://upper:2", "https_proxy": "", "NO_PROXY": "x"}
     assert proxies_from_env(env) == {"http": "http://lower:1", "no": "x"}
 
 
-def test_env_http_proxy_ignored_under_cgi():
+def test_env_http_proxy_ignored_under_cgi() -> None:
     # CVE-2016-1000110 (httpoxy): under CGI, HTTP_PROXY comes from a request header.
     assert "http" not in proxies_from_env({"HTTP_PROXY": "http://evil:1", "REQUEST_METHOD": "GET"})
     assert proxies_from_env({"http_proxy": "http://ok:1", "REQUEST_METHOD": "GET"})["http"] == "http://ok:1"
 
 
-def test_router_picks_by_scheme_and_all_proxy():
+def test_router_picks_by_scheme_and_all_proxy() -> None:
     env = {"http_proxy": "http://p1:1", "all_proxy": "http://p2:2"}
     router = Router.from_settings(None, environ=env)
     http_route = router.route(parse_url("http://t/"))
@@ -92,7 +93,7 @@ def test_router_picks_by_scheme_and_all_proxy():
     assert Router.from_settings(None, environ={}).route(parse_url("http://t/")).mode is Mode.DIRECT
 
 
-def test_router_explicit_proxy_beats_env_and_tunnel_http():
+def test_router_explicit_proxy_beats_env_and_tunnel_http() -> None:
     env = {"http_proxy": "http://envproxy:1"}
     router = Router.from_settings("http://mine:3", environ=env, tunnel_http=True)
     route = router.route(parse_url("http://t/"))
@@ -100,7 +101,7 @@ def test_router_explicit_proxy_beats_env_and_tunnel_http():
     assert Router.from_settings("", environ=env).route(parse_url("http://t/")).mode is Mode.DIRECT
 
 
-def test_router_no_proxy_from_env_applies_to_an_explicit_proxy_too():
+def test_router_no_proxy_from_env_applies_to_an_explicit_proxy_too() -> None:
     router = Router.from_settings("http://mine:3", environ={"no_proxy": "internal"})
     assert router.route(parse_url("http://api.internal/")).mode is Mode.DIRECT
     assert router.route(parse_url("http://external/")).mode is Mode.FORWARD
@@ -137,7 +138,7 @@ def test_router_no_proxy_from_env_applies_to_an_explicit_proxy_too():
     ("localhost", 80, "127.0.0.1", False),
     ("localhost", 80, "", False),
 ])
-def test_no_proxy(host, port, no_proxy, bypass):
+def test_no_proxy(host: Any, port: Any, no_proxy: Any, bypass: Any) -> None:
     assert bypasses_proxy(host, port, no_proxy) is bypass
 
 
@@ -152,7 +153,7 @@ def test_no_proxy(host, port, no_proxy, bypass):
     (307, "POST", ("POST", True)), (308, "POST", ("POST", True)), (307, "PUT", ("PUT", True)),
     (308, "PATCH", ("PATCH", True)),
 ])
-def test_redirect_method(status, method, expected):
+def test_redirect_method(status: Any, method: Any, expected: Any) -> None:
     assert redirect_method(status, method) == expected
 
 
@@ -168,23 +169,23 @@ BASE = parse_url("http://a.test:8080/dir/page?q=1#top")
     ("https://b.test/p#", "https://b.test/p"),  # an empty fragment of its own is still its own
     ("/caf\u00e9 x", "http://a.test:8080/caf%E9%20x#top"),
 ])
-def test_resolve_location(location, expected):
+def test_resolve_location(location: Any, expected: Any) -> None:
     resolved = resolve_location(BASE, location)
     assert resolved is not None and str(resolved) == expected
 
 
 @pytest.mark.parametrize("location", [None, "", "  ", "http://[::1/", "http://h:99999/"])
-def test_unusable_location_means_no_redirect(location):
+def test_unusable_location_means_no_redirect(location: Any) -> None:
     assert resolve_location(BASE, location) is None
 
 
 @pytest.mark.parametrize("location", ["ftp://h/file", "javascript:alert(1)", "file:///etc/passwd"])
-def test_non_http_location_is_refused(location):
+def test_non_http_location_is_refused(location: Any) -> None:
     with pytest.raises(RedirectError, match="non-HTTP"):
         resolve_location(BASE, location)
 
 
-def test_downgrade_check():
+def test_downgrade_check() -> None:
     https, http = parse_url("https://h/"), parse_url("http://h/")
     with pytest.raises(RedirectError, match="allow_downgrade"):
         check_redirect(https, http, allow_downgrade=False)
@@ -196,11 +197,11 @@ FIELDS = [("Authorization", "Basic x"), ("Cookie", "a=1"), ("Proxy-Authorization
           ("Host", "h"), ("Content-Type", "text/plain"), ("Content-Encoding", "gzip"), ("X-Keep", "1")]
 
 
-def names(fields):
+def names(fields: Any) -> Any:
     return [n for n, _ in fields]
 
 
-def test_redirect_headers_same_origin_keeps_credentials():
+def test_redirect_headers_same_origin_keeps_credentials() -> None:
     same = parse_url("http://a.test:8080/elsewhere")
     assert redirect_headers(FIELDS, BASE, same, keep_body=True) == FIELDS
     assert names(redirect_headers(FIELDS, BASE, same, keep_body=False)) == [
@@ -208,25 +209,25 @@ def test_redirect_headers_same_origin_keeps_credentials():
 
 
 @pytest.mark.parametrize("other", ["http://b.test:8080/", "http://a.test:8081/", "https://a.test:8080/"])
-def test_redirect_headers_cross_origin_drops_credentials(other):
+def test_redirect_headers_cross_origin_drops_credentials(other: Any) -> None:
     kept = redirect_headers(FIELDS, BASE, parse_url(other), keep_body=True)
     assert names(kept) == ["Content-Type", "Content-Encoding", "X-Keep"]
 
 
-def test_proxy_error_reads_proxy_status():
+def test_proxy_error_reads_proxy_status() -> None:
     exc = ProxyError("x", status=502, reason="Bad Gateway",
                      headers=[("Proxy-Status", 'fwdproxy; error=connection_refused; details="x"')])
     assert exc.kind == "connection_refused" and exc.header("proxy-status")
 
 
-def test_url_equality_is_by_value():
+def test_url_equality_is_by_value() -> None:
     assert parse_url("http://h/") == URL("http", "h", 80, "/")
 
 
 # -- retries ----------------------------------------------------------------------------
 
 
-def test_backoff_is_exponential_with_jitter_and_capped():
+def test_backoff_is_exponential_with_jitter_and_capped() -> None:
     retry = Retry(backoff=1.0, max_backoff=5.0)
     for attempt, step in [(0, 1.0), (1, 2.0), (2, 4.0), (5, 5.0)]:
         delays = {retry.delay(attempt) for _ in range(50)}
@@ -234,7 +235,7 @@ def test_backoff_is_exponential_with_jitter_and_capped():
         assert len(delays) > 1  # jitter
 
 
-def test_retry_after():
+def test_retry_after() -> None:
     retry = Retry(backoff=1.0, max_backoff=60)
     assert retry.delay(0, "7") == 7
     assert retry.delay(0, "600") == 60  # capped

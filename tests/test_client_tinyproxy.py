@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from client_fixtures import *  # noqa: F403
 from client_fixtures import add_redirects
+from servers import OriginServer
 
 from proxy.client import ProxyClient, ProxyError
 
 
-def test_http_and_https_through_tinyproxy(tinyproxy, origin, tls_origin, ca_file):
+def test_http_and_https_through_tinyproxy(tinyproxy: Any, origin: OriginServer, tls_origin: OriginServer, ca_file: str) -> None:
     tp = tinyproxy()
     with ProxyClient(tp.url, ca_file=ca_file) as client:
         plain = client.post(origin.url("/echo?x=1"), body=b"hello")
@@ -21,7 +23,7 @@ def test_http_and_https_through_tinyproxy(tinyproxy, origin, tls_origin, ca_file
     assert secure.json()["target"] == "/echo" and tls_origin.received[-1].header("Via") is None
 
 
-def test_redirect_from_http_to_https_through_tinyproxy(tinyproxy, origin, tls_origin, ca_file):
+def test_redirect_from_http_to_https_through_tinyproxy(tinyproxy: Any, origin: OriginServer, tls_origin: OriginServer, ca_file: str) -> None:
     tp = tinyproxy()
     add_redirects(origin)
     start = origin.url(f"/redirect?status=302&to={quote(tls_origin.url('/echo'), safe='')}")
@@ -32,7 +34,7 @@ def test_redirect_from_http_to_https_through_tinyproxy(tinyproxy, origin, tls_or
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_tinyproxy_basic_auth(tinyproxy, origin, tls_origin, ca_file, scheme):
+def test_tinyproxy_basic_auth(tinyproxy: Any, origin: OriginServer, tls_origin: OriginServer, ca_file: str, scheme: Any) -> None:
     tp = tinyproxy(auth="user:pass")
     target = (origin if scheme == "http" else tls_origin).url("/echo")
     with ProxyClient(tp.url, ca_file=ca_file) as client, pytest.raises(ProxyError) as info:

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from servers import OriginServer, RawOrigin, Received
+
+from proxy.testing.origins import OriginConnection
+
+if TYPE_CHECKING:
+    from conftest import RunningProxy
+
 import http.client
 import select
 import socket
@@ -9,7 +20,6 @@ import struct
 import threading
 from collections.abc import Iterator
 
-import pytest
 from wire import exchange, read_response, through
 
 
@@ -20,14 +30,14 @@ def one_line_reason(response: bytes) -> str:
     return body.decode()
 
 
-def get(proxy, url: str, method: str = "GET") -> bytes:
+def get(proxy: RunningProxy, url: str, method: str = "GET") -> bytes:
     return exchange(proxy.address, f"{method} {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
 
 
 @pytest.fixture
 def closed_port() -> int:
     sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
+    port: int = sock.getsockname()[1]
     sock.close()
     return port
 
@@ -45,15 +55,15 @@ def full_backlog() -> Iterator[int]:
     listener.close()
 
 
-def test_refused_origin_is_502(proxy, closed_port):
+def test_refused_origin_is_502(proxy: RunningProxy, closed_port: int) -> None:
     response = get(proxy, f"http://127.0.0.1:{closed_port}/")
     assert response.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
     assert f"Proxy-Status: {proxy.server.via_name}; error=connection_refused;".encode() in response
     assert one_line_reason(response) == f"fwdproxy: connection refused by 127.0.0.1:{closed_port}\n"
 
 
-def test_dns_failure_is_502(proxy_factory, origin):
-    def connect(address, timeout):
+def test_dns_failure_is_502(proxy_factory: Callable[..., RunningProxy], origin: OriginServer) -> None:
+    def connect(address: Any, timeout: Any) -> Any:
         if address[0] == "no-such-host.test":
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return socket.create_connection(address, timeout)
@@ -67,20 +77,20 @@ def test_dns_failure_is_502(proxy_factory, origin):
     assert get(proxy, origin.url("/bytes/2")).endswith(b"01")
 
 
-def test_connect_timeout_is_504(proxy_factory, full_backlog):
+def test_connect_timeout_is_504(proxy_factory: Callable[..., RunningProxy], full_backlog: int) -> None:
     proxy = proxy_factory(connect_timeout=0.3)
     response = get(proxy, f"http://127.0.0.1:{full_backlog}/")
     assert response.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
     assert "timed out connecting to" in one_line_reason(response)
 
 
-def test_connect_timeout_on_tunnel_is_504(proxy_factory, full_backlog):
+def test_connect_timeout_on_tunnel_is_504(proxy_factory: Callable[..., RunningProxy], full_backlog: int) -> None:
     proxy = proxy_factory(connect_timeout=0.3)
     response = exchange(proxy.address, f"CONNECT 127.0.0.1:{full_backlog} HTTP/1.1\r\n\r\n".encode())
     assert response.startswith(b"HTTP/1.1 504 ")
 
 
-def test_read_timeout_is_504(proxy_factory, origin):
+def test_read_timeout_is_504(proxy_factory: Callable[..., RunningProxy], origin: OriginServer) -> None:
     proxy = proxy_factory(timeout=0.3)
     response = get(proxy, origin.url("/hang"))
     assert response.startswith(b"HTTP/1.1 504 ")
@@ -101,14 +111,14 @@ def test_read_timeout_is_504(proxy_factory, origin):
     b"",                                                 # closes without a word
 ], ids=["not-http", "bad-status", "no-colon", "obs-fold", "cl-and-te", "two-cl", "negative-cl",
         "unknown-te", "unasked-101", "silent-close"])
-def test_malformed_or_ambiguous_response_is_502(proxy, raw_origin, reply):
+def test_malformed_or_ambiguous_response_is_502(proxy: RunningProxy, raw_origin: Callable[..., RawOrigin], reply: Any) -> None:
     bad = raw_origin(reply)
     response = get(proxy, f"http://{bad.authority}/")
     assert response.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), response
     one_line_reason(response)
 
 
-def test_truncated_body_closes_the_client_connection(proxy, raw_origin):
+def test_truncated_body_closes_the_client_connection(proxy: RunningProxy, raw_origin: Callable[..., RawOrigin]) -> None:
     bad = raw_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"x" * 100000)
     conn = http.client.HTTPConnection(*proxy.address, timeout=10)
     conn.request("GET", f"http://{bad.authority}/")
@@ -119,20 +129,20 @@ def test_truncated_body_closes_the_client_connection(proxy, raw_origin):
     conn.close()
 
 
-def test_truncated_chunked_body_never_gets_a_final_chunk(proxy, raw_origin):
+def test_truncated_chunked_body_never_gets_a_final_chunk(proxy: RunningProxy, raw_origin: Callable[..., RawOrigin]) -> None:
     bad = raw_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
     response = get(proxy, f"http://{bad.authority}/")
     assert response.startswith(b"HTTP/1.1 200 OK\r\n")
     assert response.endswith(b"5\r\nhello\r\n")  # and then the connection closed: no "0\r\n\r\n"
 
 
-def test_head_error_has_no_body(proxy, closed_port):
+def test_head_error_has_no_body(proxy: RunningProxy, closed_port: int) -> None:
     response = get(proxy, f"http://127.0.0.1:{closed_port}/", method="HEAD")
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 502 ") and body == b""
 
 
-def test_a_hanging_origin_does_not_block_other_clients(proxy, origin):
+def test_a_hanging_origin_does_not_block_other_clients(proxy: RunningProxy, origin: OriginServer) -> None:
     stuck = socket.create_connection(proxy.address, timeout=10)
     stuck.sendall(f"GET {origin.url('/hang')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     for _ in range(3):
@@ -141,7 +151,7 @@ def test_a_hanging_origin_does_not_block_other_clients(proxy, origin):
     stuck.close()
 
 
-def test_error_on_one_connection_leaves_the_others_alive(proxy, origin, closed_port):
+def test_error_on_one_connection_leaves_the_others_alive(proxy: RunningProxy, origin: OriginServer, closed_port: int) -> None:
     good = http.client.HTTPConnection(*proxy.address, timeout=10)
     through(proxy.address, "GET", origin.url("/bytes/1"), conn=good)
     assert get(proxy, f"http://127.0.0.1:{closed_port}/").startswith(b"HTTP/1.1 502")
@@ -150,8 +160,8 @@ def test_error_on_one_connection_leaves_the_others_alive(proxy, origin, closed_p
     good.close()
 
 
-def test_origin_that_closes_idle_connections_is_not_reused_stale(proxy, origin):
-    def once(h, r):
+def test_origin_that_closes_idle_connections_is_not_reused_stale(proxy: RunningProxy, origin: OriginServer) -> None:
+    def once(h: OriginConnection, r: Received) -> None:
         h.send_raw_head(200, [("Content-Length", "2")])  # says keep-alive, then closes anyway
         h.wfile.write(b"ok")
         h.close_connection = True
@@ -163,7 +173,7 @@ def test_origin_that_closes_idle_connections_is_not_reused_stale(proxy, origin):
     assert origin.connections == 5
 
 
-def test_stale_reused_connection_is_retried_for_idempotent_requests(proxy):
+def test_stale_reused_connection_is_retried_for_idempotent_requests(proxy: RunningProxy) -> None:
     """The origin drops a kept-alive connection just as the second request arrives."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -207,7 +217,7 @@ def test_stale_reused_connection_is_retried_for_idempotent_requests(proxy):
         conn.close()
 
 
-def test_non_idempotent_request_is_not_retried(proxy):
+def test_non_idempotent_request_is_not_retried(proxy: RunningProxy) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     seen = []
@@ -233,7 +243,7 @@ def test_non_idempotent_request_is_not_retried(proxy):
 
 
 @pytest.mark.parametrize("size", [b"+5", b" 5", b"0x5", b"5_", b"-5", b"5 5", b"fffffffffffffffff"])
-def test_lenient_chunk_sizes_from_origins_are_not_relayed(proxy, raw_origin, size):
+def test_lenient_chunk_sizes_from_origins_are_not_relayed(proxy: RunningProxy, raw_origin: Callable[..., RawOrigin], size: Any) -> None:
     bad = raw_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n0\r\n\r\n")
     response = get(proxy, f"http://{bad.authority}/")
     # The head may already be out; what matters is that no complete body follows.
@@ -241,7 +251,7 @@ def test_lenient_chunk_sizes_from_origins_are_not_relayed(proxy, raw_origin, siz
     assert head.startswith(b"HTTP/1.1 ") and body == b"", response
 
 
-def test_client_gone_mid_download_is_not_pooled(proxy, origin):
+def test_client_gone_mid_download_is_not_pooled(proxy: RunningProxy, origin: OriginServer) -> None:
     sock = socket.create_connection(proxy.address, timeout=10)
     sock.sendall(f"GET {origin.url('/bytes/30000000')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
@@ -253,7 +263,7 @@ def test_client_gone_mid_download_is_not_pooled(proxy, origin):
     assert proxy.wait_flows(2)[1].upstream_reused is False
 
 
-def test_client_gone_mid_upload_is_not_pooled(proxy, origin):
+def test_client_gone_mid_upload_is_not_pooled(proxy: RunningProxy, origin: OriginServer) -> None:
     sock = socket.create_connection(proxy.address, timeout=10)
     sock.sendall(f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".encode()
                  + b"x" * 200000)
@@ -265,7 +275,7 @@ def test_client_gone_mid_upload_is_not_pooled(proxy, origin):
     assert proxy.wait_flows(2)[1].upstream_reused is False
 
 
-def test_client_reset_mid_chunked_upload_is_not_blamed_on_the_origin(proxy, origin):
+def test_client_reset_mid_chunked_upload_is_not_blamed_on_the_origin(proxy: RunningProxy, origin: OriginServer) -> None:
     """A chunked upload cut by the client ends the exchange at once, without a 504 wait."""
     sock = socket.create_connection(proxy.address, timeout=10)
     sock.sendall(f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -70,11 +71,11 @@ def check(proxy: ProxyServer, origin: OriginServer, raw: bytes) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_requests(proxy, origin, data):
+def test_mutated_requests(proxy: ProxyServer, origin: OriginServer, data: Any) -> None:
     check(proxy, origin, data.draw(mutated(templates(origin))))
 
 
 @settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=300))
-def test_random_bytes(proxy, origin, raw):
+def test_random_bytes(proxy: ProxyServer, origin: OriginServer, raw: Any) -> None:
     check(proxy, origin, raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def fields(raw: bytes, limits: Limits | None = None) -> Headers:
     (b"CONNECT a:443 HTTP/1.0\r\n", ("CONNECT", "a:443", "HTTP/1.0")),
     (b"M-SEARCH * HTTP/1.1\r\n", ("M-SEARCH", "*", "HTTP/1.1")),
 ])
-def test_request_line(line, expected):
+def test_request_line(line: Any, expected: Any) -> None:
     parsed = parse_request_line(line)
     assert (parsed.method, parsed.target, parsed.version) == expected
 
@@ -44,13 +45,13 @@ def test_request_line(line, expected):
     (b"GET http://a/\xff HTTP/1.1\r\n", 400),
     (b"GET http://a/" + b"a" * 9000 + b" HTTP/1.1\r\n", 414),
 ])
-def test_bad_request_lines(line, status):
+def test_bad_request_lines(line: Any, status: Any) -> None:
     with pytest.raises(BadRequest) as info:
         parse_request_line(line)
     assert info.value.status == status
 
 
-def test_fields_keep_order_duplicates_and_case():
+def test_fields_keep_order_duplicates_and_case() -> None:
     h = fields(b"Host: a\r\nX-A: 1\r\nx-b:2\r\nX-A:  3 \r\n\r\n")
     assert list(h) == [("Host", "a"), ("X-A", "1"), ("x-b", "2"), ("X-A", "3")]
     assert h.get_all("x-a") == ["1", "3"] and h.get("X-B") == "2" and "host" in h
@@ -68,13 +69,13 @@ def test_fields_keep_order_duplicates_and_case():
     b"X: a\nY: b\r\n\r\n",           # bare LF
     b"X: a\r\n",                     # head never ends
 ])
-def test_malformed_fields_are_refused(raw):
+def test_malformed_fields_are_refused(raw: Any) -> None:
     with pytest.raises(BadRequest) as info:
         fields(raw)
     assert info.value.status == 400
 
 
-def test_header_limits_are_431():
+def test_header_limits_are_431() -> None:
     with pytest.raises(BadRequest) as info:
         fields(b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n")
     assert info.value.status == 431
@@ -90,7 +91,7 @@ def test_header_limits_are_431():
     (b"Transfer-Encoding: chunked\r\n", None),
     (b"Transfer-Encoding: CHUNKED\r\n", None),
 ])
-def test_body_length(raw, length):
+def test_body_length(raw: Any, length: Any) -> None:
     assert request_body_length(fields(raw + b"\r\n")) == length
 
 
@@ -109,13 +110,13 @@ def test_body_length(raw, length):
     (b"Transfer-Encoding: identity\r\n", 400),
     (b"Transfer-Encoding: gzip, chunked\r\n", 501),
 ])
-def test_ambiguous_framing_is_refused(raw, status):
+def test_ambiguous_framing_is_refused(raw: Any, status: Any) -> None:
     with pytest.raises(BadRequest) as info:
         request_body_length(fields(raw + b"\r\n"))
     assert info.value.status == status
 
 
-def test_end_to_end_drops_hop_by_hop_and_connection_named_fields():
+def test_end_to_end_drops_hop_by_hop_and_connection_named_fields() -> None:
     h = fields(b"Connection: close, X-Foo\r\nX-Foo: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
                b"Proxy-Authorization: x\r\nUpgrade: ws\r\nX-Bar: 2\r\nContent-Length: 0\r\n\r\n")
     assert end_to_end(h, ["content-length"]) == [("X-Bar", "2")]
@@ -129,16 +130,16 @@ def test_end_to_end_drops_hop_by_hop_and_connection_named_fields():
     ("HTTP/1.0", b"Connection: keep-alive\r\n", True),
     ("HTTP/1.0", b"Proxy-Connection: keep-alive\r\n", True),
 ])
-def test_keep_alive(version, raw, expected):
+def test_keep_alive(version: Any, raw: Any, expected: Any) -> None:
     assert keep_alive(version, fields(raw + b"\r\n")) is expected
 
 
 def chunked(raw: bytes) -> bytes:
-    f = io.BufferedReader(io.BytesIO(raw))  # type: ignore[arg-type]
+    f = io.BufferedReader(io.BytesIO(raw))
     return b"".join(read_chunked(f.readline, f.read1, f.read))
 
 
-def test_chunked_round_trip_and_extensions():
+def test_chunked_round_trip_and_extensions() -> None:
     body = encode_chunk(b"hello") + encode_chunk(b" world") + b"0\r\nX-Trailer: 1\r\n\r\n"
     assert chunked(body) == b"hello world"
     assert chunked(b"5;name=value;q=\"a b\"\r\nhello\r\n0 ; ext\r\n\r\n") == b"hello"
@@ -159,6 +160,6 @@ def test_chunked_round_trip_and_extensions():
     b"5\r\nhel",                          # ends inside a chunk
     b"5\r\nhello\r\n",                    # no last chunk
 ])
-def test_bad_chunked_bodies(raw):
+def test_bad_chunked_bodies(raw: Any) -> None:
     with pytest.raises(BadRequest):
         chunked(raw)

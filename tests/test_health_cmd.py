@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 import pytest
 
@@ -66,13 +67,13 @@ class Impostor:
         self.httpd.server_close()
 
 
-def test_a_live_proxy_is_healthy_and_its_status_is_printed(capsys, proxy):
+def test_a_live_proxy_is_healthy_and_its_status_is_printed(capsys: pytest.CaptureFixture[str], proxy: ProxyServer) -> None:
     assert health_main("--port", str(proxy.port)) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["status"] == "ok" and status["name"] == proxy.via_name
 
 
-def test_a_closed_port_is_unhealthy(capsys):
+def test_a_closed_port_is_unhealthy(capsys: pytest.CaptureFixture[str]) -> None:
     port = closed_port()
     assert health_main("--port", str(port), "--timeout", "2") == 1
     err = capsys.readouterr().err
@@ -84,20 +85,20 @@ def test_a_closed_port_is_unhealthy(capsys):
     (200, b"<html>not a proxy</html>", "without a JSON status"),
     (200, b'{"status": "stopping"}', "reports status 'stopping'"),
 ])
-def test_anything_but_an_ok_status_is_unhealthy(capsys, status, body, reason):
+def test_anything_but_an_ok_status_is_unhealthy(capsys: pytest.CaptureFixture[str], status: Any, body: Any, reason: Any) -> None:
     with Impostor(status, body) as impostor:
         assert health_main("--port", str(impostor.port)) == 1
     assert reason in capsys.readouterr().err
 
 
-def test_the_port_comes_from_fwdproxy_port(monkeypatch, proxy):
+def test_the_port_comes_from_fwdproxy_port(monkeypatch: pytest.MonkeyPatch, proxy: ProxyServer) -> None:
     monkeypatch.setenv("FWDPROXY_PORT", str(proxy.port))
     assert health_main() == 0
     monkeypatch.setenv("FWDPROXY_PORT", str(closed_port()))
     assert health_main() == 1  # negative control: the variable is what decided
 
 
-def test_proxy_variables_are_ignored(monkeypatch, proxy):
+def test_proxy_variables_are_ignored(monkeypatch: pytest.MonkeyPatch, proxy: ProxyServer) -> None:
     dead = f"http://127.0.0.1:{closed_port()}"
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.setenv(name, dead)
@@ -108,11 +109,11 @@ def test_proxy_variables_are_ignored(monkeypatch, proxy):
     ("0.0.0.0", "127.0.0.1"), ("", "127.0.0.1"), ("::", "::1"), ("::0", "::1"),
     ("10.1.2.3", "10.1.2.3"), ("localhost", "localhost"),
 ])
-def test_a_wildcard_listen_address_is_probed_on_loopback(listen, probe):
+def test_a_wildcard_listen_address_is_probed_on_loopback(listen: Any, probe: Any) -> None:
     assert health.probe_host(listen) == probe
 
 
-def test_python_m_proxy_health_runs_standalone(proxy):
+def test_python_m_proxy_health_runs_standalone(proxy: ProxyServer) -> None:
     env = {**os.environ, "FWDPROXY_PORT": str(proxy.port), "FWDPROXY_HOST": "0.0.0.0"}
     ok = subprocess.run([sys.executable, "-m", "proxy.server.health"], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=30)

@@ -91,7 +91,8 @@ def mixed_exchanges(address: tuple[str, int], origin: OriginServer, truncating: 
     ]
 
 
-def test_no_descriptor_or_thread_leaks(proxy_pid_address):
+@pytest.mark.slow
+def test_no_descriptor_or_thread_leaks(proxy_pid_address: tuple[int, tuple[str, int]]) -> None:
     pid, address = proxy_pid_address
     closed = socket.create_server(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]

@@ -16,8 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests  # noqa: F401  (see below)
 
 pytest_plugins = ["pytester"]
+
+# The inner test files use requests. Imported here first, it stays in sys.modules;
+# otherwise pytester's in-process runs each import it afresh and drop it again, and a
+# later run's session mixes two copies of http.cookiejar ("You can only merge into
+# CookieJar") whenever this file runs on its own.
 
 
 # Inner runs load only this plugin, by name: other installed plugins (hypothesis takes
@@ -317,6 +323,7 @@ def test_origin_https_presents_certificates_only_for_its_names(pytester: pytest.
     run(pytester, "-o", "fwdproxy_offline=true").assert_outcomes(passed=1)
 
 
+@pytest.mark.slow
 def test_xdist_workers_each_get_their_own_proxy(pytester: pytest.Pytester,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("xdist")
@@ -337,6 +344,7 @@ def test_xdist_workers_each_get_their_own_proxy(pytester: pytest.Pytester,
     assert len(workers) == 2 and len(set(workers.values())) == 2
 
 
+@pytest.mark.slow
 def test_the_pytest11_entry_point_loads_the_plugin(pytester: pytest.Pytester,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """An installed distribution's entry point, as pyproject.toml declares it, is all it takes."""

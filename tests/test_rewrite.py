@@ -17,6 +17,8 @@ from wire import echoed, exchange
 
 from proxy import Config, ProxyServer
 
+Ruled = Callable[..., RunningProxy]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,7 +55,7 @@ def via(proxy: RunningProxy) -> dict[str, str]:
 
 # -- map-remote ---------------------------------------------------------------------------
 
-def test_map_remote_sends_matching_requests_to_the_new_origin_and_prefix(ruled, origin, dev_server):
+def test_map_remote_sends_matching_requests_to_the_new_origin_and_prefix(ruled: Ruled, origin: OriginServer, dev_server: OriginServer) -> None:
     rule = f"http://127.0.0.1:{origin.port}/api/v1/*=http://127.0.0.1:{dev_server.port}/v2"
     proxy = ruled(("map-remote", rule))
     mapped = requests.get(origin.url("/api/v1/echo?x=1"), proxies=via(proxy), timeout=10)
@@ -67,14 +69,14 @@ def test_map_remote_sends_matching_requests_to_the_new_origin_and_prefix(ruled, 
     assert flows[1].rules == []
 
 
-def test_map_remote_keep_host_keeps_the_clients_host(ruled, origin, dev_server):
+def test_map_remote_keep_host_keeps_the_clients_host(ruled: Ruled, origin: OriginServer, dev_server: OriginServer) -> None:
     proxy = ruled(("map-remote", f"keep-host:http://127.0.0.1:{origin.port}=http://127.0.0.1:{dev_server.port}"))
     out = curl(proxy, origin.url("/echo"))
     assert out.returncode == 0 and echoed(out.stdout)["target"] == "/echo"
     assert dev_server.received[-1].header("Host") == origin.authority and origin.received == []
 
 
-def test_map_remote_to_the_proxy_itself_is_a_loop(ruled, origin):
+def test_map_remote_to_the_proxy_itself_is_a_loop(ruled: Ruled, origin: OriginServer) -> None:
     port = free_port()
     proxy = ruled(("map-remote", f"*/loop/*=http://127.0.0.1:{port}/"), port=port)
     response = exchange(proxy.address, f"GET {origin.url('/loop/x')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -96,7 +98,7 @@ def site(tmp_path: Path) -> Path:
     return root
 
 
-def test_map_local_answers_from_a_folder_with_guessed_types(ruled, site):
+def test_map_local_answers_from_a_folder_with_guessed_types(ruled: Ruled, site: Path) -> None:
     proxy = ruled(("map-local", f"http://site.test/static/*={site}"))
     with requests.Session() as session:  # one kept-alive connection for all of them
         css = session.get("http://site.test/static/css/style.css", proxies=via(proxy), timeout=10)
@@ -108,7 +110,7 @@ def test_map_local_answers_from_a_folder_with_guessed_types(ruled, site):
     assert all(f.rules == [f"map-local http://site.test/static/*={site}"] for f in proxy.wait_flows(3))
 
 
-def test_map_local_file_answers_every_match(ruled, site):
+def test_map_local_file_answers_every_match(ruled: Ruled, site: Path) -> None:
     proxy = ruled(("map-local", f"*.site.test/config*={site / 'data.json'}"))
     out = curl(proxy, "http://api.site.test/config/anything?x=1", "-i")
     assert out.stdout.startswith(b"HTTP/1.1 200") and out.stdout.endswith(b'{"ok": true}')
@@ -123,14 +125,14 @@ def test_map_local_file_answers_every_match(ruled, site):
     ("/static/escape", 403),  # a symlink out of the folder
     ("/static/missing.txt", 404),
 ])
-def test_map_local_never_leaves_its_folder(ruled, site, path, status):
+def test_map_local_never_leaves_its_folder(ruled: Ruled, site: Path, path: str, status: int) -> None:
     proxy = ruled(("map-local", f"http://site.test/static/*={site}"))
     out = curl(proxy, f"http://site.test{path}", "--path-as-is", "-i")
     assert out.stdout.startswith(f"HTTP/1.1 {status}".encode()) and b"do not serve" not in out.stdout
     assert b"Proxy-Status:" in out.stdout
 
 
-def test_map_local_takes_only_get_and_head(ruled, site):
+def test_map_local_takes_only_get_and_head(ruled: Ruled, site: Path) -> None:
     proxy = ruled(("map-local", f"http://site.test/*={site}"))
     resp = requests.post("http://site.test/data.json", data=b"x" * 1000, proxies=via(proxy), timeout=10)
     assert resp.status_code == 405 and resp.headers["Allow"] == "GET, HEAD"
@@ -138,7 +140,7 @@ def test_map_local_takes_only_get_and_head(ruled, site):
 
 # -- header rules ------------------------------------------------------------------------------
 
-def test_set_and_remove_request_headers(ruled, origin):
+def test_set_and_remove_request_headers(ruled: Ruled, origin: OriginServer) -> None:
     proxy = ruled(("set-header", f"http://127.0.0.1:{origin.port}/*=X-Env: staging"),
                   ("remove-header", "*=Cookie"),
                   ("set-header", "*/named=Host: api.internal"))
@@ -154,7 +156,7 @@ def test_set_and_remove_request_headers(ruled, origin):
                                             "remove-header *=Cookie"]
 
 
-def test_set_and_remove_response_headers(ruled, origin):
+def test_set_and_remove_response_headers(ruled: Ruled, origin: OriginServer) -> None:
     proxy = ruled(("set-header", "response:*=X-Served-By: fwdproxy"),
                   ("remove-header", "response:*/cookies=Set-Cookie"))
     out = curl(proxy, origin.url("/cookies"), "-i").stdout
@@ -164,7 +166,7 @@ def test_set_and_remove_response_headers(ruled, origin):
 
 # -- block ---------------------------------------------------------------------------------------
 
-def test_block_refuses_matching_requests_with_a_status(ruled, origin):
+def test_block_refuses_matching_requests_with_a_status(ruled: Ruled, origin: OriginServer) -> None:
     proxy = ruled(("block", "*/ads/*=451"), ("block", "*.tracker.test"))
     blocked = requests.get(origin.url("/ads/banner.js"), proxies=via(proxy), timeout=10)
     assert blocked.status_code == 451 and "blocked by rule block */ads/*=451" in blocked.text
@@ -192,7 +194,7 @@ def test_block_refuses_matching_requests_with_a_status(ruled, origin):
     (["--upstream-proxy", "http://127.0.0.1"], "needs a host and a port"),
     (["--upstream-bypass", "10.0.0.0/99"], "is not a valid CIDR"),
 ])
-def test_bad_rules_stop_the_start_with_one_clear_line(args, message):
+def test_bad_rules_stop_the_start_with_one_clear_line(args: list[str], message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "proxy", "--port", "0", *args], capture_output=True,
                          text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

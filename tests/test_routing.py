@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import http.client
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import pacparser
+import pacparser  # type: ignore[import-untyped]
 import pytest
+from conftest import RunningProxy
 from wire import exchange
 
 from proxy.config import ConfigError
@@ -18,7 +21,7 @@ PARENT = Parent("proxy.corp", 3128)
 
 # -- the parent URL ------------------------------------------------------------------------
 
-def test_parent_url_with_encoded_credentials():
+def test_parent_url_with_encoded_credentials() -> None:
     parent = parse_parent("http://al%40ice:p%3Ass@Proxy.Corp:3128/")
     assert (parent.host, parent.port, parent.user, parent.password) == ("proxy.corp", 3128, "al@ice", "p:ss")
     assert parent.authorization == "Basic YWxAaWNlOnA6c3M="
@@ -30,13 +33,13 @@ def test_parent_url_with_encoded_credentials():
 @pytest.mark.parametrize("url", ["https://h:1", "socks5://h:1", "h:3128", "http://h", "http://h:0",
                                  "http://h:x", "http://:1", "http://u@h:1", "http://:p@h:1",
                                  "http://h:1/path", "http://[::1:1"])
-def test_bad_parent_urls_say_why(url):
+def test_bad_parent_urls_say_why(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_parent(url)
     assert "upstream proxy" in str(info.value)
 
 
-def test_a_bad_parent_url_never_shows_its_password():
+def test_a_bad_parent_url_never_shows_its_password() -> None:
     with pytest.raises(ConfigError) as info:
         parse_parent("http://user:s3cret@host")
     assert "s3cret" not in str(info.value) and "user:***@host" in str(info.value)
@@ -58,14 +61,14 @@ def test_a_bad_parent_url_never_shows_its_password():
     ("api.test", 443, False),
     ("wild.test", 1, True),                 # *.wild.test also covers wild.test, as curl reads it
 ])
-def test_bypass_entries_as_no_proxy_reads_them(host, port, direct):
+def test_bypass_entries_as_no_proxy_reads_them(host: str, port: int, direct: bool) -> None:
     bypass = parse_bypass("localhost, .corp.example,10.0.0.0/8 ,[::1],api.test:8443,*.wild.test")
     decision = route(host, port, PARENT, bypass)
     assert (decision.parent is None) is direct
     assert str(decision) == ("direct" if direct else "via parent proxy proxy.corp:3128")
 
 
-def test_guard_clauses_say_why():
+def test_guard_clauses_say_why() -> None:
     assert route("a.test", 80, None).reason == "no upstream proxy configured"
     assert route("a.test", 80, PARENT, parse_bypass("*")).reason == "a.test matches bypass entry *"
     assert route("A.Test.", 80, PARENT, parse_bypass("a.test")).parent is None  # case and trailing dot
@@ -74,7 +77,7 @@ def test_guard_clauses_say_why():
 
 
 @pytest.mark.parametrize("entry", ["10.0.0.0/33", "a b", "[::1]:x", "host:99999", "*.", "a/b"])
-def test_bad_bypass_entries(entry):
+def test_bad_bypass_entries(entry: str) -> None:
     with pytest.raises(ConfigError):
         parse_bypass(entry)
 
@@ -93,11 +96,11 @@ def test_bad_bypass_entries(entry):
     ("http://[::1]:8080/x", ("http", "::1", 8080, "/x"), True),
     ("*/search[=]q", ("http", "a.test", 80, "/search=q"), True),
 ])
-def test_url_globs_match_like_fault_matchers(glob, url, hit):
+def test_url_globs_match_like_fault_matchers(glob: str, url: str, hit: bool) -> None:
     assert parse_rule("block", glob).glob.matches(*url) is hit
 
 
-def test_map_remote_paths():
+def test_map_remote_paths() -> None:
     rule = parse_rule("map-remote", "https://api.example.com/v1/*=http://127.0.0.1:3000/")
     assert rule.origin is not None and str(rule.origin) == "http://127.0.0.1:3000"
     assert remote_path(rule, "/v1/users?x=1") == "/users?x=1"
@@ -108,7 +111,7 @@ def test_map_remote_paths():
     assert remote_path(prefixed, "/old?q=1") == "/new?q=1" and remote_path(prefixed, "/old/x") == "/new/x"
 
 
-def test_plan_order_first_answer_wins_and_header_rules_add_up():
+def test_plan_order_first_answer_wins_and_header_rules_add_up() -> None:
     rules = [parse_rule("set-header", "*=X-A: 1"), parse_rule("map-remote", "*=http://b.test"),
              parse_rule("map-remote", "*=http://c.test"), parse_rule("set-header", "response:*=X-B: 2"),
              parse_rule("remove-header", "*=X-A")]
@@ -121,20 +124,20 @@ def test_plan_order_first_answer_wins_and_header_rules_add_up():
     assert blocked.fired == ["block a.test=410"]  # nothing else happened to it
 
 
-def test_header_edits_replace_every_field_of_that_name():
+def test_header_edits_replace_every_field_of_that_name() -> None:
     fields = [("Set-Cookie", "a"), ("X", "1"), ("set-cookie", "b")]
     assert edit_fields(fields, [("Set-Cookie", "c")]) == [("X", "1"), ("Set-Cookie", "c")]
     assert edit_fields(fields, [("SET-COOKIE", None)]) == [("X", "1")]
 
 
-def test_only_pathless_block_rules_refuse_tunnels():
+def test_only_pathless_block_rules_refuse_tunnels() -> None:
     rules = [parse_rule("block", "*/ads/*"), parse_rule("block", "http://*.t.test"),
              parse_rule("block", "*.t.test:443")]
     assert tunnel_block(rules, "x.t.test", 443) is rules[2]
     assert tunnel_block(rules, "x.t.test", 8443) is None
 
 
-def test_rule_errors_name_the_rule():
+def test_rule_errors_name_the_rule() -> None:
     with pytest.raises(RuleError, match=r"rule --set-header 'response:\*=X-A: a\\x01': .*control"):
         parse_rule("set-header", "response:*=X-A: a\x01")
     with pytest.raises(RuleError, match="unknown rule kind"):
@@ -144,7 +147,7 @@ def test_rule_errors_name_the_rule():
 # -- the PAC file -----------------------------------------------------------------------------
 
 @pytest.fixture
-def pac_engine():
+def pac_engine() -> Iterator[Any]:
     """pacparser: Mozilla's JavaScript engine with the PAC helper functions, as browsers run PAC."""
     pacparser.init()
     yield pacparser
@@ -163,13 +166,13 @@ def pac_engine():
     ("https://api.test/x", "api.test", "PROXY 127.0.0.1:8080"),
     ("http://[::1]:8000/", "::1", "DIRECT"),
 ])
-def test_pac_file_in_a_pac_engine(pac_engine, url, host, expected):
+def test_pac_file_in_a_pac_engine(pac_engine: Any, url: str, host: str, expected: str) -> None:
     bypass = parse_bypass("localhost,.corp.test,10.0.0.0/8,::1,api.test:8443")
     pac_engine.parse_pac_string(pac_file("127.0.0.1:8080", bypass))
     assert pac_engine.find_proxy(url, host) == expected
 
 
-def test_proxy_pac_is_served_on_the_proxy_port(proxy_factory, pac_engine):
+def test_proxy_pac_is_served_on_the_proxy_port(proxy_factory: Callable[..., RunningProxy], pac_engine: Any) -> None:
     proxy = proxy_factory(upstream_proxy="http://127.0.0.1:9", upstream_bypass=("*.local.test",))
     conn = http.client.HTTPConnection(*proxy.address, timeout=10)
     conn.request("GET", "/proxy.pac")
@@ -188,14 +191,14 @@ def test_proxy_pac_is_served_on_the_proxy_port(proxy_factory, pac_engine):
     ("proxy.lan", "proxy.lan:{port}"),
     ('evil");alert(1);//', "127.0.0.1:{port}"),  # not an authority: our own address instead
 ])
-def test_proxy_pac_names_the_proxy_as_the_client_reached_it(proxy, pac_engine, host, named):
+def test_proxy_pac_names_the_proxy_as_the_client_reached_it(proxy: RunningProxy, pac_engine: Any, host: str, named: str) -> None:
     host = host.format(port=proxy.server.port)
     raw = exchange(proxy.address, f"GET /proxy.pac HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
     pac_engine.parse_pac_string(raw.partition(b"\r\n\r\n")[2].decode())
     assert pac_engine.find_proxy("http://a.test/", "a.test") == "PROXY " + named.format(port=proxy.server.port)
 
 
-def test_proxy_pac_is_refused_to_clients_that_may_not_use_the_proxy(proxy_factory):
+def test_proxy_pac_is_refused_to_clients_that_may_not_use_the_proxy(proxy_factory: Callable[..., RunningProxy]) -> None:
     from proxy.config import parse_networks
 
     proxy = proxy_factory(allow_from=parse_networks("10.0.0.0/8"))

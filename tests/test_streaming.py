@@ -13,8 +13,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from servers import OriginServer, Received
+
+from proxy.testing.origins import OriginConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 100 * 1024 * 1024
@@ -43,12 +47,12 @@ def peak_rss_kib(pid: int) -> int:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
 
 
-def gated_download(origin, chunked: bool) -> threading.Event:
+def gated_download(origin: OriginServer, chunked: bool) -> threading.Event:
     """An origin route that sends 1 MiB, then waits until the client has seen bytes, then the rest."""
     seen = threading.Event()
     piece = b"z" * PIECE
 
-    def big(h, r):
+    def big(h: OriginConnection, r: Received) -> None:
         framing = ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(SIZE))
         h.send_raw_head(200, [framing])
         for i in range(SIZE // PIECE):
@@ -63,7 +67,7 @@ def gated_download(origin, chunked: bool) -> threading.Event:
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_100mb_download_streams_with_flat_memory(proxy_process, origin, chunked):
+def test_100mb_download_streams_with_flat_memory(proxy_process: tuple[subprocess.Popen[str], tuple[str, int]], origin: OriginServer, chunked: Any) -> None:
     proc, address = proxy_process
     seen = gated_download(origin, chunked)
     conn = http.client.HTTPConnection(*address, timeout=30)
@@ -81,7 +85,7 @@ def test_100mb_download_streams_with_flat_memory(proxy_process, origin, chunked)
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_100mb_upload_streams_with_flat_memory(proxy_process, origin, chunked):
+def test_100mb_upload_streams_with_flat_memory(proxy_process: tuple[subprocess.Popen[str], tuple[str, int]], origin: OriginServer, chunked: Any) -> None:
     proc, address = proxy_process
     piece = b"u" * PIECE
     body = (piece for _ in range(SIZE // PIECE))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from proxy.http1.errors import BadRequest
@@ -20,11 +22,11 @@ from proxy.http1.target import Origin, parse_absolute, parse_authority
     ("http://127.0.0.1:1/", Origin("http", "127.0.0.1", 1), "/"),
     ("http://under_score.test/", Origin("http", "under_score.test", 80), "/"),
 ])
-def test_absolute_form(target, origin, path):
+def test_absolute_form(target: Any, origin: Origin, path: Any) -> None:
     assert parse_absolute(target) == (origin, path)
 
 
-def test_options_with_empty_path_is_asterisk():
+def test_options_with_empty_path_is_asterisk() -> None:
     assert parse_absolute("http://example.test", "OPTIONS")[1] == "*"
     assert parse_absolute("http://example.test/", "OPTIONS")[1] == "/"
 
@@ -50,7 +52,7 @@ def test_options_with_empty_path_is_asterisk():
     ("http://[fe80::1%25eth0]/", "zone"),
     ("http://" + "a" * 254 + "/", "invalid host"),
 ])
-def test_bad_absolute_targets(target, reason):
+def test_bad_absolute_targets(target: Any, reason: Any) -> None:
     with pytest.raises(BadRequest, match=reason) as info:
         parse_absolute(target)
     assert info.value.status == 400
@@ -62,18 +64,18 @@ def test_bad_absolute_targets(target, reason):
     ("::1:8443", ("::1", 8443)),  # Python 3.11 set_tunnel()
     ("10.0.0.1:22", ("10.0.0.1", 22)),
 ])
-def test_authority_form(target, expected):
+def test_authority_form(target: Any, expected: Any) -> None:
     assert parse_authority(target) == expected
 
 
 @pytest.mark.parametrize("target", ["example.test", "example.test:", ":443", "u@example.test:443",
                                     "example.test:443/x", "[::1]", "::1", "example.test:443:1"])
-def test_bad_authorities(target):
+def test_bad_authorities(target: Any) -> None:
     with pytest.raises(BadRequest):
         parse_authority(target)
 
 
-def test_origin_authority_leaves_out_default_ports():
+def test_origin_authority_leaves_out_default_ports() -> None:
     assert Origin("http", "example.test", 80).authority == "example.test"
     assert Origin("http", "::1", 8080).authority == "[::1]:8080"
     assert str(Origin("http", "::1", 80)) == "http://[::1]"

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from servers import OriginServer
+
+if TYPE_CHECKING:
+    from conftest import RunningProxy
+
 import http.client
 import os
 import socket
-import ssl
 import struct
 import subprocess
 import threading
 
-import pytest
 import requests
-from servers import OriginServer
 from wire import echoed, read_response
 
 
-def connect(address, target: str, version: str = "HTTP/1.1", host: bool = True) -> socket.socket:
+def connect(address: Any, target: str, version: str = "HTTP/1.1", host: bool = True) -> socket.socket:
     sock = socket.create_connection(address, timeout=10)
     head = f"CONNECT {target} {version}\r\n" + (f"Host: {target}\r\n" if host else "") + "\r\n"
     sock.sendall(head.encode())
@@ -33,7 +40,7 @@ def read_head(sock: socket.socket) -> bytes:
     return data
 
 
-def test_http_client_set_tunnel_with_verified_tls(proxy, tls_origin, client_context):
+def test_http_client_set_tunnel_with_verified_tls(proxy: RunningProxy, tls_origin: OriginServer, client_context: ssl.SSLContext) -> None:
     conn = http.client.HTTPSConnection(*proxy.address, timeout=10, context=client_context)
     conn.set_tunnel("localhost", tls_origin.port)  # Python 3.11 sends CONNECT ... HTTP/1.0, no Host
     for path in ("/echo", "/bytes/100000"):
@@ -50,7 +57,7 @@ def test_http_client_set_tunnel_with_verified_tls(proxy, tls_origin, client_cont
     assert flow.bytes_down > 100000 and flow.bytes_up > 0
 
 
-def test_wrong_ca_fails_the_handshake(proxy, tls_origin):
+def test_wrong_ca_fails_the_handshake(proxy: RunningProxy, tls_origin: OriginServer) -> None:
     """Negative control: the tunnel is blind, so TLS really is checked end to end."""
     conn = http.client.HTTPSConnection(*proxy.address, timeout=10, context=ssl.create_default_context())
     conn.set_tunnel("localhost", tls_origin.port)
@@ -59,7 +66,7 @@ def test_wrong_ca_fails_the_handshake(proxy, tls_origin):
     conn.close()
 
 
-def test_requests_https_through_the_tunnel(proxy, tls_origin, ca_file):
+def test_requests_https_through_the_tunnel(proxy: RunningProxy, tls_origin: OriginServer, ca_file: str) -> None:
     with requests.Session() as session:
         r = session.post(tls_origin.url("/echo"), data=b"secret", proxies={"https": proxy.url},
                          verify=ca_file, timeout=10)
@@ -68,7 +75,7 @@ def test_requests_https_through_the_tunnel(proxy, tls_origin, ca_file):
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_curl_through_the_proxy(proxy, origin, tls_origin, ca_file, scheme):
+def test_curl_through_the_proxy(proxy: RunningProxy, origin: OriginServer, tls_origin: OriginServer, ca_file: str, scheme: Any) -> None:
     server = tls_origin if scheme == "https" else origin
     out = subprocess.run(
         ["curl", "-sS", "--fail", "--noproxy", "", "-x", proxy.url, "--cacert", ca_file,
@@ -79,14 +86,14 @@ def test_curl_through_the_proxy(proxy, origin, tls_origin, ca_file, scheme):
     assert proxy.wait_flows(1)[0].kind == ("tunnel" if scheme == "https" else "http")
 
 
-def test_curl_proxytunnel_for_plain_http(proxy, origin):
+def test_curl_proxytunnel_for_plain_http(proxy: RunningProxy, origin: OriginServer) -> None:
     out = subprocess.run(["curl", "-sS", "--fail", "--noproxy", "", "-p", "-x", proxy.url,
                           origin.url("/echo")], capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert proxy.wait_flows(1)[0].kind == "tunnel"
 
 
-def test_bytes_pipelined_behind_connect_are_not_lost(proxy, origin):
+def test_bytes_pipelined_behind_connect_are_not_lost(proxy: RunningProxy, origin: OriginServer) -> None:
     sock = socket.create_connection(proxy.address, timeout=10)
     # CONNECT and the first request inside the tunnel in one write, before our 200.
     sock.sendall(f"CONNECT {origin.authority} HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n"
@@ -97,7 +104,7 @@ def test_bytes_pipelined_behind_connect_are_not_lost(proxy, origin):
     sock.close()
 
 
-def test_http10_connect_without_host(proxy, origin):
+def test_http10_connect_without_host(proxy: RunningProxy, origin: OriginServer) -> None:
     sock = connect(proxy.address, origin.authority, version="HTTP/1.0", host=False)
     assert read_head(sock).startswith(b"HTTP/1.1 200 ")
     sock.sendall(f"GET /bytes/4 HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode())
@@ -105,7 +112,7 @@ def test_http10_connect_without_host(proxy, origin):
     sock.close()
 
 
-def test_half_close_lets_the_answer_through(proxy):
+def test_half_close_lets_the_answer_through(proxy: RunningProxy) -> None:
     """The client shuts its sending side; bytes the target sends afterwards still arrive."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -129,7 +136,7 @@ def test_half_close_lets_the_answer_through(proxy):
     listener.close()
 
 
-def test_ipv6_literal_target(proxy):
+def test_ipv6_literal_target(proxy: RunningProxy) -> None:
     try:
         listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
     except OSError:
@@ -147,7 +154,7 @@ def test_ipv6_literal_target(proxy):
 @pytest.mark.parametrize("target", ["example.test", "example.test:", "example.test:99999",
                                     "http://example.test:80", "user@example.test:443", "[::1:443",
                                     "exa mple.test:443"])
-def test_bad_connect_targets_get_400(proxy, target):
+def test_bad_connect_targets_get_400(proxy: RunningProxy, target: Any) -> None:
     sock = socket.create_connection(proxy.address, timeout=10)
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
     data = b""
@@ -158,7 +165,7 @@ def test_bad_connect_targets_get_400(proxy, target):
     sock.close()
 
 
-def test_connect_refused_gets_502(proxy):
+def test_connect_refused_gets_502(proxy: RunningProxy) -> None:
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
@@ -170,7 +177,7 @@ def test_connect_refused_gets_502(proxy):
     sock.close()
 
 
-def test_tunnel_does_not_disturb_other_clients(proxy, origin, tls_origin, client_context):
+def test_tunnel_does_not_disturb_other_clients(proxy: RunningProxy, origin: OriginServer, tls_origin: OriginServer, client_context: ssl.SSLContext) -> None:
     hold = connect(proxy.address, origin.authority)
     assert read_head(hold).startswith(b"HTTP/1.1 200 ")
     conn = http.client.HTTPConnection(*proxy.address, timeout=10)
@@ -180,7 +187,7 @@ def test_tunnel_does_not_disturb_other_clients(proxy, origin, tls_origin, client
     hold.close()
 
 
-def test_tunnel_to_ipv6_origin_server_is_verified(proxy, server_context, client_context):
+def test_tunnel_to_ipv6_origin_server_is_verified(proxy: RunningProxy, server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> None:
     try:
         server = OriginServer(server_context, host="::1")
     except OSError:
@@ -193,7 +200,7 @@ def test_tunnel_to_ipv6_origin_server_is_verified(proxy, server_context, client_
         conn.close()
 
 
-def test_idle_tunnel_is_closed(proxy_factory):
+def test_idle_tunnel_is_closed(proxy_factory: Callable[..., RunningProxy]) -> None:
     proxy = proxy_factory(tunnel_idle_timeout=0.3)
     listener = socket.create_server(("127.0.0.1", 0))
     sock = connect(proxy.address, f"127.0.0.1:{listener.getsockname()[1]}")
@@ -207,7 +214,7 @@ def test_idle_tunnel_is_closed(proxy_factory):
 
 
 @pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
-def test_full_duplex_bulk_both_ways(proxy, splice):
+def test_full_duplex_bulk_both_ways(proxy: RunningProxy, splice: Any) -> None:
     """Both sides send 8 MB at once; the relay's backpressure must not deadlock or lose a byte."""
     proxy.server.relay._splice = splice and hasattr(os, "splice")  # both relay paths, where both exist
     listener = socket.create_server(("127.0.0.1", 0))
@@ -243,7 +250,7 @@ def test_full_duplex_bulk_both_ways(proxy, splice):
     assert (flow.bytes_up, flow.bytes_down) == (size, size)
 
 
-def test_stopping_the_server_closes_tunnels(proxy_factory):
+def test_stopping_the_server_closes_tunnels(proxy_factory: Callable[..., RunningProxy]) -> None:
     proxy = proxy_factory()
     listener = socket.create_server(("127.0.0.1", 0))
     sock = connect(proxy.address, f"127.0.0.1:{listener.getsockname()[1]}")
@@ -257,7 +264,7 @@ def test_stopping_the_server_closes_tunnels(proxy_factory):
         s.close()
 
 
-def test_a_failed_tunnel_never_leaks_bytes_into_another(proxy):
+def test_a_failed_tunnel_never_leaks_bytes_into_another(proxy: RunningProxy) -> None:
     """A client that resets while its tunnel is mid-delivery must not strand bytes in a
     buffer that another tunnel then delivers."""
     listener = socket.create_server(("127.0.0.1", 0))

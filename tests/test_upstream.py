@@ -11,12 +11,16 @@ from typing import Any
 
 import pytest
 import requests
-from client_fixtures import free_port, tinyproxy, tinyproxy_binary  # noqa: F401
+from client_fixtures import TinyProxy, free_port, tinyproxy, tinyproxy_binary  # noqa: F401
 from conftest import RunningProxy
-from servers import OriginServer
+from servers import OriginServer, RawOrigin
 from wire import echoed, exchange
 
 from proxy import Config, ProxyServer
+from proxy.testing.pytest_plugin import FwdProxy
+from proxy.testing.pytest_plugin import Origin as PluginOrigin
+
+Chain = Callable[..., RunningProxy]
 
 
 @pytest.fixture
@@ -74,7 +78,7 @@ def connect(proxy: RunningProxy, target: str, headers: str = "") -> tuple[int, d
 
 # -- chained through a second fwdproxy with credentials -----------------------------------
 
-def test_plain_http_goes_to_the_parent_in_absolute_form_with_its_credentials(chain, origin):
+def test_plain_http_goes_to_the_parent_in_absolute_form_with_its_credentials(chain: Chain, origin: OriginServer) -> None:
     back = chain(auth=(("pu", "pw"),))
     front = chain(auth=(("cu", "cp"),), upstream_proxy=parent_url(back, "pu:pw"))
     proxies = {"http": f"http://cu:cp@127.0.0.1:{front.server.port}"}
@@ -89,7 +93,7 @@ def test_plain_http_goes_to_the_parent_in_absolute_form_with_its_credentials(cha
     assert at_front.parent == f"127.0.0.1:{back.server.port}"
 
 
-def test_client_credentials_are_never_sent_to_the_parent(chain, origin):
+def test_client_credentials_are_never_sent_to_the_parent(chain: Chain, origin: OriginServer) -> None:
     # The parent wants the client's own credentials: only the configured ones may reach it.
     back = chain(auth=(("cu", "cp"),))
     front = chain(auth=(("cu", "cp"),), upstream_proxy=parent_url(back))
@@ -99,7 +103,7 @@ def test_client_credentials_are_never_sent_to_the_parent(chain, origin):
     assert origin.received == []
 
 
-def test_connect_goes_through_a_connect_to_the_parent(chain, tls_origin, ca_file):
+def test_connect_goes_through_a_connect_to_the_parent(chain: Chain, tls_origin: OriginServer, ca_file: str) -> None:
     back = chain(auth=(("pu", "pw"),))
     front = chain(upstream_proxy=parent_url(back, "pu:pw"))
     resp = requests.get(tls_origin.url("/echo"), proxies={"https": front.url}, verify=ca_file, timeout=10)
@@ -114,14 +118,14 @@ def test_connect_goes_through_a_connect_to_the_parent(chain, tls_origin, ca_file
     assert back_flow.bytes_down == front_flow.bytes_down > 0
 
 
-def test_curl_through_a_chain(chain, origin, tls_origin, ca_file):
+def test_curl_through_a_chain(chain: Chain, origin: OriginServer, tls_origin: OriginServer, ca_file: str) -> None:
     back = chain(auth=(("pu", "p:w"),))
     front = chain(upstream_proxy=parent_url(back, "pu:p%3Aw"))  # percent-encoded colon in the password
     for url in (origin.url("/echo"), tls_origin.url("/echo")):
         assert echoed(curl(front, url, ca_file))["target"] == "/echo"
 
 
-def test_parent_connections_are_pooled_across_origins(chain, origin):
+def test_parent_connections_are_pooled_across_origins(chain: Chain, origin: OriginServer) -> None:
     back = chain()
     front = chain(upstream_proxy=parent_url(back))
     with requests.Session() as session:
@@ -133,7 +137,7 @@ def test_parent_connections_are_pooled_across_origins(chain, origin):
     assert [f.upstream_reused for f in front.wait_flows(4)] == [False, True, True, True]
 
 
-def test_bypass_goes_direct(chain, origin):
+def test_bypass_goes_direct(chain: Chain, origin: OriginServer) -> None:
     back = chain()
     front = chain(upstream_proxy=parent_url(back), upstream_bypass=("localhost,10.0.0.0/8,127.0.0.0/8",))
     status, _, _body = get(front, origin.url("/echo"))
@@ -142,14 +146,14 @@ def test_bypass_goes_direct(chain, origin):
     assert back.flows == []
 
 
-def test_bypass_by_port_only_matches_that_port(chain, origin):
+def test_bypass_by_port_only_matches_that_port(chain: Chain, origin: OriginServer) -> None:
     back = chain()
     front = chain(upstream_proxy=parent_url(back), upstream_bypass=("127.0.0.1:1",))
     status, _, _ = get(front, origin.url("/echo"))
     assert status == 200 and origin.received[-1].all("Via")[-1] == f"1.1 {back.server.via_name}"
 
 
-def test_http_proxy_variables_are_never_the_servers_parent(chain, origin, monkeypatch):
+def test_http_proxy_variables_are_never_the_servers_parent(chain: Chain, origin: OriginServer, monkeypatch: pytest.MonkeyPatch) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, dead)
@@ -157,7 +161,7 @@ def test_http_proxy_variables_are_never_the_servers_parent(chain, origin, monkey
     assert get(chain(upstream_proxy=dead), origin.url("/echo"))[0] == 502  # negative control
 
 
-def test_deny_private_still_reaches_a_private_parent_but_judges_literal_targets(chain, raw_origin):
+def test_deny_private_still_reaches_a_private_parent_but_judges_literal_targets(chain: Chain, raw_origin: Callable[..., RawOrigin]) -> None:
     parent = raw_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     front = chain(upstream_proxy=f"http://{parent.authority}", deny_private=True)
     status, _, body = get(front, "http://origin.test/")  # the parent resolves names: sent on
@@ -170,7 +174,7 @@ def test_deny_private_still_reaches_a_private_parent_but_judges_literal_targets(
 # -- loops through parents -------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
-def test_a_loop_through_parents_is_refused_with_508(chain, origin, kind):
+def test_a_loop_through_parents_is_refused_with_508(chain: Chain, origin: OriginServer, kind: str) -> None:
     port_a = free_port()
     b = chain(upstream_proxy=f"http://127.0.0.1:{port_a}")
     a = chain(port=port_a, upstream_proxy=parent_url(b))
@@ -182,7 +186,7 @@ def test_a_loop_through_parents_is_refused_with_508(chain, origin, kind):
     assert origin.received == [] and len(a.wait_flows(2)) == 2  # A saw it once, then refused it
 
 
-def test_bytes_after_the_parents_connect_answer_stay_in_the_tunnel(chain, raw_origin):
+def test_bytes_after_the_parents_connect_answer_stay_in_the_tunnel(chain: Chain, raw_origin: Callable[..., RawOrigin]) -> None:
     # A server that speaks first (SMTP, SSH): its banner may arrive with the parent's 200.
     parent = raw_origin(b"HTTP/1.1 200 Connection established\r\nX-Hop: 1\r\n\r\n220 banner\r\n")
     front = chain(upstream_proxy=f"http://{parent.authority}")
@@ -199,7 +203,7 @@ def test_bytes_after_the_parents_connect_answer_stay_in_the_tunnel(chain, raw_or
 
 # -- tinyproxy as the parent -----------------------------------------------------------
 
-def test_plain_and_connect_through_tinyproxy(chain, tinyproxy, origin, tls_origin, ca_file):  # noqa: F811
+def test_plain_and_connect_through_tinyproxy(chain: Chain, tinyproxy: Callable[..., TinyProxy], origin: OriginServer, tls_origin: OriginServer, ca_file: str) -> None:  # noqa: F811
     tp = tinyproxy(auth="tu:tp")
     front = chain(upstream_proxy=tp.url.replace("//", "//tu:tp@"))
     plain = requests.get(origin.url("/echo"), proxies={"http": front.url}, timeout=10)
@@ -211,7 +215,7 @@ def test_plain_and_connect_through_tinyproxy(chain, tinyproxy, origin, tls_origi
     assert all(f.parent == tp.url.removeprefix("http://") for f in front.wait_flows(2))
 
 
-def test_tinyproxy_without_our_credentials_is_a_502(chain, tinyproxy, tls_origin):  # noqa: F811
+def test_tinyproxy_without_our_credentials_is_a_502(chain: Chain, tinyproxy: Callable[..., TinyProxy], tls_origin: OriginServer) -> None:  # noqa: F811
     tp = tinyproxy(auth="tu:tp")
     front = chain(upstream_proxy=tp.url)
     status, fields, body = connect(front, tls_origin.authority)
@@ -222,7 +226,7 @@ def test_tinyproxy_without_our_credentials_is_a_502(chain, tinyproxy, tls_origin
 # -- parent failures ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
-def test_unreachable_parent_is_a_502_naming_it(chain, origin, kind):
+def test_unreachable_parent_is_a_502_naming_it(chain: Chain, origin: OriginServer, kind: str) -> None:
     port = free_port()
     front = chain(upstream_proxy=f"http://127.0.0.1:{port}")
     status, fields, body = (get(front, origin.url("/echo")) if kind == "plain"
@@ -232,7 +236,7 @@ def test_unreachable_parent_is_a_502_naming_it(chain, origin, kind):
     assert f'next-hop="127.0.0.1:{port}"' in fields["proxy-status"]
 
 
-def test_parent_refusing_connect_is_a_502(chain, origin):
+def test_parent_refusing_connect_is_a_502(chain: Chain, origin: OriginServer) -> None:
     back = chain(connect_ports=frozenset({1}))
     front = chain(upstream_proxy=parent_url(back))
     status, fields, body = connect(front, origin.authority)
@@ -242,7 +246,7 @@ def test_parent_refusing_connect_is_a_502(chain, origin):
 
 
 @pytest.mark.parametrize("kind", ["plain", "connect"])
-def test_parent_407_is_a_502_never_passed_on(chain, origin, kind):
+def test_parent_407_is_a_502_never_passed_on(chain: Chain, origin: OriginServer, kind: str) -> None:
     back = chain(auth=(("pu", "pw"),))
     wrong = chain(upstream_proxy=parent_url(back, "pu:nope"))
     status, fields, body = (get(wrong, origin.url("/echo")) if kind == "plain"
@@ -253,7 +257,7 @@ def test_parent_407_is_a_502_never_passed_on(chain, origin, kind):
     assert (get(right, origin.url("/echo")) if kind == "plain" else connect(right, origin.authority))[0] == 200
 
 
-def test_parent_closing_mid_response_is_a_502(chain, raw_origin):
+def test_parent_closing_mid_response_is_a_502(chain: Chain, raw_origin: Callable[..., RawOrigin]) -> None:
     parent = raw_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
     front = chain(upstream_proxy=f"http://{parent.authority}")
     status, _fields, body = get(front, "http://origin.test/")
@@ -261,7 +265,7 @@ def test_parent_closing_mid_response_is_a_502(chain, raw_origin):
     assert parent.received[0].startswith(b"GET http://origin.test/ HTTP/1.1\r\n")
 
 
-def test_parent_closing_without_a_response_is_a_502(chain, raw_origin):
+def test_parent_closing_without_a_response_is_a_502(chain: Chain, raw_origin: Callable[..., RawOrigin]) -> None:
     parent = raw_origin(b"")
     front = chain(upstream_proxy=f"http://{parent.authority}")
     for status, fields, body in (get(front, "http://origin.test/"), connect(front, "origin.test:443")):
@@ -269,7 +273,7 @@ def test_parent_closing_without_a_response_is_a_502(chain, raw_origin):
         assert f'next-hop="{parent.authority}"' in fields["proxy-status"]
 
 
-def test_silent_parent_is_a_504(chain, raw_origin):
+def test_silent_parent_is_a_504(chain: Chain, raw_origin: Callable[..., RawOrigin]) -> None:
     parent = raw_origin(b"", then="hang")
     front = chain(upstream_proxy=f"http://{parent.authority}", timeout=0.5)
     for status, fields, body in (get(front, "http://origin.test/"), connect(front, "origin.test:443")):
@@ -277,7 +281,7 @@ def test_silent_parent_is_a_504(chain, raw_origin):
         assert "next-hop" in fields["proxy-status"]
 
 
-def test_the_parents_answer_is_read_exactly_however_it_arrives():
+def test_the_parents_answer_is_read_exactly_however_it_arrives() -> None:
     from proxy.server.dialler import _read_reply
     from proxy.server.routing import Parent
 
@@ -297,7 +301,7 @@ def test_the_parents_answer_is_read_exactly_however_it_arrives():
         assert ours.recv(100) == b"BANNER"
 
 
-def test_bad_settings_fail_at_construction_not_at_first_request():
+def test_bad_settings_fail_at_construction_not_at_first_request() -> None:
     from proxy.config import ConfigError
 
     for settings in ({"upstream_proxy": "ftp://p:1"}, {"rewrite_rules": (("block", "*=99"),)},
@@ -306,7 +310,7 @@ def test_bad_settings_fail_at_construction_not_at_first_request():
             ProxyServer(Config(port=0, **settings), sinks=[])
 
 
-def test_names_go_to_the_parent_unresolved_with_the_plugins_proxies(fwdproxy, fwdproxy_factory, origin_http):
+def test_names_go_to_the_parent_unresolved_with_the_plugins_proxies(fwdproxy: FwdProxy, fwdproxy_factory: Callable[..., FwdProxy], origin_http: PluginOrigin) -> None:
     # The plugin's proxy is the parent and knows api.test; the front proxy never resolves it.
     fwdproxy.map_host("api.test", origin_http)
     origin_http.respond(200, b"from the parent's side")

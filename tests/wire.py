@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -41,7 +42,7 @@ def read_response(sock: socket.socket, method: str = "GET") -> tuple[http.client
     return resp, body
 
 
-def through(address: tuple[str, int], method: str, url: str, body: bytes | None = None,
+def through(address: tuple[str, int], method: str, url: str, body: bytes | Iterable[bytes] | None = None,
             headers: dict[str, str] | None = None,
             conn: http.client.HTTPConnection | None = None) -> tuple[http.client.HTTPResponse, bytes]:
     """One request in absolute-form through the proxy with http.client."""

@@ -165,7 +165,7 @@ def _verbose_handler(logger: logging.Logger) -> logging.Handler:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m proxy.fetch URL [flags]``, until ``fwdproxy fetch`` is wired into the CLI."""
+    """``python -m proxy.client.fetch URL [flags]``: the same as ``fwdproxy fetch URL [flags]``."""
     parser = argparse.ArgumentParser(prog="fwdproxy")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return run(parser.parse_args(["fetch", *(sys.argv[1:] if argv is None else argv)]))

@@ -13,7 +13,9 @@ all refused rather than repaired.
 
 from __future__ import annotations
 
+import email.utils
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -227,6 +229,28 @@ def keep_alive(version: str, headers: Headers) -> bool:
     if "close" in tokens:
         return False
     return version == "HTTP/1.1" or "keep-alive" in tokens
+
+
+def persistent_client(version: str, headers: Headers) -> bool:
+    """Whether a client connection may stay open after this exchange.
+
+    RFC 9112 section 9.3: a proxy MUST NOT maintain a persistent connection
+    with an HTTP/1.0 client, whatever its Connection: keep-alive says (an
+    HTTP/1.0 proxy in between would forward that field blindly and hang).
+    """
+    return version == "HTTP/1.1" and keep_alive(version, headers)
+
+
+def http_date() -> str:
+    """The current time as an IMF-fixdate (RFC 9110 section 5.6.7), formatted once a second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, email.utils.formatdate(now, usegmt=True))
+    return _date[1]
+
+
+_date = (0, "")
 
 
 def end_to_end(headers: Headers, extra: Iterable[str] = ()) -> list[tuple[str, str]]:

@@ -37,6 +37,7 @@ class Flow:
     path: str = ""  # origin-form path and query; "" for tunnels
     request_headers: list[tuple[str, str]] = field(default_factory=list)
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_trailers: list[tuple[str, str]] = field(default_factory=list)  # of a chunked response
     # Bodies of plain HTTP exchanges, kept only up to Config.capture_bodies bytes.
     request_body: bytes = b""
     response_body: bytes = b""

@@ -1,15 +1,14 @@
 """Downstream: the client side of one exchange, as the forward step and fault rules use it.
 
 It owns the client's buffered reader and raw socket for the length of an
-exchange, and the client's deadline: every send and read first moves it ahead,
-so a slow client is served and a silent one is cut. A client that stops
+exchange, and the client's deadline: every send and read first arms it, so a
+slow client is served and a silent or deaf one is cut. A client that stops
 receiving ends the exchange (``Abort``); one whose body never arrives is a 400.
 """
 
 from __future__ import annotations
 
 import socket
-import time
 from io import BufferedReader
 
 from ..http1.errors import Abort, BadRequest
@@ -19,8 +18,11 @@ from .watchdog import Deadline
 class Downstream:
     """The client side of an exchange: its buffered reader, its raw socket, its deadline.
 
-    Every send and read first moves the deadline ``timeout`` seconds ahead:
-    a client may be slow, but not silent for longer than that.
+    Every send and read first arms the deadline ``timeout`` seconds ahead: a
+    client may be slow, but not silent (or deaf) for longer than that. A send
+    arms it to cut both sides, since only that wakes a send blocked on a
+    client that stopped reading; a read cuts the read side only, so an error
+    can still be written.
     """
 
     def __init__(self, rfile: BufferedReader, sock: socket.socket, deadline: Deadline | None = None,
@@ -31,8 +33,9 @@ class Downstream:
         self.timeout = timeout
 
     def progress(self) -> None:
+        """The client is about to be read from: it has ``timeout`` seconds to send something."""
         if self.deadline is not None:
-            self.deadline.at = time.monotonic() + self.timeout
+            self.deadline.arm_read(self.timeout)
 
     def rest(self) -> None:
         """Nothing is expected from the client for now (the origin is being waited for)."""
@@ -40,10 +43,13 @@ class Downstream:
             self.deadline.clear()
 
     def send(self, data: bytes) -> None:
-        self.progress()
+        if self.deadline is not None:
+            self.deadline.arm_write(self.timeout)
         try:
             self.sock.sendall(data)
-        except OSError as exc:  # includes a deadline cut: a client that stops reading is gone
+        except OSError as exc:
+            if self.deadline is not None and self.deadline.fired:
+                raise Abort(f"client stopped reading for {self.timeout:g}s") from exc
             raise Abort(f"client stopped receiving: {exc}") from exc
 
     def read_exact(self, n: int) -> bytes:

@@ -11,14 +11,15 @@ policy or write error pages: the handler does that with what this raises.
 from __future__ import annotations
 
 import http.client
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BufferedReader
 
-from ..http1 import responses
+from ..http1 import responses, upgrade
 from ..http1.chunked import LAST_CHUNK, encode_chunk, read_chunked
 from ..http1.errors import Abort, BadRequest, UpstreamError, UpstreamTimeout
-from ..http1.headers import Headers, content_length, end_to_end, keep_alive
+from ..http1.headers import HOP_BY_HOP, Headers, content_length, end_to_end, http_date, persistent_client
 from ..http1.target import Origin
 from ..record.flows import Flow
 from .downstream import Downstream
@@ -55,6 +56,7 @@ class Request:
     parent: Parent | None = None  # sent in absolute-form through this parent proxy
     host_header: str | None = None  # kept from before a map-remote rule; None: the origin's
     response_edits: tuple[HeaderEdit, ...] = ()  # header rules for the response
+    upgrade: str | None = None  # protocols offered in Upgrade, when the policy lets them through
 
     @property
     def url(self) -> str:
@@ -73,8 +75,19 @@ class Request:
         return self.origin.authority if self.parent is None else str(self.parent)
 
 
-def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
-    """Carry one request to its origin and the response back; True if the client may send another."""
+@dataclass
+class Upgraded:
+    """A 101 was relayed: the upstream socket, and bytes the origin sent after its head, for a tunnel."""
+
+    upstream: socket.socket
+    early: bytes
+
+
+def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool | Upgraded:
+    """Carry one request to its origin and the response back; True if the client may send another.
+
+    After a 101 to an Upgrade the policy allowed, returns the upstream socket to relay instead.
+    """
     try:
         return _forward(req, client, pool, flow)
     except (UpstreamError, UpstreamTimeout) as exc:
@@ -83,7 +96,7 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
         raise
 
 
-def _forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
+def _forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool | Upgraded:
     expects_continue = req.version == "HTTP/1.1" and "100-continue" in req.headers.tokens("expect")
     body: bytes | None = b""
     if req.body_length is None or req.body_length > SMALL_BODY or (expects_continue and req.body_length):
@@ -115,6 +128,8 @@ def _forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool:
     try:
         if req.parent is not None and resp.status == 407:
             raise _parent_refused(req.parent)
+        if resp.status == 101 and req.upgrade:
+            return _switch(resp, req, client, flow, lease)
         keep = _relay_response(resp, req, client, flow, lease)
     finally:
         lease.abandon()
@@ -144,6 +159,18 @@ class _Lease:
         else:
             self.conn.requests += 1
             self.pool.release(self.conn)
+
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """After a 101: take the socket out of http.client, with bytes already read past the head."""
+        self.settled = True
+        sock = self.conn.detach()
+        sock.setblocking(False)
+        try:
+            early = self.resp.fp.read1(65536) or b""
+        except OSError:
+            early = b""
+        self.resp.close()  # its reader only: the socket is ours now
+        return sock, early
 
     def abandon(self) -> None:
         """The exchange ended early: the connection's state is unknown, so it is closed."""
@@ -179,6 +206,9 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
         if req.parent is not None and req.parent.authorization:
             conn.putheader("Proxy-Authorization", req.parent.authorization)
         conn.putheader("Via", req.via)
+        if req.upgrade:
+            conn.putheader("Connection", "Upgrade")
+            conn.putheader("Upgrade", req.upgrade)
         if req.body_length is None:
             conn.putheader("Transfer-Encoding", "chunked")
         elif req.body_length or "content-length" in req.headers:
@@ -210,6 +240,7 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
     try:
         client.progress()
         for data in pieces:
+            client.rest()  # while the origin takes this piece, the client owes nothing
             flow.bytes_up += len(data)
             flow.keep("request_body", data, req.capture)
             if req.max_body is not None and flow.bytes_up > req.max_body:
@@ -270,7 +301,7 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
     """Write the response head and stream its body; True if the client connection stays usable."""
     flow.status = resp.status
     headers, length = _response_framing(resp, req)
-    client_keep = keep_alive(req.version, req.headers)
+    client_keep = persistent_client(req.version, req.headers)
     for status, reason, fields in resp.informational:
         if req.version == "HTTP/1.1":
             client.send(responses.head(status, fields.items(), reason))
@@ -286,8 +317,11 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
             client_keep = False  # HTTP/1.0 client: the body ends when we close
     if req.version == "HTTP/1.1" and not client_keep:
         framing.append(("Connection", "close"))
-    elif req.version == "HTTP/1.0" and client_keep:
-        framing.append(("Connection", "keep-alive"))
+    resp_fields: Headers = resp.headers  # type: ignore[assignment]
+    if chunked_down and resp.chunked:
+        framing += [("Trailer", value) for value in resp_fields.get_all("trailer")]
+    if "date" not in resp_fields:
+        framing.append(("Date", http_date()))  # RFC 9110 section 6.6.1: a forwarded response has one
     framing.append(("Via", _via(resp, req)))
     flow.response_headers = [*headers, *framing]
     head = responses.head(resp.status, [*headers, *framing], resp.reason)
@@ -306,8 +340,49 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
     _stream_down(resp, req, client, flow, chunked_down, lease.conn)
     lease.settle()
     if chunked_down:
-        client.send(LAST_CHUNK)
+        client.send(_last_chunk(resp.trailers, flow))
     return client_keep
+
+
+# RFC 9110 section 6.5.1: fields a trailer must not carry (framing, routing,
+# authentication, controls); with the hop-by-hop ones they are not passed on.
+_NOT_IN_TRAILER = HOP_BY_HOP | {"content-length", "host", "authorization", "set-cookie",
+                                "content-type", "content-encoding", "content-range", "cache-control",
+                                "expect", "max-forwards", "age", "expires", "date", "location",
+                                "retry-after", "vary", "www-authenticate"}
+
+
+def _last_chunk(trailers: Headers | None, flow: Flow) -> bytes:
+    """The last chunk, with the origin's trailer fields (RFC 9112 section 7.1.2) passed on."""
+    if not trailers:
+        return LAST_CHUNK
+    drop = _NOT_IN_TRAILER | trailers.tokens("connection")
+    fields = [(name, value) for key, name, value in trailers.fields if key not in drop]
+    flow.response_trailers = fields
+    lines = "".join(f"{name}: {value}\r\n" for name, value in fields)
+    return b"0\r\n" + lines.encode("latin-1") + b"\r\n"
+
+
+def _switch(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow,
+            lease: _Lease) -> Upgraded:
+    """Relay a 101 (RFC 9110 section 15.2.2) and hand over the upstream socket for a tunnel."""
+    fields: Headers = resp.headers  # type: ignore[assignment]
+    assert req.upgrade is not None
+    protocol = upgrade.accepted(fields, req.upgrade)
+    if protocol is None:
+        raise UpstreamError(f"{req.origin.authority} switched to a protocol that was not offered",
+                            kind="http_upgrade_failed")
+    flow.status = 101
+    framing = [("Connection", "Upgrade"), ("Upgrade", protocol), ("Via", _via(resp, req))]
+    headers = end_to_end(fields, _REPLACED_DOWN)
+    flow.response_headers = [*headers, *framing]
+    upstream, early = lease.detach()
+    try:
+        client.send(responses.head(101, [*headers, *framing], resp.reason))
+    except BaseException:
+        upstream.close()
+        raise
+    return Upgraded(upstream, early)
 
 
 def _has_body(resp: UpstreamResponse, req: Request) -> bool:

@@ -23,15 +23,15 @@ import socket
 import time
 from http.server import BaseHTTPRequestHandler
 
-from ..http1 import responses
+from ..http1 import maxforwards, responses, upgrade
 from ..http1.chunked import read_chunked
 from ..http1.errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
 from ..http1.headers import (
     Headers,
     RequestLine,
     content_length,
-    keep_alive,
     parse_request_line,
+    persistent_client,
     read_fields,
     request_body_length,
 )
@@ -41,7 +41,7 @@ from . import pac, rules
 from .connect import dial
 from .downstream import Downstream
 from .faults import ShapedDownstream
-from .forward import Request, forward
+from .forward import Request, Upgraded, forward
 from .policy import check_connect_port, check_credentials, client_allowed
 from .rewrite import tunnel_block
 from .shared import ServerBase
@@ -111,7 +111,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self._start = start = time.monotonic()
         # From its first byte, the whole head must arrive within header_timeout;
         # only the read side is cut, so a 408 can still be written.
-        self.deadline.set(self.server.config.header_timeout, socket.SHUT_RD)
+        self.deadline.arm_read(self.server.config.header_timeout)
         self.phase = Phase.HEAD
         flow = Flow(kind="http", client=self.client_label, method="-", url="-")
         try:
@@ -147,7 +147,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _await_request(self) -> bool:
         """Wait (up to the idle timeout) for the next request's first byte; False if none comes."""
-        self.deadline.set(self.server.config.client_idle_timeout)
+        self.deadline.arm_read(self.server.config.client_idle_timeout)  # a cut read ends the wait
         try:
             return bool(self.downstream.rfile.peek(1))
         except OSError:
@@ -196,6 +196,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _forward(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
         """Plain HTTP: the request to send, shaped by fault rules if any, carried there and back."""
+        left = maxforwards.remaining(line.method, headers)
+        if left == 0:
+            return self._answer_as_final_recipient(line, headers, flow)
+        if left is not None:
+            headers = maxforwards.counted_down(headers, left - 1)
         req = self._request(line, headers, flow)
         downstream = self.downstream
         if self.server.faults:
@@ -212,7 +217,23 @@ class ProxyHandler(BaseHTTPRequestHandler):
         # Plain HTTP goes to the parent in absolute-form; an https:// origin (TLS with the
         # origin itself) is reached through a CONNECT to the parent, by the pool's dialler.
         req.parent = parent if req.origin.scheme == "http" else None
-        return forward(req, downstream, self.server.pool, flow)
+        result = forward(req, downstream, self.server.pool, flow)
+        if isinstance(result, Upgraded):
+            self._relay(result.upstream, result.early, flow)
+            return False
+        return result
+
+    def _answer_as_final_recipient(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
+        """OPTIONS or TRACE with Max-Forwards: 0 stop here (RFC 9110 section 7.6.2)."""
+        origin, path = parse_absolute(line.target, line.method)
+        self.server.host_rules.check(origin.host)
+        flow.host, flow.port, flow.path = origin.host, origin.port, path
+        self._discard_body(request_body_length(headers, line.version))
+        content_type, body, fields = maxforwards.final_answer(line.method, self.requestline, headers)
+        keep = persistent_client(line.version, headers)
+        self._send(responses.own(200, body, content_type, head_only=False, close=not keep, extra=fields))
+        flow.status, flow.bytes_down = 200, len(body)
+        return keep
 
     def _request(self, line: RequestLine, headers: Headers, flow: Flow) -> Request:
         """The request to forward: an allowed target, a body within limits, our Via entry."""
@@ -226,7 +247,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise BadRequest(f"request body larger than {config.max_body} bytes", status=413)
         req = Request(line.method, origin, path, line.version, headers, length,
                       via=f"{line.version[5:]} {self.server.via_name}", max_body=config.max_body,
-                      capture=config.capture_bodies)
+                      capture=config.capture_bodies,
+                      upgrade=upgrade.offered(headers, config.upgrade_protocols))
         flow.url = req.url
         return req
 
@@ -257,9 +279,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
             upstream.close()
             raise
         flow.status = 200
+        self._relay(upstream, b"", flow)
+
+    def _relay(self, upstream: socket.socket, early_down: bytes, flow: Flow) -> None:
+        """Hand both sockets to the tunnel relay (after CONNECT's 200 or an Upgrade's 101)."""
         self.deadline.clear()
         # From here the relay owns both sockets and records the flow when the tunnel ends.
-        self.server.relay_tunnel(self.connection, upstream, self._buffered_bytes(), flow, self._start)
+        self.server.relay_tunnel(self.connection, upstream, self._buffered_bytes(), flow, self._start,
+                                 early_down=early_down)
         self.phase = Phase.RELAYED
 
     def _apply_faults(self, method: str, host: str, path: str, headers: Headers, flow: Flow,
@@ -285,7 +312,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 raise ProxyError(f"failure injected by a fault rule for {host}{path}",
                                  status=p["status"], kind="proxy_internal_response")
             elif fault.action == "respond" and req is not None:
-                self._discard_body(req)
+                self._discard_body(req.body_length)
                 self._send_response(p["status"], p["body"], p["headers"], flow,
                                     head_only=method == "HEAD")
                 return None
@@ -297,12 +324,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return self.downstream
         return ShapedDownstream(self.downstream, rate=rate, reset_after=reset_after)
 
-    def _discard_body(self, req: Request) -> None:
-        if req.body_length is None:
+    def _discard_body(self, length: int | None) -> None:
+        if length is None:
+            self.downstream.progress()
             for _ in read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read):
                 pass
-        elif req.body_length:
-            self.downstream.read_exact(req.body_length)
+        elif length:
+            self.downstream.read_exact(length)
 
     def _send_response(self, status: int, body: bytes, headers: list[tuple[str, str]], flow: Flow,
                        head_only: bool) -> None:
@@ -330,7 +358,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if request_body_length(headers):
             raise BadRequest("/healthz takes no body")
         body = (json.dumps(self.server.status()) + "\n").encode()
-        keep = keep_alive(line.version, headers)
+        keep = persistent_client(line.version, headers)
         self._send(responses.own(200, body, "application/json", head_only=line.method == "HEAD",
                                  close=not keep))
         flow.status, flow.bytes_down = 200, len(body)
@@ -345,7 +373,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         authority = pac.proxy_authority(headers.get("host"), self.server.config.host,
                                         int(self.server.server_address[1]))
         body = pac.pac_file(authority, self.server.router.bypass).encode()
-        keep = keep_alive(line.version, headers)
+        keep = persistent_client(line.version, headers)
         self._send(responses.own(200, body, pac.CONTENT_TYPE, head_only=line.method == "HEAD",
                                  close=not keep))
         flow.status, flow.bytes_down = 200, len(body)
@@ -356,7 +384,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def _send(self, response: bytes) -> None:
-        """Send a response of ours; a client that is gone is not told anything."""
+        """Send a response of ours; a client that is gone (or does not read) is not told anything."""
+        self.deadline.arm_write(self.server.config.timeout)
         try:
             self.connection.sendall(response)
         except OSError:

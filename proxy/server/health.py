@@ -98,7 +98,7 @@ def _where(ns: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m proxy.health [flags]``, usable before ``fwdproxy health`` is wired into the CLI."""
+    """``python -m proxy.server.health [flags]``: ``fwdproxy health`` for the image's HEALTHCHECK."""
     parser = argparse.ArgumentParser(prog="fwdproxy")
     add_parser(parser.add_subparsers(dest="command", required=True))
     return run(parser.parse_args(["health", *(sys.argv[1:] if argv is None else argv)]))

@@ -9,6 +9,7 @@ threads are never joined and its sockets never closed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -22,11 +23,11 @@ from typing import Any
 
 from .. import __version__
 from ..config import Config
-from ..http1 import responses
 from ..http1.headers import Limits
 from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
 from .connect import ConnectFn, Connector
+from .descriptors import Budget, soft_limit
 from .dialler import Dialler
 from .faults import Faults
 from .handler import ProxyHandler
@@ -74,9 +75,18 @@ class ProxyServer(ServerBase):
         self.faults = Faults()
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self.allow_reuse_port = config.workers > 1
+        self._spare_fd: int | None = None  # server_close() may run inside TCPServer.__init__
         super().__init__((self.config.host, self.config.port), ProxyHandler)
+        self.budget = Budget.for_limit(soft_limit(), config.max_clients, config.pool_max_idle_total)
+        if note := self.budget.note(config.max_clients):
+            log.warning("%s", note)
         self.pool = Pool(self._new_connection, max_idle_per_origin=self.config.pool_max_idle_per_origin,
-                         idle_timeout=self.config.pool_idle_timeout)
+                         max_idle_total=self.budget.max_idle, idle_timeout=self.config.pool_idle_timeout)
+        self.watchdog.every_tick(self.pool.sweep)
+        # Held so that, out of descriptors, one can be freed to accept a client and answer it.
+        self._spare_fd = _open_spare()
+        self._accept_backoff = 0.0
+        self._busy = _busy_response(self.via_name)
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
         self.started = time.monotonic()
         self.stopping = False
@@ -89,6 +99,12 @@ class ProxyServer(ServerBase):
         self._detached: set[socket.socket] = set()  # client sockets the relay now owns
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls getfqdn(), a reverse DNS lookup we neither need nor want.
@@ -119,7 +135,7 @@ class ProxyServer(ServerBase):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread for the connection, or answer 503 at once if there are too many."""
         with self._lock:
-            full = self._active >= self.config.max_clients
+            full = self._active >= self.budget.max_clients
             if not full:
                 self._active += 1
         if full:
@@ -164,27 +180,62 @@ class ProxyServer(ServerBase):
         super().shutdown_request(request)
 
     def relay_tunnel(self, client: socket.socket, upstream: socket.socket, early: bytes,
-                     flow: Flow, start: float) -> None:
+                     flow: Flow, start: float, *, early_down: bytes = b"") -> None:
         """Hand an established tunnel to the relay; its flow is emitted when it ends."""
         def closed(tunnel: Tunnel) -> None:
             with self._lock:
                 self._detached.discard(client)
                 self._active -= 1
-            flow.bytes_up, flow.bytes_down, flow.error = tunnel.bytes_up, tunnel.bytes_down, tunnel.error
+            flow.bytes_up += tunnel.bytes_up
+            flow.bytes_down += tunnel.bytes_down
+            flow.error = tunnel.error
             flow.finish(start)
             self.flows.emit(flow)
 
         with self._lock:
             self._detached.add(client)
         self.flows.emit_opened(flow)
-        self.relay.add(client, upstream, early, closed)
+        self.relay.add(client, upstream, early, closed, early_down=early_down)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            accepted = self.socket.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._out_of_descriptors()
+            raise  # socketserver drops the failed accept and selects again
+        self._accept_backoff = 0.0
+        return accepted
+
+    def _out_of_descriptors(self) -> None:
+        """accept() failed for want of descriptors: answer one waiting client, or back off.
+
+        Retrying at once would spin (the listening socket stays readable) and
+        leave every queued client hanging. Freeing the spare descriptor lets one
+        client in to get its 503 and a close; without a spare, wait a little
+        longer each time (up to half a second) before trying again.
+        """
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+            try:
+                sock, _ = self.socket.accept()
+            except OSError:
+                pass
+            else:
+                _answer_now(sock, self._busy)
+            self._spare_fd = _open_spare()
+            if self._spare_fd is not None:
+                return
+        self._accept_backoff = min(max(0.01, self._accept_backoff * 2), 0.5)
+        time.sleep(self._accept_backoff)
 
     def _refuse_busy(self, sock: socket.socket) -> None:
         """Answer 503 from one shared thread: no per-connection thread, no blocking the accept loop."""
         try:
             self._refused.put_nowait(sock)
         except queue.Full:
-            sock.close()  # a flood: not even a 503 for this one
+            _answer_now(sock, self._busy)  # a flood: answered without waiting on the client
             return
         with self._lock:
             if self._refuser is None:
@@ -192,9 +243,7 @@ class ProxyServer(ServerBase):
                 self._refuser.start()
 
     def _refuse_loop(self) -> None:
-        body = b"fwdproxy: too many client connections; retry shortly\n"
-        response = responses.head(503, [("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8"),
-                                        ("Connection", "close"), ("Content-Length", str(len(body)))]) + body
+        response = self._busy
         while True:
             sock = self._refused.get()
             try:
@@ -288,3 +337,32 @@ class ProxyServer(ServerBase):
 
     def __repr__(self) -> str:
         return f"<ProxyServer {self.url} clients={len(self._clients)} tunnels={self.relay.count()}>"
+
+
+def _busy_response(name: str) -> bytes:
+    body = b"fwdproxy: too many client connections; retry shortly\n"
+    return (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            b'Proxy-Status: %s; error=proxy_internal_error; details="too many client connections"\r\n'
+            b"Content-Length: %d\r\n\r\n%s" % (name.encode(), len(body), body))
+
+
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _answer_now(sock: socket.socket, response: bytes) -> None:
+    """Write a short answer without ever blocking, read what the client sent (so the close is
+    a FIN, not a reset that could destroy the answer), and close."""
+    try:
+        sock.setblocking(False)
+        sock.send(response)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(65536)
+    except OSError:
+        pass
+    finally:
+        sock.close()

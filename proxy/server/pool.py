@@ -43,7 +43,7 @@ class UpstreamResponse(http.client.HTTPResponse):
     the email package (tens of microseconds per response, the hottest spot on
     the forward path), silently stops at a line without a colon, reads "5, 5"
     as no Content-Length and lets Transfer-Encoding quietly win over
-    Content-Length. Here the head goes through ``headers.read_fields`` and
+    Content-Length. Here the head goes through ``http1.headers.read_fields`` and
     ambiguous framing raises MalformedResponse (RFC 9112 section 6.3). The
     attributes http.client's body readers use (chunked, chunk_left, length,
     will_close) are set exactly as the stdlib defines them; ``headers`` and
@@ -56,6 +56,7 @@ class UpstreamResponse(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
         self.informational: list[tuple[int, str, Headers]] = []
+        self.trailers: Headers | None = None  # of a chunked body, once read to its end
 
     def begin(self) -> None:
         if self.headers is not None:
@@ -81,6 +82,10 @@ class UpstreamResponse(http.client.HTTPResponse):
             self.length = None if chunked else length
         # Without a length the body runs to the close (RFC 9112 section 6.3 rule 8).
         self.will_close = not keep_alive(version, fields) or (not chunked and self.length is None)
+        if status == 101:
+            # The connection goes on in another protocol: the forward step takes the
+            # socket over (or closes it); otherwise getresponse() would close it first.
+            self.will_close = False
 
     def _read_status(self) -> tuple[str, int, str]:
         while True:
@@ -98,6 +103,11 @@ class UpstreamResponse(http.client.HTTPResponse):
             return read_fields(self.fp.readline, RESPONSE_LIMITS)
         except ProxyError as exc:
             raise MalformedResponse(exc.reason) from None
+
+    def _read_and_discard_trailer(self) -> None:
+        # Despite the stdlib's name, kept rather than discarded: a proxy passes
+        # trailer fields on to a client that takes chunked (RFC 9112 section 7.1.2).
+        self.trailers = self._read_fields()
 
     def _read_next_chunk_size(self) -> int:
         # http.client reads sizes with int(x, 16), which takes "+5", " 5", "0x5"
@@ -141,14 +151,24 @@ class UpstreamConnection(http.client.HTTPConnection):
             self.deadline = self._watchdog.watch(self.sock)
 
     def progress(self) -> None:
-        """The next blocking call on this connection must return within read_timeout."""
+        """The next blocking call on this connection (a read or a send) must return within read_timeout."""
         if self.deadline is not None:
-            self.deadline.at = time.monotonic() + self.read_timeout
+            self.deadline.arm_write(self.read_timeout)
 
     def idle(self) -> None:
         """Resting in the pool: no deadline (the pool's idle expiry applies instead)."""
         if self.deadline is not None:
             self.deadline.clear()
+
+    def detach(self) -> socket.socket:
+        """Hand the socket over (a protocol switch): no deadline, no pool, not closed with this."""
+        sock = self.sock
+        assert sock is not None
+        if self.deadline is not None and self._watchdog is not None:
+            self._watchdog.forget(self.deadline)
+            self.deadline = None
+        self.sock = None
+        return sock
 
     def timed_out(self) -> bool:
         return self.deadline is not None and self.deadline.fired
@@ -177,17 +197,39 @@ def is_dropped(sock: socket.socket | None) -> bool:
     return bool(poller.poll(0))
 
 
+def _dropped(conns: list[UpstreamConnection]) -> set[UpstreamConnection]:
+    """The idle connections with something to read (EOF or stray bytes), in one poll() call."""
+    poller = select.poll()
+    by_fd = {}
+    for conn in conns:
+        if conn.sock is not None:
+            try:
+                by_fd[conn.sock.fileno()] = conn
+                poller.register(conn.sock, select.POLLIN)
+            except (OSError, ValueError):
+                continue  # closed meanwhile by the acquire that took it
+    return {by_fd[fd] for fd, _ in poller.poll(0) if fd in by_fd}
+
+
 class Pool:
-    """Idle upstream connections per origin, handed out most-recently-used first."""
+    """Idle upstream connections per origin, handed out most-recently-used first.
+
+    Bounded per origin and in total (the oldest idle connection anywhere makes
+    room for a newer one), and swept from a timer (``sweep``): a connection
+    idle past ``idle_timeout``, or one the origin has closed, is closed
+    whether or not more traffic comes.
+    """
 
     def __init__(self, factory: Callable[[Origin], UpstreamConnection], *,
-                 max_idle_per_origin: int = 32, idle_timeout: float = 30.0,
+                 max_idle_per_origin: int = 32, max_idle_total: int = 1024, idle_timeout: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._factory = factory
         self._max_idle = max_idle_per_origin
+        self._max_total = max_idle_total
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._idle: dict[Origin, list[UpstreamConnection]] = {}
+        self._total = 0
         self._lock = threading.Lock()
         self._next_sweep = 0.0
         self.opened = 0
@@ -203,6 +245,8 @@ class Pool:
             with self._lock:
                 idle = self._idle.get(origin)
                 candidate = idle.pop() if idle else None
+                if candidate is not None:
+                    self._total -= 1
             if candidate is None:
                 break
             # Checked outside the lock: poll() releases the GIL, and a lock held
@@ -218,33 +262,58 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Give back a connection whose last exchange completed cleanly."""
-        now = self._clock()
-        conn.idle_since = now
+        conn.idle_since = self._clock()
+        evicted = None
         with self._lock:
             idle = self._idle.setdefault(conn.origin, [])
-            keep = conn.sock is not None and len(idle) < self._max_idle
+            keep = conn.sock is not None and len(idle) < self._max_idle and self._max_total > 0
             if keep:
+                if self._total >= self._max_total:
+                    evicted = self._take_oldest()
                 idle.append(conn)
-            expired = self._sweep(now)
+                self._total += 1
         if not keep:
             conn.close()
-        for old in expired:
-            old.close()
+        if evicted is not None:
+            evicted.close()
 
-    def _sweep(self, now: float) -> list[UpstreamConnection]:
-        """Take out connections idle too long, at most once a second (lock held)."""
-        if now < self._next_sweep:
-            return []
-        self._next_sweep = now + 1.0
-        expired = []
-        for origin, idle in list(self._idle.items()):
-            fresh = [c for c in idle if now - c.idle_since < self._idle_timeout]
-            expired += [c for c in idle if now - c.idle_since >= self._idle_timeout]
-            if fresh:
-                self._idle[origin] = fresh
-            else:
-                del self._idle[origin]
-        return expired
+    def _take_oldest(self) -> UpstreamConnection | None:
+        """Remove the connection idle longest, over every origin (lock held)."""
+        heads = [(idle[0].idle_since, origin) for origin, idle in self._idle.items() if idle]
+        if not heads:
+            return None
+        origin = min(heads, key=lambda head: head[0])[1]
+        self._total -= 1
+        return self._idle[origin].pop(0)
+
+    def sweep(self) -> None:
+        """Close connections idle too long or closed by their origin (at most once a second).
+
+        Runs on a timer (the watchdog thread), so a burst's connections do not
+        sit open, or in CLOSE_WAIT once the origin leaves, until the next request.
+        """
+        now = self._clock()
+        with self._lock:
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + 1.0
+            idle = [c for conns in self._idle.values() for c in conns]
+        stale = {c for c in idle if now - c.idle_since >= self._idle_timeout}
+        stale |= _dropped([c for c in idle if c not in stale])
+        if not stale:
+            return
+        removed = []  # only those still idle: one taken by acquire meanwhile is its user's now
+        with self._lock:
+            for origin, conns in list(self._idle.items()):
+                kept = [c for c in conns if c not in stale]
+                removed += [c for c in conns if c in stale]
+                if kept:
+                    self._idle[origin] = kept
+                else:
+                    del self._idle[origin]
+            self._total -= len(removed)
+        for conn in removed:
+            conn.close()
 
     def idle_count(self) -> int:
         with self._lock:
@@ -255,6 +324,7 @@ class Pool:
         with self._lock:
             idle = [c for conns in self._idle.values() for c in conns]
             self._idle.clear()
+            self._total = 0
         for conn in idle:
             conn.close()
 

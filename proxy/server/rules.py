@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 from ..http1.chunked import read_chunked
 from ..http1.errors import Forbidden, ProxyError
-from ..http1.headers import Headers, keep_alive
+from ..http1.headers import Headers, persistent_client
 from ..record.flows import Flow
 from .downstream import Downstream
 from .forward import Request
@@ -94,7 +94,7 @@ def serve_file(rule: Rule, req: Request, client: Downstream, flow: Flow) -> bool
                          kind="proxy_internal_response", headers=(("Allow", "GET, HEAD"),))
     found = local_file(rule, req.path)
     discard_body(req, client)
-    keep = keep_alive(req.version, req.headers)
+    keep = persistent_client(req.version, req.headers)  # never with HTTP/1.0 (RFC 9112 9.3)
     content_type = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
     with found.open("rb") as file:
         size = os.fstat(file.fileno()).st_size
@@ -102,8 +102,6 @@ def serve_file(rule: Rule, req: Request, client: Downstream, flow: Flow) -> bool
                               ("Cache-Control", "no-store")], req.response_edits)
         if not keep:
             fields.append(("Connection", "close"))
-        elif req.version == "HTTP/1.0":
-            fields.append(("Connection", "keep-alive"))
         head = "HTTP/1.1 200 OK\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
         flow.status, flow.response_headers = 200, fields
         client.send(head.encode("latin-1"))

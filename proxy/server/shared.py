@@ -56,7 +56,7 @@ class ServerBase(ThreadingHTTPServer):
         raise NotImplementedError
 
     def relay_tunnel(self, client: socket.socket, upstream: socket.socket, early: bytes,
-                     flow: Flow, start: float) -> None:
+                     flow: Flow, start: float, *, early_down: bytes = b"") -> None:
         raise NotImplementedError
 
     def status(self) -> dict[str, Any]:

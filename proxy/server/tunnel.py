@@ -47,24 +47,31 @@ class Tunnel:
     """A relayed pair of sockets and what went through it; changed only by the relay thread."""
 
     def __init__(self, client: socket.socket, upstream: socket.socket, early: bytes,
-                 on_close: Callable[[Tunnel], None]) -> None:
+                 on_close: Callable[[Tunnel], None], early_down: bytes = b"") -> None:
         self.client, self.upstream = client, upstream
         self.on_close = on_close
         self.state = State.OPEN
         self.bytes_up = len(early)
-        self.bytes_down = 0
+        self.bytes_down = len(early_down)
         self.error = ""
         self.last_active = time.monotonic()
         # Bytes read from one side that the other has not taken yet, keyed by
         # the socket they are waiting to be written to.
-        self.pending: dict[socket.socket, bytes] = {upstream: early} if early else {}
+        self.pending = {sock: data for sock, data in ((upstream, early), (client, early_down)) if data}
         # Spliced bytes a socket has not taken yet: the pipe holding them and how many.
         self.piped: dict[socket.socket, tuple[Pipe, int]] = {}
         self.ended: set[socket.socket] = set()  # sockets that sent EOF
+        # Since when a socket with bytes waiting for it has taken none: a side
+        # that stops reading is cut after the idle timeout even while the other
+        # direction keeps the tunnel busy.
+        self.stalled: dict[socket.socket, float] = {dst: self.last_active for dst in self.pending}
         self.finished: set[socket.socket] = set()  # sockets we shut for writing
 
     def peer(self, sock: socket.socket) -> socket.socket:
         return self.upstream if sock is self.client else self.client
+
+    def side(self, sock: socket.socket) -> str:
+        return "client" if sock is self.client else "upstream"
 
     def waiting(self, dst: socket.socket) -> bool:
         """Whether bytes are queued for dst (so its peer is not read meanwhile)."""
@@ -98,11 +105,11 @@ class Relay:
     # -- called from other threads -----------------------------------------
 
     def add(self, client: socket.socket, upstream: socket.socket, early: bytes,
-            on_close: Callable[[Tunnel], None]) -> Tunnel:
+            on_close: Callable[[Tunnel], None], *, early_down: bytes = b"") -> Tunnel:
         """Take over both sockets; ``on_close`` runs (on the relay thread) when the tunnel ends."""
         client.setblocking(False)
         upstream.setblocking(False)
-        tunnel = Tunnel(client, upstream, early, on_close)
+        tunnel = Tunnel(client, upstream, early, on_close, early_down)
         with self._lock:
             self._incoming.append(tunnel)
             if self._thread is None:
@@ -148,12 +155,23 @@ class Relay:
             now = time.monotonic()
             if now >= self._next_sweep:
                 self._next_sweep = now + _SWEEP_INTERVAL
-                for tunnel in [t for t in self._tunnels if now - t.last_active > self.idle_timeout]:
-                    tunnel.error = tunnel.error or f"idle for {self.idle_timeout:g}s"
-                    self._close(tunnel)
+                self._sweep(now)
         self._admit()
         for tunnel in list(self._tunnels):
             tunnel.error = tunnel.error or "proxy shutting down"
+            self._close(tunnel)
+
+    def _sweep(self, now: float) -> None:
+        """Close tunnels idle too long, and those where one side stopped taking bytes for as long."""
+        limit = self.idle_timeout
+        for tunnel in list(self._tunnels):
+            stuck = [sock for sock, since in tunnel.stalled.items() if now - since > limit]
+            if stuck:
+                tunnel.error = tunnel.error or f"{tunnel.side(stuck[0])} stopped reading for {limit:g}s"
+            elif now - tunnel.last_active > limit:
+                tunnel.error = tunnel.error or f"idle for {limit:g}s"
+            else:
+                continue
             self._close(tunnel)
 
     def _admit(self) -> None:
@@ -215,6 +233,7 @@ class Relay:
                 raise
             if left:
                 tunnel.piped[dst] = (pipe, left)  # dst's until taken; a new scratch next time
+                tunnel.stalled[dst] = tunnel.last_active
                 self._scratch = None
             return
         try:
@@ -223,6 +242,7 @@ class Relay:
             sent = 0
         if sent < n:
             tunnel.pending[dst] = bytes(self._view[sent:n])
+            tunnel.stalled[dst] = tunnel.last_active
 
     def _drain(self, pipe: Pipe, dst: socket.socket, count: int) -> int:
         """Move up to count bytes from pipe to dst; how many are left in the pipe."""
@@ -254,13 +274,15 @@ class Relay:
 
     def _flush(self, tunnel: Tunnel, dst: socket.socket) -> None:
         if dst in tunnel.piped:
-            pipe, left = tunnel.piped[dst]
-            left = self._drain(pipe, dst, left)
-            tunnel.last_active = time.monotonic()
+            pipe, before = tunnel.piped[dst]
+            left = self._drain(pipe, dst, before)
+            if left < before:
+                tunnel.last_active = tunnel.stalled[dst] = time.monotonic()
             if left:
                 tunnel.piped[dst] = (pipe, left)
                 return
             del tunnel.piped[dst]
+            tunnel.stalled.pop(dst, None)
             self._release_pipe(pipe)
             self._maybe_finish(tunnel, dst)
             return
@@ -271,11 +293,12 @@ class Relay:
             sent = dst.send(data)
         except (BlockingIOError, InterruptedError):
             return
-        tunnel.last_active = time.monotonic()
+        tunnel.last_active = tunnel.stalled[dst] = time.monotonic()
         if sent < len(data):
             tunnel.pending[dst] = data[sent:]
             return
         del tunnel.pending[dst]
+        tunnel.stalled.pop(dst, None)
         self._maybe_finish(tunnel, dst)
 
     def _maybe_finish(self, tunnel: Tunnel, dst: socket.socket) -> None:

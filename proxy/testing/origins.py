@@ -1,11 +1,12 @@
 """Loopback origins for tests of proxied clients: the other side of the wire.
 
-An Origin is a small HTTP or HTTPS server on an ephemeral loopback port whose
-answer the test sets (``.respond`` or ``.handler``) and which records what it
-received. HTTPS certificates come from a throwaway trustme CA (OriginCA),
+An Origin is a small HTTP or HTTPS server on an ephemeral loopback port (IPv4
+or IPv6) whose answer the test sets (``.respond``, ``.handler``, or a raw
+``Route`` for misbehaviour) and which records what it received, with the
+connection each request came on. HTTPS certificates come from a throwaway trustme CA (OriginCA),
 including certificates for names the proxy maps to the origin. The pytest
-plugin builds its ``origin_http`` and ``origin_https`` fixtures on these; this
-module knows nothing of pytest.
+plugin builds its ``origin_http`` and ``origin_https`` fixtures on these, and
+fwdproxy's own test suite uses them too; this module knows nothing of pytest.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import socket
 import socketserver
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 DEFAULT_CERT_NAMES = ("localhost", "127.0.0.1", "::1")
 Fields = Mapping[str, str] | list[tuple[str, str]]
@@ -31,16 +32,27 @@ def fields_list(headers: Fields | None) -> list[tuple[str, str]]:
 
 @dataclass
 class OriginRequest:
-    """A request as the origin received it."""
+    """A request as the origin received it; ``connection`` numbers the connections from 1."""
 
     method: str
-    path: str
+    path: str  # the request target as received
     headers: list[tuple[str, str]]
     body: bytes
     client: tuple[str, int]
+    version: str = "HTTP/1.1"
+    connection: int = 0
+
+    @property
+    def target(self) -> str:
+        """The request target (the RFC's name for ``path``)."""
+        return self.path
 
     def header(self, name: str) -> str | None:
         return next((v for n, v in self.headers if n.lower() == name.lower()), None)
+
+    def all(self, name: str) -> list[str]:
+        """Every value of a field, in order."""
+        return [v for n, v in self.headers if n.lower() == name.lower()]
 
 
 @dataclass
@@ -51,6 +63,9 @@ class OriginReply:
 
 
 OriginHandler = Callable[[OriginRequest], OriginReply]
+# A route writes its whole response itself, through the connection's handler:
+# ``send_raw_head``, then ``wfile``; it may set ``close_connection``.
+Route = Callable[["OriginConnection", OriginRequest], None]
 
 
 def _default_handler(request: OriginRequest) -> OriginReply:
@@ -58,21 +73,40 @@ def _default_handler(request: OriginRequest) -> OriginReply:
                        [("Content-Type", "text/plain; charset=utf-8")])
 
 
-class _OriginRequestHandler(BaseHTTPRequestHandler):
+class OriginConnection(BaseHTTPRequestHandler):
+    """One connection to an Origin: each request is recorded, then routed or handed to the handler."""
+
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # a head and its body go out in separate writes
     server: Origin
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("do_"):  # every method goes to the test's handler
-            return self._serve
-        raise AttributeError(name)
+    def setup(self) -> None:
+        super().setup()
+        self.number = self.server.connection_opened()
 
-    def _serve(self) -> None:
-        request = OriginRequest(self.command, self.path, list(self.headers.items()), self._body(),
-                                self.client_address[:2])
-        self.server.record(request)
+    def handle_one_request(self) -> None:
         try:
-            reply = self.server.handler(request)
+            self.raw_requestline = self.rfile.readline(65537)
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():  # answers a malformed head itself (and Expect: 100-continue)
+                return
+            request = OriginRequest(self.command, self.path, list(self.headers.items()), self._body(),
+                                    self.client_address[:2], self.request_version, self.number)
+            self.server.record(request)
+            route = self.server.route_for(request.path)
+            if route is None:
+                self._reply(self.server.handler, request)
+            else:
+                route(self, request)
+            self.wfile.flush()
+        except (OSError, ValueError):  # the peer hung up, failed TLS, or sent a broken body
+            self.close_connection = True
+
+    def _reply(self, handler: OriginHandler, request: OriginRequest) -> None:
+        try:
+            reply = handler(request)
         except Exception as exc:  # the test's handler failed: say so where the test will look
             reply = OriginReply(500, f"origin handler raised {exc!r}\n".encode())
         self.send_response(reply.status)
@@ -85,46 +119,82 @@ class _OriginRequestHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and reply.status not in (204, 304):
             self.wfile.write(reply.body)
 
+    def send_raw_head(self, status: int, headers: list[tuple[str, str]], reason: str | None = None) -> None:
+        """Write a response head exactly as given: no Date, no Server, no framing added."""
+        reason = reason if reason is not None else self.responses.get(status, ("",))[0]
+        lines = [f"HTTP/1.1 {status} {reason}\r\n", *(f"{n}: {v}\r\n" for n, v in headers), "\r\n"]
+        self.wfile.write("".join(lines).encode("latin-1"))
+
     def _body(self) -> bytes:
+        """The request body; past ``server.keep_body`` bytes only its size is kept, as ``b"<N bytes>"``."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0], 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass  # trailer fields
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            pieces = self._chunks()
+        else:
+            pieces = self._counted(int(self.headers.get("Content-Length") or 0))
+        keep, kept, total = self.server.keep_body, [], 0
+        for piece in pieces:
+            total += len(piece)
+            if keep is None or total <= keep:
+                kept.append(piece)
+        return b"".join(kept) if keep is None or total <= keep else b"<%d bytes>" % total
+
+    def _chunks(self) -> Iterator[bytes]:
+        while size := int(self.rfile.readline().split(b";")[0], 16):  # ValueError: a broken body
+            yield self.rfile.read(size)
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # trailer fields
+
+    def _counted(self, length: int) -> Iterator[bytes]:
+        while length:
+            data = self.rfile.read1(min(length, 1 << 20))
+            if not data:
+                return
+            length -= len(data)
+            yield data
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # tests read origin.requests, not stderr
 
 
 class Origin(ThreadingHTTPServer):
-    """A loopback HTTP/1.1 origin (HTTPS when given a TLS authority) with a handler the test sets."""
+    """A loopback HTTP/1.1 origin (HTTPS when given a TLS authority) with a handler the test sets.
+
+    ``handler`` turns each request into an OriginReply. For replies no
+    handler can express (a broken body, a close mid-response, a stall), put a
+    Route in ``routes`` under a path's first segment ("/stall" serves
+    "/stall/5"), or in ``default_route`` for every other path.
+    """
 
     daemon_threads = True
     block_on_close = False
+    allow_reuse_address = True
 
-    def __init__(self, tls: OriginCA | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _OriginRequestHandler)
+    def __init__(self, tls: OriginCA | None = None, *, host: str = "127.0.0.1",
+                 context: ssl.SSLContext | None = None, keep_body: int | None = None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, 0), OriginConnection)
         self.handler: OriginHandler = _default_handler
+        self.routes: dict[str, Route] = {}
+        self.default_route: Route | None = None
+        self.keep_body = keep_body
         self.requests: list[OriginRequest] = []
         self.connections = 0
+        self.stopped = threading.Event()  # set by stop(): a route that stalls should wait on it
         self.tls = tls
-        self.scheme = "https" if tls else "http"
+        self.scheme = "https" if tls or context else "http"
         self._names = set(DEFAULT_CERT_NAMES)
-        self._context = tls.server_context(DEFAULT_CERT_NAMES, self._pick_cert) if tls else None
+        self._context = context or (tls.server_context(DEFAULT_CERT_NAMES, self._pick_cert) if tls else None)
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # HTTPServer's would do a reverse DNS lookup
-        self.server_name, self.server_port = "127.0.0.1", self.port
+        self.server_name, self.server_port = self.host, self.port
 
     @property
     def host(self) -> str:
-        return "127.0.0.1"
+        return str(self.server_address[0])
 
     @property
     def port(self) -> int:
@@ -134,13 +204,22 @@ class Origin(ThreadingHTTPServer):
     def address(self) -> tuple[str, int]:
         return self.host, self.port
 
+    @property
+    def authority(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def url(self, path: str = "/") -> str:
-        return f"{self.scheme}://{self.host}:{self.port}{path}"
+        return f"{self.scheme}://{self.authority}{path}"
 
     def respond(self, status: int = 200, body: bytes = b"", headers: Fields | None = None) -> None:
         """Answer every request with this reply from now on."""
         reply = OriginReply(status, body, fields_list(headers))
         self.handler = lambda request: reply
+
+    def route_for(self, path: str) -> Route | None:
+        """The route serving ``path``, if any: by its first segment, else the default route."""
+        first = "/" + path.split("?")[0].lstrip("/").split("/")[0]
+        return self.routes.get(first, self.default_route)
 
     @property
     def ca_file(self) -> str:
@@ -170,9 +249,13 @@ class Origin(ThreadingHTTPServer):
         if self._context is not None:  # the handshake runs on the connection's own thread
             sock = self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         with self._lock:
-            self.connections += 1
             self._open.add(sock)
         return sock, addr
+
+    def connection_opened(self) -> int:
+        with self._lock:
+            self.connections += 1
+            return self.connections
 
     def shutdown_request(self, request: Any) -> None:
         with self._lock:
@@ -186,13 +269,14 @@ class Origin(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hangs up or rejects the certificate is the test's business, not stderr's
 
-    def start(self) -> Origin:
+    def start(self) -> Self:
         # A short poll: stop() waits for the serving loop to notice, once per test.
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.01},
                          name=f"origin-{self.port}", daemon=True).start()
         return self
 
     def stop(self) -> None:
+        self.stopped.set()
         self.shutdown()
         self.server_close()
         with self._lock:
@@ -203,6 +287,12 @@ class Origin(ThreadingHTTPServer):
             except OSError:
                 pass
 
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def __repr__(self) -> str:
         return f"<Origin {self.url()} requests={len(self.requests)} connections={self.connections}>"
 
@@ -212,7 +302,6 @@ SNICallback = Callable[[Any, str | None, ssl.SSLContext], None]
 
 class OriginCA:
     """A throwaway trustme CA for a session: its PEM file, a client context, server certificates."""
-
 
     def __init__(self, directory: Path) -> None:
         try:

@@ -149,7 +149,7 @@ class FwdProxy:
         else:
             self.hosts.add(host, to, only_port=only_port)
 
-    # Fault rules (proxy/faults.py): each fires on every matching request until the test ends.
+    # Fault rules (proxy/server/faults.py): each fires on every matching request until the test ends.
 
     def respond(self, status: int = 200, body: bytes = b"", headers: Fields | None = None, *,
                 method: str | None = None, host: str | None = None, path: PathMatcher = None) -> Fault:

@@ -1,15 +1,19 @@
 """A subprocess (curl) pointed at the proxy by the environment: fwdproxy.env() sets both cases."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess
 
 import pytest
 
+from proxy.testing.pytest_plugin import FwdProxy, Origin
+
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 
-def test_curl_reads_the_environment(fwdproxy, origin_http, origin_https):
+def test_curl_reads_the_environment(fwdproxy: FwdProxy, origin_http: Origin, origin_https: Origin) -> None:
     fwdproxy.map_host("api.test", origin_https)
     env = {**os.environ, **fwdproxy.env()}              # curl reads only lowercase http_proxy
     for url in (origin_http.url("/plain"), "https://api.test/secure"):

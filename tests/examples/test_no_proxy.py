@@ -1,9 +1,14 @@
 """Asserting that a client honours NO_PROXY: the excluded host is reached directly, the rest via the proxy."""
 
+from __future__ import annotations
+
+import pytest
 import requests
 
+from proxy.testing.pytest_plugin import FwdProxy, Origin
 
-def test_no_proxy_is_honoured(fwdproxy, origin_http, monkeypatch):
+
+def test_no_proxy_is_honoured(fwdproxy: FwdProxy, origin_http: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
     fwdproxy.apply_env(monkeypatch)
     fwdproxy.map_host("api.test", origin_http)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")

@@ -1,9 +1,14 @@
 """requests through the fwdproxy fixture: HTTPS to a named host (served locally), plain HTTP with bodies."""
 
+from __future__ import annotations
+
+import pytest
 import requests
 
+from proxy.testing.pytest_plugin import FwdProxy, Origin
 
-def test_client_uses_proxy(fwdproxy, origin_https, monkeypatch):
+
+def test_client_uses_proxy(fwdproxy: FwdProxy, origin_https: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
     fwdproxy.map_host("api.test", origin_https)        # api.test is the local origin: no DNS
     monkeypatch.setenv("HTTPS_PROXY", fwdproxy.url)    # or: fwdproxy.apply_env(monkeypatch)
     resp = requests.get("https://api.test/items", verify=origin_https.ca_file)
@@ -12,7 +17,7 @@ def test_client_uses_proxy(fwdproxy, origin_https, monkeypatch):
     assert flow.kind == "tunnel" and flow.target == ("api.test", 443)
 
 
-def test_plain_http_records_headers_and_bodies(fwdproxy, origin_http):
+def test_plain_http_records_headers_and_bodies(fwdproxy: FwdProxy, origin_http: Origin) -> None:
     origin_http.respond(201, b'{"id": 7}', {"Content-Type": "application/json"})
     resp = requests.post(origin_http.url("/items"), json={"name": "x"}, proxies={"http": fwdproxy.url})
     assert resp.json() == {"id": 7}

@@ -1,12 +1,16 @@
 """A client's retry behaviour under fwdproxy.fail(): every attempt is a flow, and the rule counts its hits."""
 
+from __future__ import annotations
+
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from proxy.testing.pytest_plugin import FwdProxy, Origin
 
-def test_retries_on_503(fwdproxy, origin_http):
+
+def test_retries_on_503(fwdproxy: FwdProxy, origin_http: Origin) -> None:
     fault = fwdproxy.fail(status=503, path="/flaky")
     with requests.Session() as session:
         session.mount("http://", HTTPAdapter(max_retries=Retry(total=2, status_forcelist=[503], backoff_factor=0)))
@@ -17,7 +21,7 @@ def test_retries_on_503(fwdproxy, origin_http):
     assert origin_http.requests == []
 
 
-def test_no_retry_for_a_post(fwdproxy, origin_http):
+def test_no_retry_for_a_post(fwdproxy: FwdProxy, origin_http: Origin) -> None:
     fwdproxy.fail(status=503)
     with requests.Session() as session:
         session.mount("http://", HTTPAdapter(max_retries=Retry(total=2, status_forcelist=[503])))

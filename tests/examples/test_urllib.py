@@ -1,9 +1,15 @@
 """urllib.request through the fwdproxy fixture, configured by the environment."""
 
+from __future__ import annotations
+
 import urllib.request
 
+import pytest
 
-def test_urllib_uses_the_environment(fwdproxy, origin_http, origin_https, monkeypatch):
+from proxy.testing.pytest_plugin import FwdProxy, Origin
+
+
+def test_urllib_uses_the_environment(fwdproxy: FwdProxy, origin_http: Origin, origin_https: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
     fwdproxy.apply_env(monkeypatch)
     fwdproxy.map_host("api.test", origin_https)
     # build_opener() reads *_proxy now; urlopen() reuses the opener (and proxies) of its first call.

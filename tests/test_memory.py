@@ -1,0 +1,77 @@
+"""Resident memory plateaus under churn: four rounds of mixed exchanges, RSS after each.
+
+The fourth round must end within a few MiB of the second (the first pays
+for thread stacks, pools and caches warming up). See proxy/memory.py for
+what made it creep before.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import OriginServer, RawOrigin
+from test_leaks import mixed_exchanges
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = 4
+EXCHANGES = 2500
+WORKERS = 16
+SLACK_MIB = 4.0
+
+
+@pytest.fixture
+def churned_proxy() -> Iterator[tuple[int, tuple[str, int]]]:
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--log-level", "warning",
+                             "--timeout", "2", "--header-timeout", "2"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    match = re.search(r":(\d+)$", proc.stderr.readline().strip())
+    assert match
+    yield proc.pid, ("127.0.0.1", int(match.group(1)))
+    proc.terminate()
+    proc.communicate(timeout=10)
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_resident_memory_plateaus_under_churn(churned_proxy):
+    pid, address = churned_proxy
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    truncating = RawOrigin(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly this")
+    rss = []
+    with OriginServer() as origin:
+        kinds = mixed_exchanges(address, origin, truncating, closed_port)
+        errors: list[BaseException] = []
+
+        def worker(start: int) -> None:
+            try:
+                for i in range(start, EXCHANGES, WORKERS):
+                    kinds[i % len(kinds)]()
+            except BaseException as exc:
+                errors.append(exc)
+
+        for _ in range(ROUNDS):
+            threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            rss.append(rss_mib(pid))
+    truncating.close()
+    print(f"\nRSS after each of {ROUNDS} rounds of {EXCHANGES} exchanges: "
+          + " -> ".join(f"{r:.1f}" for r in rss) + " MiB")
+    assert not errors, errors[:3]
+    assert rss[3] - rss[1] < SLACK_MIB, rss
