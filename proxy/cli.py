@@ -30,6 +30,8 @@ from .config import (
     parse_networks,
     parse_ports,
 )
+from .record import command as flows_command
+from .record.store import StoreError
 from .server import descriptors, health, memory
 from .server.listener import ProxyServer
 from .server.rewrite import parse_rules
@@ -37,7 +39,8 @@ from .server.routing import Router
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch", "health")
+SUBCOMMANDS = ("serve", "fetch", "health", "flows")
+RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record or --har
 
 
 def _env(flag: str, default: Any) -> Any:
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "HTTP_PROXY/HTTPS_PROXY=http://HOST:PORT. Every flag may also be given as an "
                     "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128). "
                     "Also: `fwdproxy fetch URL -x PROXY`, a curl-like client (see fetch --help).")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows}")
     serve = sub.add_parser("serve", prog="fwdproxy [serve]", description=parser.description,
                            help="run the proxy (the default)")
     serve.add_argument("--version", action="version", version=f"fwdproxy {__version__}")
@@ -173,9 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=LOG_FORMATS,
                        default=_env("log-format", _DEFAULTS.log_format),
                        help="text lines or JSON lines (default %(default)s)")
+    _add_record_flags(serve)
     fetch.add_parser(sub)
     health.add_parser(sub)
+    flows_command.add_parser(sub)
     return parser
+
+
+def _add_record_flags(serve: argparse.ArgumentParser) -> None:
+    record = serve.add_argument_group("recording (see `fwdproxy flows --help`)")
+    record.add_argument("--record", metavar="FILE.sqlite", default=_env("record", ""),
+                        help="store every flow in this SQLite file (created, or appended to)")
+    record.add_argument("--capture-bodies", metavar="BYTES", type=int, default=_env("capture-bodies", None),
+                        help=f"body bytes kept per message (default {RECORD_CAPTURE} with --record or "
+                             "--har, else 0)")
+    record.add_argument("--record-secrets", action="store_true",
+                        default=_env("record-secrets", "") not in ("", "0", "false"),
+                        help="keep Authorization, Cookie and Set-Cookie values in recordings "
+                             "(default: <redacted>)")
+    record.add_argument("--har", metavar="FILE", default=_env("har", ""),
+                        help="write every flow as a HAR file when the proxy stops")
+    record.add_argument("--flows-jsonl", metavar="FILE", default=_env("flows-jsonl", ""),
+                        help="append one JSON object per finished flow to FILE (- for stdout)")
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -209,7 +231,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                         workers=int(ns.workers),
                         upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
                                                 if p.strip()),
-                        upstream_proxy=ns.upstream_proxy or None,
+                        upstream_proxy=ns.upstream_proxy or None, **_record_settings(ns),
                         upstream_bypass=tuple(ns.upstream_bypass), rewrite_rules=tuple(ns.rules))
         # Parsed here too, so a bad parent URL, bypass entry or rule stops the start with one line.
         Router.from_settings(config.upstream_proxy, config.upstream_bypass)
@@ -221,11 +243,20 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parser.exit(2, f"fwdproxy: {exc}\n")
 
 
+def _record_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    capture = ns.capture_bodies
+    if capture is None:
+        capture = RECORD_CAPTURE if ns.record or ns.har else 0
+    return {"record": ns.record, "har": ns.har, "flows_jsonl": ns.flows_jsonl,
+            "record_secrets": ns.record_secrets, "capture_bodies": int(capture)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["fetch"], ["health"]):
+    if args[:1] in (["fetch"], ["health"], ["flows"]):
         ns = build_parser().parse_args(args)
-        return fetch.run(ns) if args[0] == "fetch" else health.run(ns)
+        runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run}[args[0]]
+        return int(runner(ns))
     config = parse_config(args)
     _setup_logging(config)
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
@@ -233,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
     try:
         server = ProxyServer(config)
+    except StoreError as exc:
+        print(f"fwdproxy: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"fwdproxy: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
               file=sys.stderr)

@@ -62,6 +62,12 @@ class Config:
     capture_bodies: int = 0
     # Upgrade protocols forwarded on plain requests (RFC 9110 section 7.8); others are stripped.
     upgrade_protocols: tuple[str, ...] = ("websocket",)
+    # Recording (see proxy/record/): a SQLite flow store, a HAR file written at stop,
+    # JSON lines per flow ("-": stdout); secrets kept in recordings only if asked.
+    record: str = ""
+    har: str = ""
+    flows_jsonl: str = ""
+    record_secrets: bool = False
     # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
     workers: int = 1
     # Routing (routing.py): a parent proxy URL, and targets that go direct anyway.
@@ -88,6 +94,10 @@ class Config:
         for field in ("max_request_line", "max_header_bytes", "max_header_count", "max_clients", "workers"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1")
+        if self.capture_bodies < 0:
+            raise ValueError("capture_bodies must not be negative")
+        if self.workers > 1 and (self.record or self.har or self.flows_jsonl):
+            raise ValueError("--record, --har and --flows-jsonl need --workers 1 (one writer per file)")
         if self.max_body is not None and self.max_body < 0:
             raise ValueError("max_body must not be negative")
         for user, _ in self.auth:

@@ -7,6 +7,7 @@ One command on a fresh Debian/Ubuntu machine::
     python3 scripts/bench.py                    # full: 3 rounds, 1/16/64/256 connections
     python3 scripts/bench.py --peers squid --rounds 5 --profile
     python3 scripts/bench.py --chain            # fwdproxy chained to a parent vs the parent alone
+    python3 scripts/bench.py --record --peers '' --only ka,dl_plain   # what --record costs
 
 What it does:
 
@@ -68,6 +69,8 @@ APT_TOOLS = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}
 PEER_TOOLS = {"squid": "squid", "tinyproxy": "tinyproxy"}
 PEERS = ("squid", "tinyproxy", "proxy.py")
 HOST = "127.0.0.1"
+RECORDING = "fwdproxy+record"
+RECORD_STORE = "bench-record.sqlite"
 BIG_SIZE = 100 * 1024 * 1024
 SMALL_SIZE = 1024
 PROXY_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
@@ -97,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default %(default)s)")
     p.add_argument("--fwdproxy-args", default="",
                    help="extra flags for fwdproxy, e.g. '--workers 2' (space-separated)")
+    p.add_argument("--record", action="store_true",
+                   help="also run fwdproxy+record: fwdproxy with --record (a SQLite store in the temp "
+                        "dir, bodies up to 1 MiB), measured in the same rounds as fwdproxy")
+    p.add_argument("--only", default="",
+                   help="only these measurements, comma-separated prefixes of ka, nc, dl_plain, "
+                        "dl_tunnel, tunnels (e.g. 'ka,dl_plain'); default all")
     p.add_argument("--profile", action="store_true",
                    help="also profile fwdproxy with py-spy under keep-alive load (64 clients)")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="results directory")
@@ -431,7 +440,8 @@ class Target:
 
 
 def start_fwdproxy(children: Children, tmp: Path, extra: list[str],
-                   launcher: list[str] | None = None, log_name: str = "fwdproxy.log") -> Target:
+                   launcher: list[str] | None = None, log_name: str = "fwdproxy.log",
+                   name: str = "fwdproxy") -> Target:
     """fwdproxy on the Python that started the bench, from the checkout, on a free port."""
     python = os.environ.get("BENCH_BASE_PYTHON", sys.executable)
     log = tmp / log_name
@@ -443,7 +453,7 @@ def start_fwdproxy(children: Children, tmp: Path, extra: list[str],
         if "listening on http://" in text:
             line = next(ln for ln in text.splitlines() if "listening on http://" in ln)
             port = int(line.rsplit(":", 1)[1])
-            return Target("fwdproxy", port, proc, line.split(" listening")[0].strip())
+            return Target(name, port, proc, line.split(" listening")[0].strip())
         if proc.poll() is not None:
             break
         time.sleep(0.05)
@@ -493,6 +503,10 @@ def start_targets(children: Children, tmp: Path, origin: Origin,
     nginx = run([find_binary("nginx") or "nginx", "-v"], timeout=10).stderr.strip()
     targets = [Target("direct", origin.http_port, version=nginx.replace("nginx version: ", ""))]
     targets.append(start_fwdproxy(children, tmp, args.fwdproxy_args.split()))
+    if args.record:
+        targets.append(start_fwdproxy(children, tmp, [*args.fwdproxy_args.split(), "--record",
+                                                      str(tmp / RECORD_STORE)],
+                                      log_name="fwdproxy-record.log", name=RECORDING))
     starters: dict[str, Callable[[Children, Path], Target]] = {
         "squid": start_squid, "tinyproxy": start_tinyproxy, "proxy.py": start_proxypy}
     for name in args.peer_list:
@@ -703,8 +717,16 @@ def idle_tunnels(target: Target, origin: Origin, count: int, hold: float) -> dic
 Step = tuple[str, Callable[[Target], dict[str, Any]]]
 
 
+def _wanted(args: argparse.Namespace, key: str) -> bool:
+    return not args.only or any(key.startswith(prefix.strip()) for prefix in args.only.split(","))
+
+
 def plan(args: argparse.Namespace, origin: Origin) -> list[Step]:
     """The measurements of one round, in order; each runs on every target before the next."""
+    return [(key, fn) for key, fn in _plan(args, origin) if _wanted(args, key)]
+
+
+def _plan(args: argparse.Namespace, origin: Origin) -> list[Step]:
     steps: list[Step] = []
     for c in args.ka_conns:
         steps.append((f"ka{c}", partial(wrk_run, origin=origin, conns=c, close=False, args=args)))
@@ -736,7 +758,7 @@ def run_rounds(args: argparse.Namespace, targets: list[Target], origin: Origin) 
                 res = results.setdefault(key, {})[target.name] = measure(target, fn)
                 say(f"round {r + 1}/{args.rounds} {key:9} {target.name:10} {brief(res)}")
                 time.sleep(0.3)
-        if r == 0:
+        if r == 0 and _wanted(args, "tunnels"):
             for target in (t for t in order if t.proxied):
                 res = measure(target, lambda t: idle_tunnels(t, origin, args.tunnels, args.hold))
                 results.setdefault("tunnels", {})[target.name] = res
@@ -966,9 +988,40 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], targets: list[Target
         "wrk's socket errors: a server closing a keep-alive connection after each response (as "
         "tinyproxy does) shows up there as one read error per request, with complete responses.",
     ]
+    if RECORDING in names:
+        parts += ["## What recording costs (fwdproxy+record against fwdproxy, same rounds)",
+                  table(["measure", "fwdproxy", RECORDING, "record / off"], record_rows(summary, args)),
+                  f"The store: {meta.get('record_store', 'not found')}."]
     if profile:
         parts.append(profile)
     return "\n\n".join(parts) + "\n"
+
+
+def record_rows(summary: dict[str, Any], args: argparse.Namespace) -> list[list[str]]:
+    """Median throughput with and without --record, and their ratio (each median over rounds)."""
+    rows = []
+    keys = [(f"ka{c}", f"keep-alive GET /1k, {c} connections", "rps", ",.0f") for c in args.ka_conns]
+    keys += [("dl_plain", "100 MiB plain download (MB/s)", "mbps", ".0f")]
+    for key, label, metric, fmt in keys:
+        off, on = _get(summary, key, "fwdproxy", metric), _get(summary, key, RECORDING, metric)
+        if off is None and on is None:
+            continue
+        ratio = f"{on / off:.2f}" if off and on else ""
+        rows.append([label, _num(off, fmt), _num(on, fmt), ratio])
+    return rows
+
+
+def store_size(tmp: Path) -> str:
+    """The recording's size and flow count, read after the run (the proxy has stopped)."""
+    path = tmp / RECORD_STORE
+    if not path.exists():
+        return "not found"
+    sys.path.insert(0, str(ROOT))
+    from proxy.record.store import Reader  # the checkout's, as the proxy ran it
+    size = sum(p.stat().st_size for p in tmp.glob(RECORD_STORE + "*"))
+    with Reader(path) as reader:
+        count = reader.count()
+    return f"{count:,} flows in {size / 2**20:.1f} MiB, {size / max(count, 1):,.0f} bytes per flow"
 
 
 def chart(summary: dict[str, Any], targets: list[Target], args: argparse.Namespace, path: Path) -> None:
@@ -1277,6 +1330,8 @@ def bench(args: argparse.Namespace, children: Children, tmp: Path) -> Path:
                                 profile_cprofile(origin, args, children, tmp, "wall"),
                                 profile_fwdproxy(fwd, origin, args, children)])
     meta["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    if args.record:
+        meta["record_store"] = store_size(tmp)
     meta["elapsed_s"] = time.monotonic() - started
     return write_report(args, meta, targets, rounds, profile)
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import gzip
+import io
 import json
 
-from proxy.record.flows import Flow
-from proxy.record.har import har_entry, har_log
+import pytest
+from har_check import assert_valid_har
+
+from proxy.record.flows import REDACTED, Flow
+from proxy.record.har import har_entry, har_log, write_har
 
 REQUIRED_REQUEST = {"method", "url", "httpVersion", "cookies", "headers", "queryString", "headersSize", "bodySize"}
 REQUIRED_RESPONSE = {"status", "statusText", "httpVersion", "cookies", "headers", "content", "redirectURL",
@@ -84,3 +89,57 @@ def test_failed_exchange_notes_error_and_faults() -> None:
     entry = har_entry(http_flow(status=0, error="connection reset by a fault rule", faults=["reset"]))
     assert entry["response"]["status"] == 0 and entry["response"]["statusText"] == ""
     assert entry["comment"] == "fault rules fired: reset; error: connection reset by a fault rule"
+
+
+def test_documents_validate_against_the_har_schema() -> None:
+    flows = [http_flow(), http_flow(response_body=bytes(range(256)), bytes_down=256),
+             Flow(kind="tunnel", client="c", method="CONNECT", url="h:443", status=200, host="h", port=443),
+             http_flow(status=0, error="refused", error_kind="destination_unavailable", response_body=b"")]
+    assert_valid_har(har_log(flows))
+    out = io.StringIO()
+    assert write_har(((flow, "") for flow in flows), out, comment="c") == 4
+    streamed = json.loads(out.getvalue())
+    assert_valid_har(streamed)
+    assert streamed["log"]["entries"] == har_log(flows)["log"]["entries"]
+    assert streamed["log"]["pages"][0]["startedDateTime"] == streamed["log"]["entries"][0]["startedDateTime"]
+
+
+def test_schema_check_rejects_a_broken_document() -> None:
+    """Negative control: the validator is not a rubber stamp."""
+    document = har_log([http_flow()])
+    del document["log"]["entries"][0]["timings"]["wait"]
+    document["log"]["entries"][0]["startedDateTime"] = "yesterday"
+    with pytest.raises(AssertionError, match=r"'wait' is a required property"):
+        assert_valid_har(document)
+
+
+def test_phases_become_har_timings_that_add_up_to_time() -> None:
+    flow = http_flow(duration_ms=20.0, connect_ms=3.0, send_ms=1.0, wait_ms=10.0, receive_ms=4.0)
+    entry = har_entry(flow)
+    assert entry["timings"] == {"blocked": 2.0, "dns": -1, "connect": 3.0, "ssl": -1, "send": 1.0,
+                                "wait": 10.0, "receive": 4.0}
+    assert entry["time"] == 20.0
+    reused = har_entry(http_flow(duration_ms=20.0, connect_ms=0.1, send_ms=1.0, wait_ms=10.0, receive_ms=4.0,
+                                 upstream_reused=True))
+    assert reused["timings"]["connect"] == -1 and reused["timings"]["blocked"] == 5.0
+
+
+def test_gzip_bodies_are_decoded_and_broken_ones_kept_as_sent() -> None:
+    text = b'{"items": [1, 2, 3]}' * 10
+    packed = gzip.compress(text)
+    fields = [("Content-Type", "application/json"), ("Content-Encoding", "gzip")]
+    content = har_entry(http_flow(response_body=packed, bytes_down=len(packed),
+                                  response_headers=fields))["response"]["content"]
+    assert content["text"] == text.decode() and content["size"] == len(text)
+    assert content["compression"] == len(text) - len(packed)
+    broken = b"\x1f\x8b not really gzip \xff"
+    content = har_entry(http_flow(response_body=broken, bytes_down=len(broken),
+                                  response_headers=fields))["response"]["content"]
+    assert base64.b64decode(content["text"]) == broken and content["encoding"] == "base64"
+    assert content["size"] == len(broken) and "invalid gzip" in content["comment"]
+
+
+def test_redacted_cookies_are_not_parsed_as_cookies() -> None:
+    entry = har_entry(http_flow(request_headers=[("Cookie", REDACTED)], response_headers=[("Set-Cookie", REDACTED)]))
+    assert entry["request"]["cookies"] == [] and entry["response"]["cookies"] == []
+    assert entry["request"]["headers"] == [{"name": "Cookie", "value": REDACTED}]

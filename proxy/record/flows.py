@@ -21,7 +21,7 @@ log = logging.getLogger("fwdproxy.access")
 class Flow:
     """One exchange through the proxy: a forwarded request, a tunnel, or a local answer."""
 
-    kind: str  # "http", "tunnel" or "local"
+    kind: str  # "http", "tunnel" or "local" (an answer from the proxy itself)
     client: str
     method: str
     url: str  # absolute URL, or host:port for a tunnel
@@ -42,6 +42,16 @@ class Flow:
     request_body: bytes = b""
     response_body: bytes = b""
     faults: list[str] = field(default_factory=list)  # fault rules that fired
+    http_version: str = "HTTP/1.1"  # of the client's request line
+    reason: str = ""  # the response's reason phrase as the origin sent it
+    error_kind: str = ""  # the RFC 9209 Proxy-Status error type sent with an error response
+    # Phases of a forwarded exchange in milliseconds, -1 where a phase did not happen:
+    # waiting for an upstream connection (pool or dial), sending the request (head and
+    # body), waiting for the response head, receiving the response body.
+    connect_ms: float = -1.0
+    send_ms: float = -1.0
+    wait_ms: float = -1.0
+    receive_ms: float = -1.0
     rules: list[str] = field(default_factory=list)  # rewrite rules that fired ("block *.ads.test")
     parent: str = ""  # the parent proxy it went through ("127.0.0.1:3128"); "" when direct
 
@@ -65,12 +75,29 @@ class Flow:
 
     def as_json(self) -> str:
         record = asdict(self)
+        for attr in ("request_headers", "response_headers"):
+            record[attr] = redact(record[attr])
         for attr in ("request_body", "response_body"):
             record[attr] = record[attr].decode("latin-1")
         return json.dumps(record, separators=(",", ":"))
 
     def __repr__(self) -> str:
         return f"<Flow {self.as_line()}>"
+
+
+def elapsed_ms(since: float, until: float) -> float:
+    """Milliseconds between two ``time.monotonic()`` stamps."""
+    return round((until - since) * 1000, 3)
+
+
+# Fields whose values are secrets: never in a log line, redacted in recordings by default.
+SECRET_FIELDS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+REDACTED = "<redacted>"
+
+
+def redact(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The fields with the values of SECRET_FIELDS replaced by ``<redacted>``."""
+    return [(name, REDACTED if name.lower() in SECRET_FIELDS else value) for name, value in fields]
 
 
 Sink = Callable[[Flow], None]

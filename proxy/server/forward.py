@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BufferedReader
@@ -21,7 +22,7 @@ from ..http1.chunked import LAST_CHUNK, encode_chunk, read_chunked
 from ..http1.errors import Abort, BadRequest, UpstreamError, UpstreamTimeout
 from ..http1.headers import HOP_BY_HOP, Headers, content_length, end_to_end, http_date, persistent_client
 from ..http1.target import Origin
-from ..record.flows import Flow
+from ..record.flows import Flow, elapsed_ms
 from .downstream import Downstream
 from .failures import Closed, Step, upstream_failure
 from .pool import Pool, UpstreamConnection, UpstreamResponse
@@ -109,10 +110,13 @@ def _forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool |
     # RFC 9110 section 9.2.2: a fresh connection is tried once more when a
     # reused one turns out stale, for idempotent requests whose body we hold.
     retry = body is not None and req.method in IDEMPOTENT
+    # Monotonic stamps for the flow's timings (a vDSO call each, no system call).
+    asked = time.monotonic()
     conn, reused = _acquire(pool, req, fresh=False)
     while True:
+        connected = time.monotonic()
         try:
-            resp, clean_upload = _send(conn, req, client, body, flow, expects_continue)
+            resp, clean_upload, sent = _send(conn, req, client, body, flow, expects_continue)
             break
         except Closed as stale:
             conn.close()
@@ -123,7 +127,10 @@ def _forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool |
         except BaseException:
             conn.close()
             raise
+    first_byte = time.monotonic()
     flow.upstream_reused = reused
+    flow.connect_ms, flow.send_ms = elapsed_ms(asked, connected), elapsed_ms(connected, sent)
+    flow.wait_ms = elapsed_ms(sent, first_byte)
     lease = _Lease(pool, conn, resp, clean_upload)
     try:
         if req.parent is not None and resp.status == 407:
@@ -133,6 +140,7 @@ def _forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool |
         keep = _relay_response(resp, req, client, flow, lease)
     finally:
         lease.abandon()
+        flow.receive_ms = elapsed_ms(first_byte, time.monotonic())
     return keep and clean_upload
 
 
@@ -193,8 +201,11 @@ def _parent_refused(parent: Parent) -> UpstreamError:
 
 
 def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: bytes | None,
-          flow: Flow, expects_continue: bool) -> tuple[UpstreamResponse, bool]:
-    """Send head and body, then read the response head. Returns it and whether the upload completed."""
+          flow: Flow, expects_continue: bool) -> tuple[UpstreamResponse, bool, float]:
+    """Send head and body, then read the response head.
+
+    Returns it, whether the upload completed, and when the request was sent (monotonic).
+    """
     conn.progress()
     try:
         # RFC 9112 section 3.2.2: absolute-form to a proxy, origin-form to an origin.
@@ -223,7 +234,8 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
         if expects_continue:
             client.send(_CONTINUE)
         clean_upload = _stream_up(conn, req, client, flow)
-    return _read_head(conn, req, retry_safe=body is not None), clean_upload
+    sent = time.monotonic()
+    return _read_head(conn, req, retry_safe=body is not None), clean_upload, sent
 
 
 def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow: Flow) -> bool:
@@ -299,7 +311,7 @@ def _read_head(conn: UpstreamConnection, req: Request, *, retry_safe: bool) -> U
 def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow,
                     lease: _Lease) -> bool:
     """Write the response head and stream its body; True if the client connection stays usable."""
-    flow.status = resp.status
+    flow.status, flow.reason = resp.status, resp.reason
     headers, length = _response_framing(resp, req)
     client_keep = persistent_client(req.version, req.headers)
     for status, reason, fields in resp.informational:
@@ -370,7 +382,7 @@ def _switch(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow
     assert req.upgrade is not None
     protocol = upgrade.accepted(fields, req.upgrade)
     if protocol is None:
-        raise UpstreamError(f"{req.origin.authority} switched to a protocol that was not offered",
+        raise UpstreamError(f"{req.where} switched to a protocol that was not offered",
                             kind="http_upgrade_failed")
     flow.status = 101
     framing = [("Connection", "Upgrade"), ("Upgrade", protocol), ("Via", _via(resp, req))]

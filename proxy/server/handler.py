@@ -36,7 +36,7 @@ from ..http1.headers import (
     request_body_length,
 )
 from ..http1.target import parse_absolute, parse_authority
-from ..record.flows import Flow
+from ..record.flows import Flow, elapsed_ms
 from . import pac, rules
 from .connect import dial
 from .downstream import Downstream
@@ -124,7 +124,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             flow.error = f"client connection failed: {exc}"
         except Exception:
             log.exception("internal error on %s %s", flow.method, flow.url)
-            flow.status, flow.error = 500, "internal error"
+            flow.status, flow.error, flow.error_kind = 500, "internal error", ProxyError.kind
             self._send_error(ProxyError("internal error; see the proxy's log"))
         finally:
             if self.phase is not Phase.RELAYED:
@@ -142,7 +142,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return
         if self.deadline.fired:  # the watchdog cut the head short: say so, not "malformed"
             exc = BadRequest(f"request head not received within {config.header_timeout:g}s", status=408)
-        flow.status, flow.error = exc.status, exc.reason
+        flow.status, flow.error, flow.error_kind = exc.status, exc.reason, exc.kind
         self._send_error(exc, head_only=flow.method == "HEAD")
 
     def _await_request(self) -> bool:
@@ -173,6 +173,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         """Read, check, route and carry out one request; True if the connection may be reused."""
         line, headers = self._read_head()
         flow.method, flow.url = line.method, _USERINFO.sub("", line.target)
+        flow.http_version = line.version
         if len(headers.get_all("host")) > 1:
             raise BadRequest("more than one Host header")  # RFC 9112 section 3.2
         if line.target.startswith("/") or line.target == "*":
@@ -272,7 +273,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         # The client's Via goes on in our CONNECT to a parent, so a loop through parents is seen.
         connect = functools.partial(self.server.connect, via=headers.get_all("via"))
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        asked = time.monotonic()
         upstream = dial(connect, host, port, self.server.config.connect_timeout, where)
+        flow.connect_ms = elapsed_ms(asked, time.monotonic())
         try:
             self.downstream.send(_ESTABLISHED)
         except BaseException:

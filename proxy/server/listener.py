@@ -26,6 +26,7 @@ from ..config import Config
 from ..http1.headers import Limits
 from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
+from ..record.recording import Recording
 from .connect import ConnectFn, Connector
 from .descriptors import Budget, soft_limit
 from .dialler import Dialler
@@ -71,15 +72,22 @@ class ProxyServer(ServerBase):
                                self.router, via_name=self.via_name, read_timeout=config.timeout,
                                parent_connector=Connector(connect, own_address=own),
                                deny_private=config.deny_private)
-        self.watchdog = Watchdog()
         self.faults = Faults()
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self.allow_reuse_port = config.workers > 1
         self._spare_fd: int | None = None  # server_close() may run inside TCPServer.__init__
-        super().__init__((self.config.host, self.config.port), ProxyHandler)
+        # Opened before the socket: a bad recording path fails the start (StoreError).
+        self.recording = Recording(record=config.record, har=config.har, jsonl=config.flows_jsonl,
+                                   secrets=config.record_secrets)
+        try:
+            super().__init__((self.config.host, self.config.port), ProxyHandler)
+        except BaseException:
+            self.recording.close(write_har=False)
+            raise
         self.budget = Budget.for_limit(soft_limit(), config.max_clients, config.pool_max_idle_total)
         if note := self.budget.note(config.max_clients):
             log.warning("%s", note)
+        self.watchdog = Watchdog()
         self.pool = Pool(self._new_connection, max_idle_per_origin=self.config.pool_max_idle_per_origin,
                          max_idle_total=self.budget.max_idle, idle_timeout=self.config.pool_idle_timeout)
         self.watchdog.every_tick(self.pool.sweep)
@@ -88,6 +96,8 @@ class ProxyServer(ServerBase):
         self._accept_backoff = 0.0
         self._busy = _busy_response(self.via_name)
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
+        for sink in self.recording.sinks:
+            self.flows.add(sink)
         self.started = time.monotonic()
         self.stopping = False
         self._clients: set[Client] = set()
@@ -281,7 +291,8 @@ class ProxyServer(ServerBase):
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "client_connections": clients, "tunnels": tunnels,
                 "upstream_idle": self.pool.idle_count(), "upstream_opened": self.pool.opened,
-                "upstream_reused": self.pool.reused, "idle_workers": len(self._idle_slots)}
+                "upstream_reused": self.pool.reused, "idle_workers": len(self._idle_slots),
+                **({"record": recorded} if (recorded := self.recording.stats()) else {})}
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unhandled error serving %s", client_address)
@@ -320,8 +331,9 @@ class ProxyServer(ServerBase):
             time.sleep(0.02)
         for handler in clients:
             handler.close_now()
-        self.relay.stop()
+        self.relay.stop()  # closing tunnels emits their flows
         self.pool.close()
+        self.recording.close()  # after the last flow: commits the queue, writes the HAR
         with self._lock:
             idle, self._idle_slots = self._idle_slots, []
         for slot in idle:
