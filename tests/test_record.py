@@ -10,19 +10,20 @@ import threading
 
 import pytest
 from har_check import assert_valid_har
-from servers import Received, _OriginHandler
+from servers import Received
 from wire import exchange, through
 
 from proxy.record.flows import REDACTED, log_sink
 from proxy.record.recording import export_har
 from proxy.record.store import Filters, Reader, StoredFlow
+from proxy.testing.origins import OriginConnection
 
 BROKEN_GZIP = b"\x1f\x8b\x08\x00 this is not deflate data \xff\xfe"
 LATIN1 = "caf\xe9 cr\xe8me".encode("latin-1")  # not UTF-8
 
 
 def _raw(status: int, fields: list[tuple[str, str]], body: bytes):
-    def route(h: _OriginHandler, r: Received) -> None:
+    def route(h: OriginConnection, r: Received) -> None:
         h.send_raw_head(status, [*fields, ("Content-Length", str(len(body)))])
         h.wfile.write(body)
     return route

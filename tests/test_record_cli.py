@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 from har_check import assert_valid_har
-from servers import Received, _OriginHandler
+from servers import Received
 from test_cli import Running
 from wire import through
 
 from proxy.cli import main
 from proxy.record.store import Reader
+from proxy.testing.origins import OriginConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -195,7 +196,7 @@ def test_har_at_stop_and_json_lines_on_stdout(tmp_path, origin):
 def store(proxy_factory, origin, tmp_path) -> Path:
     """A store of real traffic: JSON (gzip), binary, a 503, a POST with a header to grep for."""
     def raw(status: int, fields: list[tuple[str, str]], body: bytes):
-        def route(h: _OriginHandler, r: Received) -> None:
+        def route(h: OriginConnection, r: Received) -> None:
             h.send_raw_head(status, [*fields, ("Content-Length", str(len(body)))])
             h.wfile.write(body)
         return route

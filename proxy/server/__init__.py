@@ -5,7 +5,8 @@
 ``proxy.http1``, applies ``policy``, and routes it to ``forward`` (plain HTTP,
 pooled upstream connections from ``pool``) or ``tunnel`` (CONNECT), dialling
 origins through ``connect``. ``watchdog`` enforces every deadline; ``faults``
-applies the rules a test installs; ``health`` is ``fwdproxy health``.
+plans the rules a test installs (``rules``, ``chaos``, ``replay``), and
+``shaping`` makes the client side misbehave as they say; ``health`` is ``fwdproxy health``.
 
 May import ``proxy.http1``, ``proxy.record`` and ``proxy.config``; never
 ``proxy.client``, ``proxy.testing`` or ``proxy.cli``. This file imports nothing,

@@ -21,6 +21,7 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler
 
 from ..http1 import maxforwards, responses, upgrade
@@ -37,13 +38,15 @@ from ..http1.headers import (
 )
 from ..http1.target import parse_absolute, parse_authority
 from ..record.flows import Flow, elapsed_ms
-from . import pac, rules
+from . import pac, rewriting
 from .connect import dial
 from .downstream import Downstream
-from .faults import ShapedDownstream
-from .forward import Request, Upgraded, forward
+from .faults import Exchange
+from .faults import Request as FaultRequest
+from .forward import SMALL_BODY, Request, Upgraded, forward
 from .policy import check_connect_port, check_credentials, client_allowed
 from .rewrite import tunnel_block
+from .shaping import ShapedDownstream
 from .shared import ServerBase
 
 log = logging.getLogger("fwdproxy")
@@ -210,7 +213,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 return False  # answered by a fault rule
             downstream = shaped
         if self.server.rules:
-            answered = rules.carry_out(self.server.rules, req, downstream, flow)
+            answered = rewriting.carry_out(self.server.rules, req, downstream, flow)
             if answered is not None:
                 return answered
         parent = self.server.connect.parent_for(req.origin.host, req.origin.port)
@@ -267,7 +270,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         blocked = tunnel_block(self.server.rules, host, port) if self.server.rules else None
         if blocked is not None:
             flow.rules.append(str(blocked))
-            raise rules.block(blocked)
+            raise rewriting.block(blocked)
         parent = self.server.connect.parent_for(host, port)
         flow.parent = parent.authority if parent else ""
         # The client's Via goes on in our CONNECT to a parent, so a loop through parents is seen.
@@ -294,46 +297,56 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _apply_faults(self, method: str, host: str, path: str, headers: Headers, flow: Flow,
                       req: Request | None) -> Downstream | None:
-        """Carry out the fault rules matching this request (see faults.py).
+        """Carry out the fault plan for this request (see faults.py and shaping.py).
 
-        Returns the client side to forward through (throttled or resetting as
-        the rules say), or None when a rule answered the request itself.
-        Raises the error a rule calls for (407, a refused CONNECT, an injected failure).
+        Returns the client side to forward through (shaped as the plan says),
+        or None when a rule answered the request itself. Raises the error a
+        rule calls for (407, a refused CONNECT, an injected failure, a close).
         """
-        rate = reset_after = None
-        for fault in self.server.faults.applying(method, host, path):
-            flow.faults.append(fault.action)
-            p = fault.params
-            if fault.action == "require_auth":
-                check_credentials(headers.get("proxy-authorization"), [(p["user"], p["password"])])
-            elif fault.action == "delay":
-                time.sleep(p["seconds"])
-            elif fault.action == "refuse_connect" and req is None:
-                raise ProxyError(f"CONNECT to {host} refused by a fault rule", status=p["status"],
-                                 kind="http_request_denied")
-            elif fault.action == "fail" and req is not None:
-                raise ProxyError(f"failure injected by a fault rule for {host}{path}",
-                                 status=p["status"], kind="proxy_internal_response")
-            elif fault.action == "respond" and req is not None:
-                self._discard_body(req.body_length)
-                self._send_response(p["status"], p["body"], p["headers"], flow,
-                                    head_only=method == "HEAD")
-                return None
-            elif fault.action == "throttle":
-                rate = p["bytes_per_second"]
-            elif fault.action == "reset":
-                reset_after = p["after_bytes"]
-        if rate is None and reset_after is None:
+        faults = self.server.faults
+        body = self._preread(req) if req is not None and faults.wants_body else None
+        exchange = Exchange.TUNNEL if req is None else Exchange.HTTP
+        plan = faults.plan(FaultRequest(exchange, method, host, path, flow.url, body))
+        flow.faults += plan.fired
+        if plan.delay:
+            time.sleep(plan.delay)
+        if plan.auth:
+            check_credentials(headers.get("proxy-authorization"), [plan.auth])
+        if plan.error:
+            raise plan.error
+        if plan.close:
+            raise Abort("connection closed without a response by a fault rule")
+        if req is not None and plan.answer:
+            if body is None:
+                self._discard_body(req.body_length, flow, req.capture)
+            else:
+                flow.bytes_up = len(body)
+                flow.keep("request_body", body, req.capture)
+            answer = plan.answer
+            self._send_response(answer.status, answer.body, answer.headers, flow, head_only=method == "HEAD")
+            return None
+        if not plan.shape and body is None:
             return self.downstream
-        return ShapedDownstream(self.downstream, rate=rate, reset_after=reset_after)
+        return ShapedDownstream(self.downstream, plan.shape, body)
 
-    def _discard_body(self, length: int | None) -> None:
+    def _preread(self, req: Request) -> bytes | None:
+        """A small request body, read ahead so a replay can match on it (forwarded from memory)."""
+        expects_continue = "100-continue" in req.headers.tokens("expect")
+        if req.body_length is None or req.body_length > SMALL_BODY or expects_continue:
+            return None
+        return self.downstream.read_exact(req.body_length) if req.body_length else b""
+
+    def _discard_body(self, length: int | None, flow: Flow | None = None, capture: int = 0) -> None:
+        """Read a body nobody is sent; ``flow`` keeps up to ``capture`` bytes of it (a rule's answer)."""
         if length is None:
             self.downstream.progress()
-            for _ in read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read):
-                pass
-        elif length:
-            self.downstream.read_exact(length)
+            pieces: Iterable[bytes] = read_chunked(self.rfile.readline, self.rfile.read1, self.rfile.read)
+        else:
+            pieces = [self.downstream.read_exact(length)] if length else []
+        for piece in pieces:
+            if flow is not None:
+                flow.bytes_up += len(piece)
+                flow.keep("request_body", piece, capture)
 
     def _send_response(self, status: int, body: bytes, headers: list[tuple[str, str]], flow: Flow,
                        head_only: bool) -> None:

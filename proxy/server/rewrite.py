@@ -25,7 +25,7 @@ from ..config import ConfigError
 from ..http1.errors import ProxyError
 from ..http1.headers import HOP_BY_HOP
 from ..http1.target import DEFAULT_PORTS, Origin, parse_authority
-from .match import UrlGlob, parse_glob
+from .urlglob import UrlGlob, parse_glob
 
 KINDS = ("map-remote", "map-local", "set-header", "remove-header", "block")
 SIDES = ("request", "response")

@@ -1,123 +1,265 @@
-"""Carrying out rewrite rules on one request: rewriting it, refusing it, or answering from a file.
+"""Fault rules as typed values: which requests (a Match), how many times, and what to do.
 
-``rewrite.py`` decides (a Plan, from plain values); this module acts on the
-request about to be forwarded: it points a mapped request at its new
-target, edits its fields, refuses a blocked one, and answers a map-local
-one from the local file with a guessed Content-Type. It runs on the
-forward path for every plain request (and every decrypted one, which takes
-the same path), before the route to the origin or the parent is chosen.
-
-Map-local never leaves its folder: the path is percent-decoded, a ``..``
-segment is refused with 403, and the file found is resolved (symlinks
-included) and must still lie inside the folder.
+A rule is one dataclass per kind of fault, with a Match (method, host glob,
+path: exact, glob or compiled regex), a budget ``times`` (None: no limit) and
+a ``hits`` count. Rules that answer a request (respond, fail, close, ...)
+end the search for more; the others change how the exchange goes. Plain
+values only: the registry that tries them is ``faults``, chaos is in
+``chaos`` and recorded answers in ``replay``.
 """
 
 from __future__ import annotations
 
-import mimetypes
-import os
-from pathlib import Path
-from urllib.parse import unquote
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar
 
-from ..http1.chunked import read_chunked
-from ..http1.errors import Forbidden, ProxyError
-from ..http1.headers import Headers, persistent_client
-from ..record.flows import Flow
-from .downstream import Downstream
-from .forward import Request
-from .rewrite import Plan, Rule, edit_fields, plan, remote_path
-
-FILE_CHUNK = 262144
+PathMatcher = str | re.Pattern[str] | None
 
 
-def carry_out(rules: tuple[Rule, ...], req: Request, client: Downstream, flow: Flow) -> bool | None:
-    """Apply the rules matching req; None to go on forwarding it, or whether the connection
-    stays usable when a rule answered it (a file). A block raises its error."""
-    origin = req.origin
-    steps = plan(rules, origin.scheme, origin.host, origin.port, req.path)
-    flow.rules += steps.fired
-    if steps.answer is None:
-        apply(steps, req)
-        return None
-    if steps.answer.kind == "block":
-        raise block(steps.answer)
-    return serve_file(steps.answer, req, client, flow)
+@dataclass(frozen=True)
+class Match:
+    """Which requests a fault applies to; None matches anything."""
+
+    method: str | None = None
+    host: str | None = None
+    path: PathMatcher = None
+
+    def matches(self, method: str, host: str, path: str) -> bool:
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        if self.host is not None and not fnmatch.fnmatchcase(host.lower(), self.host.lower()):
+            return False
+        return self.path is None or _path_matches(self.path, path)
+
+    def covers(self, other: Match) -> bool:
+        """True if every request ``other`` matches is matched here too (conservatively)."""
+        return (_covers(self.method and self.method.upper(), other.method and other.method.upper())
+                and _covers(self.host and self.host.lower(), other.host and other.host.lower())
+                and _covers(self.path, other.path))
+
+    def __str__(self) -> str:
+        shown = [f"{name}={value!r}" for name, value in
+                 (("method", self.method), ("host", self.host), ("path", _show_path(self.path)))
+                 if value is not None]
+        return ", ".join(shown) or "every request"
 
 
-def apply(steps: Plan, req: Request) -> None:
-    """Rewrite ``req`` as a plan without an answering rule says: target, Host, fields."""
-    if steps.remote is not None:
-        rule = steps.remote
-        assert rule.origin is not None
-        if rule.keep_host and req.host_header is None:
-            req.host_header = req.origin.authority
-        req.origin, req.path = rule.origin, remote_path(rule, req.path)
-    if steps.request_edits:
-        for name, value in steps.request_edits:
-            if name.lower() == "host" and value is not None:
-                req.host_header = value  # the forward step writes Host itself
-        req.headers = Headers(edit_fields(req.headers.items(), steps.request_edits))
-    req.response_edits = tuple(steps.response_edits)
-
-
-def block(rule: Rule) -> ProxyError:
-    return ProxyError(f"blocked by rule {rule}", status=rule.status, kind="http_request_denied")
-
-
-def local_file(rule: Rule, path: str) -> Path:
-    """The file a map-local rule answers ``path`` with; 403 for a way out of the folder, else 404."""
-    assert rule.local is not None
-    if not rule.local.is_dir():
-        return rule.local
+def _path_matches(matcher: str | re.Pattern[str], path: str) -> bool:
+    if isinstance(matcher, re.Pattern):
+        return matcher.search(path) is not None
     bare = path.split("?", 1)[0]
-    prefix = rule.glob.path_prefix
-    rest = unquote(bare[len(prefix):] if bare.startswith(prefix) else bare)
-    parts = [part for part in rest.split("/") if part not in ("", ".")]
-    if ".." in parts or "\x00" in rest:
-        raise Forbidden(f"{bare} leaves the folder of rule {rule}")
-    candidate = rule.local.joinpath(*parts)
-    if candidate.is_dir():
-        candidate = candidate / "index.html"
-    real = candidate.resolve()
-    if not real.is_relative_to(rule.local):
-        raise Forbidden(f"{bare} leads out of the folder of rule {rule}")
-    if not real.is_file():
-        raise ProxyError(f"no file for {bare} under rule {rule}", status=404,
-                         kind="proxy_internal_response")
-    return real
+    return matcher in (path, bare) or fnmatch.fnmatchcase(bare, matcher)
 
 
-def serve_file(rule: Rule, req: Request, client: Downstream, flow: Flow) -> bool:
-    """Answer the request from the rule's file; True if the client connection stays usable."""
-    if req.method not in ("GET", "HEAD"):
-        raise ProxyError(f"rule {rule} serves files: GET or HEAD only", status=405,
-                         kind="proxy_internal_response", headers=(("Allow", "GET, HEAD"),))
-    found = local_file(rule, req.path)
-    discard_body(req, client)
-    keep = persistent_client(req.version, req.headers)  # never with HTTP/1.0 (RFC 9112 9.3)
-    content_type = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
-    with found.open("rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        fields = edit_fields([("Content-Type", content_type), ("Content-Length", str(size)),
-                              ("Cache-Control", "no-store")], req.response_edits)
-        if not keep:
-            fields.append(("Connection", "close"))
-        head = "HTTP/1.1 200 OK\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
-        flow.status, flow.response_headers = 200, fields
-        client.send(head.encode("latin-1"))
-        if req.method == "GET":
-            while data := file.read(FILE_CHUNK):
-                client.send(data)
-                flow.bytes_down += len(data)
-                flow.keep("response_body", data, req.capture)
-    return keep
+def _covers(mine: PathMatcher, theirs: PathMatcher) -> bool:
+    if mine is None or mine == theirs:
+        return True
+    if theirs is None or isinstance(mine, re.Pattern) or isinstance(theirs, re.Pattern):
+        return False
+    return fnmatch.fnmatchcase(theirs, mine)  # a glob that matches the other's pattern text
 
 
-def discard_body(req: Request, client: Downstream) -> None:
-    """Read the request body a local answer does not need, so the connection stays in step."""
-    rfile = client.rfile
-    if req.body_length is None:
-        for _ in read_chunked(rfile.readline, rfile.read1, rfile.read):
-            pass
-    elif req.body_length:
-        client.read_exact(req.body_length)
+def _show_path(path: PathMatcher) -> str | None:
+    return f"re:{path.pattern}" if isinstance(path, re.Pattern) else path
+
+
+class Exchange(Enum):
+    """What kind of exchange a rule can act on."""
+
+    HTTP = "http"  # a forwarded request (plain, or inside an intercepted tunnel)
+    TUNNEL = "tunnel"  # a CONNECT request, before the tunnel opens
+
+
+@dataclass(eq=False)
+class Rule:
+    """One fault rule. Subclasses say what it does; ``times`` limits how often it fires."""
+
+    match: Match = field(default_factory=Match)
+    times: int | None = None
+    hits: int = field(default=0, init=False)
+    number: int = field(default=0, init=False)  # its place in the registry, from 1
+
+    name: ClassVar[str] = "rule"
+    # Answers the request itself (the search ends, the origin is never contacted).
+    answers: ClassVar[bool] = False
+    # Adds to what earlier rules of its kind did (delays); otherwise the first to fire sets it.
+    stacks: ClassVar[bool] = False
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset({Exchange.HTTP})
+
+    def __post_init__(self) -> None:
+        if self.times is not None and (isinstance(self.times, bool) or self.times < 1):
+            raise ValueError(f"{self.name}: times={self.times!r}; a rule fires at least once "
+                             "(times=None, the default, means on every matching request)")
+
+    @property
+    def spent(self) -> bool:
+        return self.times is not None and self.hits >= self.times
+
+    @property
+    def used(self) -> bool:
+        """Fired on as many requests as planned: at least once, or ``times`` times."""
+        return self.hits >= (self.times or 1)
+
+    def params(self) -> str:
+        return ""
+
+    def describe(self) -> str:
+        times = "" if self.times is None else f", times={self.times}"
+        return f"#{self.number} {self.name}({self.params()}) on {self.match}{times}"
+
+    def __repr__(self) -> str:
+        return f"<{self.describe()} hits={self.hits}>"
+
+
+# -- rules that answer the request --------------------------------------------------
+
+
+@dataclass(eq=False, repr=False)
+class Respond(Rule):
+    status: int = 200
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    name: ClassVar[str] = "respond"
+    answers: ClassVar[bool] = True
+
+    def params(self) -> str:
+        return f"{self.status}, {len(self.body)} bytes"
+
+
+@dataclass(eq=False, repr=False)
+class Fail(Rule):
+    status: int = 502
+    name: ClassVar[str] = "fail"
+    answers: ClassVar[bool] = True
+
+    def params(self) -> str:
+        return str(self.status)
+
+
+@dataclass(eq=False, repr=False)
+class Close(Rule):
+    name: ClassVar[str] = "close"
+    answers: ClassVar[bool] = True
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
+
+
+@dataclass(eq=False, repr=False)
+class DnsError(Rule):
+    name: ClassVar[str] = "dns_error"
+    answers: ClassVar[bool] = True
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
+
+
+@dataclass(eq=False, repr=False)
+class RefuseConnect(Rule):
+    status: int = 403
+    name: ClassVar[str] = "refuse_connect"
+    answers: ClassVar[bool] = True
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset({Exchange.TUNNEL})
+
+    def params(self) -> str:
+        return str(self.status)
+
+
+# -- rules that change how the exchange goes ---------------------------------------
+
+
+@dataclass(eq=False, repr=False)
+class RequireAuth(Rule):
+    user: str = ""
+    password: str = ""
+    name: ClassVar[str] = "require_auth"
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
+
+    def params(self) -> str:
+        return repr(self.user)
+
+
+@dataclass(eq=False, repr=False)
+class Delay(Rule):
+    """Wait before forwarding (or tunnelling)."""
+
+    seconds: float = 0.0
+    name: ClassVar[str] = "delay"
+    stacks: ClassVar[bool] = True
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
+
+    def params(self) -> str:
+        return f"{self.seconds:g}"
+
+
+class Direction(Enum):
+    DOWN = "down"  # the response, toward the client
+    UP = "up"  # the request body, from the client
+    BOTH = "both"
+
+
+@dataclass(eq=False, repr=False)
+class Throttle(Rule):
+    bytes_per_second: float = 0.0
+    direction: Direction = Direction.DOWN
+    name: ClassVar[str] = "throttle"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bytes_per_second <= 0:
+            raise ValueError(f"throttle: bytes_per_second={self.bytes_per_second!r} must be positive")
+
+    def params(self) -> str:
+        return f"{self.bytes_per_second:g}, {self.direction.value}"
+
+
+@dataclass(eq=False, repr=False)
+class Reset(Rule):
+    after_bytes: int = 0
+    name: ClassVar[str] = "reset"
+
+    def params(self) -> str:
+        return f"after_bytes={self.after_bytes}"
+
+
+@dataclass(eq=False, repr=False)
+class Truncate(Rule):
+    after_bytes: int = 0
+    name: ClassVar[str] = "truncate"
+
+    def params(self) -> str:
+        return f"after_bytes={self.after_bytes}"
+
+
+@dataclass(eq=False, repr=False)
+class Stall(Rule):
+    seconds: float | None = None  # None: until the proxy's timeout
+    name: ClassVar[str] = "stall"
+
+
+@dataclass(eq=False, repr=False)
+class FirstByteDelay(Rule):
+    seconds: float = 0.0
+    name: ClassVar[str] = "first_byte_delay"
+    stacks: ClassVar[bool] = True
+
+    def params(self) -> str:
+        return f"{self.seconds:g}"
+
+
+@dataclass(eq=False, repr=False)
+class Fragment(Rule):
+    size: int = 1
+    name: ClassVar[str] = "fragment"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.size < 1:
+            raise ValueError(f"fragment: size={self.size!r} must be at least 1")
+
+    def params(self) -> str:
+        return f"size={self.size}"
+
+
+@dataclass(eq=False, repr=False)
+class CorruptChunk(Rule):
+    name: ClassVar[str] = "corrupt_chunk"

@@ -15,10 +15,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 from ..record.flows import Flow
-from ..server.faults import Match, PathMatcher
+from ..server.rules import Match, PathMatcher
+from .flowassert import MISSING, Expected, label, near_misses
+from .origins import Fields
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,11 @@ class FlowStore:
             self._finished, self._open = [], []
             self._since = time.time()
 
+    @property
+    def since(self) -> float:
+        """When the store was last cleared (time.time()); older flows belong to an earlier test."""
+        return self._since
+
     def is_open(self, flow: Flow) -> bool:
         """True for a tunnel not yet closed."""
         with self._changed:
@@ -164,6 +171,29 @@ class FlowStore:
         """Matching flows by start time (lock held)."""
         pools = {None: self._finished + self._open, True: self._finished, False: self._open}[finished]
         return sorted((flow for flow in pools if query(flow)), key=lambda flow: flow.started)
+
+    def assert_called(self, *, method: str | None = None, url: str | None = None, host: str | None = None,
+                      path: PathMatcher = None, times: int | None = None, body: bytes | str | None = None,
+                      json: Any = MISSING, headers: Fields | None = None) -> list[Flow]:
+        """The flows matching every expectation given; fails unless there are ``times`` of them
+        (or at least one), listing the flows that came closest and how each differs."""
+        expected = Expected(method, url, host, path, body, json, headers)
+        flows = self.all()
+        found = [flow for flow in flows if not expected.differences(flow)]
+        if (times is None and found) or len(found) == times:
+            return found
+        wanted = "at least once" if times is None else f"{times} time{'s' * (times != 1)}"
+        headline = f"expected a call with {expected} {wanted}, found {len(found)}"
+        lines = [f"  {label(flow)}" for flow in found] if found else near_misses(expected, flows)
+        if not flows:
+            raise AssertionError(f"{headline}; {self.label} saw no flows in this test")
+        title = "matching" if found else "closest"
+        raise AssertionError(f"{headline}; {title} of the {len(flows)} flows {self.label} saw:\n"
+                             + "\n".join(lines))
+
+    def assert_not_called(self, **expected: Any) -> None:
+        """Fails, listing them, if any flow matches."""
+        self.assert_called(times=0, **expected)
 
     @property
     def upstream_opened(self) -> int:
