@@ -53,7 +53,7 @@ log = logging.getLogger("fwdproxy")
 
 _ESTABLISHED = responses.head(200, [], "Connection Established")
 _HINT = ("this is a forward proxy: send absolute-form requests (GET http://host/path) "
-         "or CONNECT host:port; GET /healthz reports status")
+         "or CONNECT host:port; GET /healthz reports status, GET /proxy.pac is a PAC file")
 # RFC 9112 section 2.2: empty lines before a request line are ignored (a few).
 _MAX_EMPTY_LINES = 4
 _USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
