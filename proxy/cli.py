@@ -84,6 +84,10 @@ def _add_routing(serve: argparse.ArgumentParser) -> None:
                          default=_env_list("upstream-bypass"),
                          help="targets that go direct: NO_PROXY syntax plus CIDRs, e.g. "
                               "localhost,.corp.example,10.0.0.0/8 (repeatable)")
+    routing.add_argument("--upstream-route", action="append", metavar="HOSTS=URL|direct",
+                         default=[v.strip() for v in _env("upstream-route", "").split(";") if v.strip()],
+                         help="per-host routing, first match first: HOSTS (NO_PROXY syntax, comma-"
+                              "separated) through the parent URL, or direct (repeatable)")
     routing.set_defaults(rules=[])
     for flag, metavar, text in (
             ("map-remote", "[keep-host:]URL_GLOB=URL", "forward matching requests to another origin "
@@ -232,9 +236,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                         upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
                                                 if p.strip()),
                         upstream_proxy=ns.upstream_proxy or None, **_record_settings(ns),
-                        upstream_bypass=tuple(ns.upstream_bypass), rewrite_rules=tuple(ns.rules))
+                        upstream_bypass=tuple(ns.upstream_bypass), upstream_routes=tuple(ns.upstream_route),
+                        rewrite_rules=tuple(ns.rules))
         # Parsed here too, so a bad parent URL, bypass entry or rule stops the start with one line.
-        Router.from_settings(config.upstream_proxy, config.upstream_bypass)
+        Router.from_settings(config.upstream_proxy, config.upstream_bypass, config.upstream_routes)
         parse_rules(config.rewrite_rules)
         return config
     except OSError as exc:

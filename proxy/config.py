@@ -73,6 +73,8 @@ class Config:
     # Routing (routing.py): a parent proxy URL, and targets that go direct anyway.
     upstream_proxy: str | None = None
     upstream_bypass: tuple[str, ...] = ()
+    # Per-host routes, first match wins: "HOSTS=http://parent:port" or "HOSTS=direct".
+    upstream_routes: tuple[str, ...] = ()
     # Rewrite rules (rewrite.py) as (kind, text) pairs, e.g. ("block", "*.tracker.test").
     rewrite_rules: tuple[tuple[str, str], ...] = ()
 

@@ -193,6 +193,7 @@ def test_block_refuses_matching_requests_with_a_status(ruled: Ruled, origin: Ori
     (["--upstream-proxy", "http://user@127.0.0.1:3128"], "credentials must be user:password@"),
     (["--upstream-proxy", "http://127.0.0.1"], "needs a host and a port"),
     (["--upstream-bypass", "10.0.0.0/99"], "is not a valid CIDR"),
+    (["--upstream-route", "api.test"], "must be HOSTS=http://host:port or HOSTS=direct"),
 ])
 def test_bad_rules_stop_the_start_with_one_clear_line(args: list[str], message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "proxy", "--port", "0", *args], capture_output=True,

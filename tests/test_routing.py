@@ -14,7 +14,7 @@ from wire import exchange
 from proxy.config import ConfigError
 from proxy.server.pac import pac_file
 from proxy.server.rewrite import RuleError, edit_fields, parse_rule, plan, remote_path, tunnel_block
-from proxy.server.routing import Parent, Router, parse_bypass, parse_parent, route
+from proxy.server.routing import Parent, Router, parse_bypass, parse_parent, parse_route_rule, route
 
 PARENT = Parent("proxy.corp", 3128)
 
@@ -74,6 +74,37 @@ def test_guard_clauses_say_why() -> None:
     assert route("A.Test.", 80, PARENT, parse_bypass("a.test")).parent is None  # case and trailing dot
     assert Router.from_settings(None).parent_for("a.test", 80) is None
     assert Router.from_settings("http://p:1", ["x.test"]).parent_for("a.test", 80) == Parent("p", 1)
+
+
+@pytest.mark.parametrize("host, port, via", [
+    ("api.test", 443, "p2"),            # the first route that matches wins
+    ("x.internal", 80, "p2"),
+    ("10.1.2.3", 80, None),             # a route to direct
+    ("localhost", 80, None),            # then the bypass list
+    ("example.test", 80, "proxy.corp"),  # then the default parent
+])
+def test_per_host_routes_come_first(host: str, port: int, via: str | None) -> None:
+    router = Router.from_settings("http://proxy.corp:3128", ["localhost"],
+                                  ["api.test,.internal=http://u:s3cret@p2:3128", "10.0.0.0/8=direct",
+                                   "api.test=http://never:1"])
+    parent = router.parent_for(host, port)
+    assert (parent.host if parent else None) == via
+    assert [p.host for p in router.parents] == ["proxy.corp", "p2", "never"]
+    assert "s3cret" not in router.route("api.test", 443).reason
+
+
+def test_routes_without_a_default_parent() -> None:
+    router = Router.from_settings(None, (), ["*.corp.test=http://p:1"])
+    assert router.parent_for("a.corp.test", 80) == Parent("p", 1)
+    assert router.parent_for("example.test", 80) is None
+    assert router.parent_at("p", 1) == Parent("p", 1) and router.parent_at("p", 2) is None
+
+
+@pytest.mark.parametrize("text", ["a.test", "=direct", "a.test=", "a.test=ftp://p:1", "a b=direct",
+                                  "a.test=http://u@p:1"])
+def test_bad_routes_say_why(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_route_rule(text)
 
 
 @pytest.mark.parametrize("entry", ["10.0.0.0/33", "a b", "[::1]:x", "host:99999", "*.", "a/b"])
@@ -170,6 +201,16 @@ def test_pac_file_in_a_pac_engine(pac_engine: Any, url: str, host: str, expected
     bypass = parse_bypass("localhost,.corp.test,10.0.0.0/8,::1,api.test:8443")
     pac_engine.parse_pac_string(pac_file("127.0.0.1:8080", bypass))
     assert pac_engine.find_proxy(url, host) == expected
+
+
+def test_pac_file_follows_per_host_routes(pac_engine: Any) -> None:
+    router = Router.from_settings("http://p:1", ["*.local.test"],
+                                  ["10.0.0.0/8=direct", "api.local.test=http://p2:1"])
+    pac_engine.parse_pac_string(pac_file("127.0.0.1:8080", router.bypass, router.rules))
+    assert pac_engine.find_proxy("http://10.1.1.1/", "10.1.1.1") == "DIRECT"
+    assert pac_engine.find_proxy("http://api.local.test/", "api.local.test") == "PROXY 127.0.0.1:8080"
+    assert pac_engine.find_proxy("http://x.local.test/", "x.local.test") == "DIRECT"
+    assert pac_engine.find_proxy("http://example.test/", "example.test") == "PROXY 127.0.0.1:8080"
 
 
 def test_proxy_pac_is_served_on_the_proxy_port(proxy_factory: Callable[..., RunningProxy], pac_engine: Any) -> None:

@@ -153,6 +153,20 @@ def test_bypass_by_port_only_matches_that_port(chain: Chain, origin: OriginServe
     assert status == 200 and origin.received[-1].all("Via")[-1] == f"1.1 {back.server.via_name}"
 
 
+def test_per_host_routes_pick_the_parent_or_direct(chain: Chain, origin: OriginServer) -> None:
+    default, special = chain(), chain()
+    with OriginServer() as other, OriginServer() as local:
+        front = chain(upstream_proxy=parent_url(default), upstream_routes=(
+            f"127.0.0.1:{other.port}={parent_url(special)}", f"127.0.0.1:{local.port}=direct"))
+        for server in (origin, other, local):
+            assert get(front, server.url("/echo"))[0] == 200
+        vias = [server.received[-1].all("Via")[-1] for server in (origin, other, local)]
+    assert vias == [f"1.1 {default.server.via_name}", f"1.1 {special.server.via_name}",
+                    f"1.1 {front.server.via_name}"]
+    assert [f.parent for f in front.wait_flows(3)] == [parent_url(default)[7:], parent_url(special)[7:], ""]
+    assert front.server.pool.opened == 3  # one connection per parent, one to the direct origin
+
+
 def test_http_proxy_variables_are_never_the_servers_parent(chain: Chain, origin: OriginServer, monkeypatch: pytest.MonkeyPatch) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):

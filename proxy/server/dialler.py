@@ -69,8 +69,9 @@ class Dialler:
 
     def parent_dial(self, address: tuple[str, int], timeout: float) -> socket.socket:
         """The ConnectFn of pooled connections to the parent: failures name it, with next-hop."""
-        assert self.router.parent is not None
-        sock = self.connect_parent(self.router.parent, timeout)
+        parent = self.router.parent_at(*address)
+        assert parent is not None  # the pool keys a parent's connections by its address
+        sock = self.connect_parent(parent, timeout)
         sock.settimeout(timeout)
         return sock
 

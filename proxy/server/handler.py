@@ -388,7 +388,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise BadRequest("/proxy.pac takes no body")
         authority = pac.proxy_authority(headers.get("host"), self.server.config.host,
                                         int(self.server.server_address[1]))
-        body = pac.pac_file(authority, self.server.router.bypass).encode()
+        router = self.server.router
+        body = pac.pac_file(authority, router.bypass, router.rules).encode()
         keep = persistent_client(line.version, headers)
         self._send(responses.own(200, body, pac.CONTENT_TYPE, head_only=line.method == "HEAD",
                                  close=not keep))

@@ -60,7 +60,8 @@ class ProxyServer(ServerBase):
         self.host_rules = HostRules(config.allow_hosts, config.deny_hosts)
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
-        self.router = Router.from_settings(config.upstream_proxy, config.upstream_bypass)
+        self.router = Router.from_settings(config.upstream_proxy, config.upstream_bypass,
+                                           config.upstream_routes)
         self.rules = parse_rules(config.rewrite_rules)
         def own() -> tuple[str, int]:
             return str(self.server_address[0]), self.port
@@ -124,8 +125,7 @@ class ProxyServer(ServerBase):
     def _new_connection(self, origin: Origin) -> UpstreamConnection:
         # The parent's own connections (plain HTTP in absolute-form, keyed by its address) dial
         # it directly; every other origin goes through the routed dialler.
-        parent = self.router.parent
-        to_parent = parent is not None and (origin.host, origin.port) == (parent.host, parent.port)
+        to_parent = self.router.parent_at(origin.host, origin.port) is not None
         connect = self.connect.parent_dial if to_parent else self.connect
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
                                   read_timeout=self.config.timeout, connect=connect,

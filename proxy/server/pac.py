@@ -15,7 +15,7 @@ import json
 
 from ..http1.errors import ProxyError
 from ..http1.target import parse_authority
-from .routing import BypassEntry
+from .routing import BypassEntry, RouteRule
 
 CONTENT_TYPE = "application/x-ns-proxy-autoconfig"
 
@@ -29,12 +29,22 @@ function FindProxyForURL(url, host) {
 """
 
 
-def pac_file(proxy_authority: str, bypass: tuple[BypassEntry, ...] = ()) -> str:
-    """The PAC script: ``PROXY host:port`` except for bypassed hosts."""
+def pac_file(proxy_authority: str, bypass: tuple[BypassEntry, ...] = (),
+             routes: tuple[RouteRule, ...] = ()) -> str:
+    """The PAC script: ``PROXY host:port`` except for hosts routed direct or bypassed.
+
+    Per-host routes come first, as the proxy tries them: one through a parent still
+    goes to this proxy, which forwards it there; one marked direct goes DIRECT.
+    """
+    ours = json.dumps("PROXY " + proxy_authority)
     lines = [_HEAD]
+    for rule in routes:
+        answer = ours if rule.parent else '"DIRECT"'
+        for entry in rule.entries:
+            lines.append(f"    if ({_condition(entry)}) return {answer};\n")
     for entry in bypass:
         lines.append(f"    if ({_condition(entry)}) return \"DIRECT\";\n")
-    lines.append(f"    return {json.dumps('PROXY ' + proxy_authority)};\n}}\n")
+    lines.append(f"    return {ours};\n}}\n")
     return "".join(lines)
 
 

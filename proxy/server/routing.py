@@ -167,6 +167,30 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 @dataclass(frozen=True)
+class RouteRule:
+    """Per-host routing: targets matching ``entries`` go through ``parent``, or direct if it is None."""
+
+    entries: tuple[BypassEntry, ...]
+    parent: Parent | None
+    text: str
+
+    def matches(self, host: str, port: int) -> bool:
+        return any(entry.matches(host, port) for entry in self.entries)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_route_rule(text: str) -> RouteRule:
+    """``"LIST=http://[user:pass@]host:port"`` or ``"LIST=direct"``; LIST in NO_PROXY syntax."""
+    hosts, sep, where = text.partition("=")
+    if not sep or not hosts.strip() or not where.strip():
+        raise ConfigError(f"route {_hide(text)!r} must be HOSTS=http://host:port or HOSTS=direct")
+    parent = None if where.strip().lower() == "direct" else parse_parent(where)
+    return RouteRule(parse_bypass(hosts), parent, _hide(text))
+
+
+@dataclass(frozen=True)
 class Route:
     """Where a target goes: ``parent`` None means direct; ``reason`` says why, for logs and tests."""
 
@@ -177,11 +201,18 @@ class Route:
         return f"via {self.parent}" if self.parent else "direct"
 
 
-def route(host: str, port: int, parent: Parent | None, bypass: tuple[BypassEntry, ...] = ()) -> Route:
-    """Decide direct or via the parent for ``host:port``, in guard clauses (names are never resolved)."""
+def route(host: str, port: int, parent: Parent | None, bypass: tuple[BypassEntry, ...] = (),
+          rules: tuple[RouteRule, ...] = ()) -> Route:
+    """Decide direct or via a parent for ``host:port``, in guard clauses (names are never resolved).
+
+    The first per-host rule that matches wins; then the bypass list; then the default parent.
+    """
+    host = host.lower().rstrip(".")
+    for rule in rules:
+        if rule.matches(host, port):
+            return Route(rule.parent, f"{host} matches route {rule}")
     if parent is None:
         return Route(None, "no upstream proxy configured")
-    host = host.lower().rstrip(".")
     for entry in bypass:
         if entry.matches(host, port):
             return Route(None, f"{host} matches bypass entry {entry}")
@@ -194,15 +225,29 @@ class Router:
 
     parent: Parent | None = None
     bypass: tuple[BypassEntry, ...] = ()
+    rules: tuple[RouteRule, ...] = ()
 
     @classmethod
-    def from_settings(cls, upstream: str | None, bypass: Iterable[str] = ()) -> Router:
-        return cls(parse_parent(upstream) if upstream else None, parse_bypass(list(bypass)))
+    def from_settings(cls, upstream: str | None, bypass: Iterable[str] = (),
+                      routes: Iterable[str] = ()) -> Router:
+        return cls(parse_parent(upstream) if upstream else None, parse_bypass(list(bypass)),
+                   tuple(parse_route_rule(text) for text in routes))
+
+    @property
+    def parents(self) -> tuple[Parent, ...]:
+        """Every parent a target may be sent to (the default one first)."""
+        found = [self.parent] if self.parent else []
+        found += [rule.parent for rule in self.rules if rule.parent and rule.parent not in found]
+        return tuple(found)
 
     def route(self, host: str, port: int) -> Route:
-        return route(host, port, self.parent, self.bypass)
+        return route(host, port, self.parent, self.bypass, self.rules)
 
     def parent_for(self, host: str, port: int) -> Parent | None:
-        if self.parent is None:  # the common case: one attribute read per request
+        if self.parent is None and not self.rules:  # the common case: two attribute reads
             return None
         return self.route(host, port).parent
+
+    def parent_at(self, host: str, port: int) -> Parent | None:
+        """The parent listening at host:port, if it is one of ours."""
+        return next((p for p in self.parents if (p.host, p.port) == (host, port)), None)
