@@ -36,10 +36,11 @@ from .server import descriptors, health, memory
 from .server.listener import ProxyServer
 from .server.rewrite import parse_rules
 from .server.routing import Router
+from .tls import command as ca_cmd
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch", "health", "flows")
+SUBCOMMANDS = ("serve", "fetch", "health", "flows", "ca")
 RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record or --har
 
 
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "HTTP_PROXY/HTTPS_PROXY=http://HOST:PORT. Every flag may also be given as an "
                     "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128). "
                     "Also: `fwdproxy fetch URL -x PROXY`, a curl-like client (see fetch --help).")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows,ca}")
     serve = sub.add_parser("serve", prog="fwdproxy [serve]", description=parser.description,
                            help="run the proxy (the default)")
     serve.add_argument("--version", action="version", version=f"fwdproxy {__version__}")
@@ -149,6 +150,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
     _add_routing(serve)
+    tls = serve.add_argument_group("TLS interception (off by default; see docs/interception.md)")
+    tls.add_argument("--intercept", action="store_true",
+                     default=_env("intercept", "") not in ("", "0", "false"),
+                     help="decrypt CONNECT tunnels whose client starts TLS, with certificates from "
+                          "the local CA (created if missing), and forward their requests like plain ones")
+    tls.add_argument("--intercept-host", action="append", metavar="PATTERN",
+                     default=_env_list("intercept-host"),
+                     help="intercept only these targets: host glob or CIDR (repeatable)")
+    tls.add_argument("--no-intercept-host", action="append", metavar="PATTERN",
+                     default=_env_list("no-intercept-host"),
+                     help="relay these targets blindly, e.g. apps that pin certificates (repeatable; wins)")
+    tls.add_argument("--ca-dir", default=None, metavar="DIR",
+                     help="folder of the local CA (default: FWDPROXY_CA_DIR, else certs/ in a "
+                          "checkout, else a per-user data folder)")
+    tls.add_argument("--upstream-ca", action="append", metavar="FILE", default=_env_list("upstream-ca"),
+                     help="also trust the CA certificates in FILE (PEM) for origins (repeatable)")
+    tls.add_argument("--upstream-insecure", action="store_true",
+                     default=_env("upstream-insecure", "") not in ("", "0", "false"),
+                     help="do not verify origins' certificates (development only; every flow is marked)")
     access.add_argument("--upgrade-protocols", default=_env("upgrade-protocols", "websocket"),
                         metavar="LIST",
                         help="Upgrade protocols a plain (ws://) request may switch to; '' for none "
@@ -184,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_parser(sub)
     health.add_parser(sub)
     flows_command.add_parser(sub)
+    ca_cmd.add_parser(sub)
     return parser
 
 
@@ -232,10 +253,15 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                         max_header_count=int(ns.max_headers),
                         max_body=None if ns.max_body is None else int(ns.max_body),
                         max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                        workers=int(ns.workers),
+                        workers=int(ns.workers), intercept=ns.intercept,
+                        intercept_hosts=tuple(ns.intercept_host),
+                        no_intercept_hosts=tuple(ns.no_intercept_host),
+                        ca_dir=str(ca_cmd.ca_dir(ns.ca_dir)), upstream_ca=tuple(ns.upstream_ca),
+                        upstream_insecure=ns.upstream_insecure,
                         upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
                                                 if p.strip()),
-                        upstream_proxy=ns.upstream_proxy or None, **_record_settings(ns),
+                        **_record_settings(ns),
+                        upstream_proxy=ns.upstream_proxy or None,
                         upstream_bypass=tuple(ns.upstream_bypass), upstream_routes=tuple(ns.upstream_route),
                         rewrite_rules=tuple(ns.rules))
         # Parsed here too, so a bad parent URL, bypass entry or rule stops the start with one line.
@@ -258,12 +284,25 @@ def _record_settings(ns: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["fetch"], ["health"], ["flows"]):
+    if args[:1] in (["fetch"], ["health"], ["flows"], ["ca"]):
         ns = build_parser().parse_args(args)
-        runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run}[args[0]]
+        runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run,
+                  "ca": ca_cmd.run}[args[0]]
         return int(runner(ns))
     config = parse_config(args)
     _setup_logging(config)
+    if config.intercept:
+        try:
+            _, created = ca_cmd.ensure_ca(config.ca_dir)
+        except ValueError as exc:  # CAError: the message names the file and the fix
+            print(f"fwdproxy: {exc}", file=sys.stderr)
+            return 2
+        if created:
+            _announce(config, created)
+    for cafile in config.upstream_ca:
+        if not os.path.isfile(cafile):
+            print(f"fwdproxy: --upstream-ca {cafile}: no such file", file=sys.stderr)
+            return 2
     threading.stack_size(512 * 1024)  # threads per connection: keep their stacks small
     memory.tune_allocator()  # few malloc arenas: resident memory plateaus under churn
     descriptors.raise_soft_limit()  # before the server sizes --max-clients to it
@@ -276,8 +315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fwdproxy: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
+    except ValueError as exc:  # the CA became unusable between the check and the start
+        print(f"fwdproxy: {exc}", file=sys.stderr)
+        return 2
     if config.exposure_warning:
         _announce(config, f"fwdproxy: {config.exposure_warning}")
+    if config.upstream_insecure:
+        _announce(config, "fwdproxy: warning: --upstream-insecure: origins' certificates are NOT verified; "
+                          "every https flow is marked upstream-tls=unverified")
     server, workers = _fork_workers(server, config)
     if workers is None:  # in a worker process: serve until told to stop
         return _serve(server, config, announce=False)

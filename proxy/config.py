@@ -77,12 +77,22 @@ class Config:
     upstream_routes: tuple[str, ...] = ()
     # Rewrite rules (rewrite.py) as (kind, text) pairs, e.g. ("block", "*.tracker.test").
     rewrite_rules: tuple[tuple[str, str], ...] = ()
+    # TLS interception (intercept.py): off unless asked; targets by glob/CIDR, no-intercept wins.
+    intercept: bool = False
+    intercept_hosts: tuple[str, ...] = ()
+    no_intercept_hosts: tuple[str, ...] = ()
+    ca_dir: str | None = None  # None: tls.ca.default_ca_dir()
+    # Seconds a client may take to send its first bytes in a tunnel before it is relayed blindly.
+    intercept_wait: float = 1.0
+    # TLS toward origins (intercepted and https:// absolute-form requests).
+    upstream_ca: tuple[str, ...] = ()
+    upstream_insecure: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
         for field in ("connect_timeout", "timeout", "client_idle_timeout", "header_timeout",
-                      "tunnel_idle_timeout", "pool_idle_timeout"):
+                      "tunnel_idle_timeout", "pool_idle_timeout", "intercept_wait"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         if self.shutdown_grace < 0:

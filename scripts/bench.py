@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import json
 import os
 import platform
@@ -64,7 +65,7 @@ from typing import Any, cast
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = Path(__file__).resolve().parent / "bench"
 VENV = ROOT / "bench-results" / "venv"
-VENV_PACKAGES = ("proxy.py", "matplotlib", "trustme", "py-spy")
+VENV_PACKAGES = ("proxy.py", "matplotlib", "trustme", "py-spy", "mitmproxy")
 APT_TOOLS = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}
 PEER_TOOLS = {"squid": "squid", "tinyproxy": "tinyproxy"}
 PEERS = ("squid", "tinyproxy", "proxy.py")
@@ -100,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default %(default)s)")
     p.add_argument("--fwdproxy-args", default="",
                    help="extra flags for fwdproxy, e.g. '--workers 2' (space-separated)")
+    p.add_argument("--intercept", action="store_true",
+                   help="also intercepted HTTPS: fwdproxy --intercept beside mitmdump "
+                        "(scripts/bench/intercept.py)")
     p.add_argument("--record", action="store_true",
                    help="also run fwdproxy+record: fwdproxy with --record (a SQLite store in the temp "
                         "dir, bodies up to 1 MiB), measured in the same rounds as fwdproxy")
@@ -1329,6 +1333,13 @@ def bench(args: argparse.Namespace, children: Children, tmp: Path) -> Path:
         profile = "\n\n".join([profile_cprofile(origin, args, children, tmp, "cpu"),
                                 profile_cprofile(origin, args, children, tmp, "wall"),
                                 profile_fwdproxy(fwd, origin, args, children)])
+    if args.intercept:
+        spec = importlib.util.spec_from_file_location("bench_intercept", ASSETS / "intercept.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        section = module.run(sys.modules[__name__], args, children, tmp, origin)
+        profile = "\n\n".join(part for part in (section, profile) if part)
     meta["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
     if args.record:
         meta["record_store"] = store_size(tmp)

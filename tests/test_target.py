@@ -31,8 +31,12 @@ def test_options_with_empty_path_is_asterisk() -> None:
     assert parse_absolute("http://example.test/", "OPTIONS")[1] == "/"
 
 
+def test_https_absolute_form_is_an_https_origin_on_443():
+    assert parse_absolute("https://Example.test/a?b") == (Origin("https", "example.test", 443), "/a?b")
+    assert str(parse_absolute("https://example.test:8443/")[0]) == "https://example.test:8443"
+
+
 @pytest.mark.parametrize("target,reason", [
-    ("https://example.test/", "must be tunnelled"),
     ("ftp://example.test/", "unsupported scheme"),
     ("file:///etc/passwd", "unsupported scheme"),
     ("gopher://example.test/", "unsupported scheme"),

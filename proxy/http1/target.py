@@ -55,10 +55,8 @@ def parse_absolute(target: str, method: str = "GET") -> tuple[Origin, str]:
     if not sep or not scheme:
         raise BadRequest(f"request target is not an absolute URL: {_short(target)}")
     scheme = scheme.lower()
-    if scheme == "https":
-        raise BadRequest("https:// targets must be tunnelled: send CONNECT host:443 first")
-    if scheme != "http":
-        raise BadRequest(f"unsupported scheme {scheme!r}: this proxy forwards http:// only")
+    if scheme not in DEFAULT_PORTS:
+        raise BadRequest(f"unsupported scheme {scheme!r}: this proxy forwards http:// and https:// only")
     end = len(rest)
     for delim in "/?#":
         found = rest.find(delim)

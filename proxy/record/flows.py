@@ -42,6 +42,10 @@ class Flow:
     request_body: bytes = b""
     response_body: bytes = b""
     faults: list[str] = field(default_factory=list)  # fault rules that fired
+    # TLS: whether the proxy saw inside (an intercepted tunnel, or a request inside one),
+    # and for https origins whether their certificate was checked ("verified", "unverified").
+    intercepted: bool = False
+    upstream_tls: str = ""
     http_version: str = "HTTP/1.1"  # of the client's request line
     reason: str = ""  # the response's reason phrase as the origin sent it
     error_kind: str = ""  # the RFC 9209 Proxy-Status error type sent with an error response
@@ -71,6 +75,10 @@ class Flow:
     def as_line(self) -> str:
         text = (f"{self.client} {self.method} {self.url} {self.status} "
                 f"up={self.bytes_up} down={self.bytes_down} {self.duration_ms:.1f}ms")
+        if self.intercepted:
+            text += " intercepted"
+        if self.upstream_tls == "unverified":
+            text += " upstream-tls=unverified"
         return f"{text} error={self.error!r}" if self.error else text
 
     def as_json(self) -> str:

@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler
+from typing import cast
 
 from ..http1 import maxforwards, responses, upgrade
 from ..http1.chunked import read_chunked
@@ -36,9 +37,10 @@ from ..http1.headers import (
     read_fields,
     request_body_length,
 )
-from ..http1.target import parse_absolute, parse_authority
+from ..http1.target import Origin, parse_absolute, parse_authority
 from ..record.flows import Flow, elapsed_ms
-from . import pac, rewriting
+from ..tls.stream import TLSStream
+from . import intercept, pac, rewriting
 from .connect import dial
 from .downstream import Downstream
 from .faults import Exchange
@@ -90,6 +92,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
                                      self.server.config.timeout)
         self.phase = Phase.IDLE
         self._start = 0.0
+        # Set once a CONNECT is intercepted: requests then come over TLS, all for this origin.
+        self.intercepted: Origin | None = None
+        self.tls: TLSStream | None = None
+        self._tunnel_flow: Flow | None = None
+        self._tunnel_auth: str | None = None
 
     @property
     def busy(self) -> bool:
@@ -104,6 +111,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.server.untrack(self)
 
     def finish(self) -> None:
+        if self.tls is not None and self._tunnel_flow is not None:  # an intercepted tunnel ends
+            self.tls.close_notify()
+            flow = self._tunnel_flow
+            flow.bytes_up, flow.bytes_down = self.tls.bytes_in, self.tls.bytes_out
+            flow.duration_ms = round((time.time() - flow.started) * 1000, 2)
+            self.server.flows.emit(flow)
         self.server.watchdog.forget(self.deadline)
         super().finish()
 
@@ -131,8 +144,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._send_error(ProxyError("internal error; see the proxy's log"))
         finally:
             if self.phase is not Phase.RELAYED:
-                flow.finish(start)
-                self.server.flows.emit(flow)
+                if flow is not self._tunnel_flow:  # an intercepted tunnel's is emitted when it ends
+                    flow.finish(start)
+                    self.server.flows.emit(flow)
                 self.phase = Phase.IDLE  # after the flow is recorded: see ProxyServer.busy()
             if self.server.stopping:
                 self.close_connection = True
@@ -179,13 +193,17 @@ class ProxyHandler(BaseHTTPRequestHandler):
         flow.http_version = line.version
         if len(headers.get_all("host")) > 1:
             raise BadRequest("more than one Host header")  # RFC 9112 section 3.2
+        if self.intercepted is not None:  # admitted at CONNECT; every request goes to its origin
+            self._check_loop(headers)
+            flow.intercepted = True
+            return self._forward(line, headers, flow,
+                                 *intercept.inner_target(self.intercepted, line.target, line.method))
         if line.target.startswith("/") or line.target == "*":
             return self._local(line, headers, flow)
         self._admit(headers)
         if line.method == "CONNECT":
-            self._tunnel(line, headers, flow)
-            return False
-        return self._forward(line, headers, flow)
+            return self._tunnel(line, headers, flow)
+        return self._forward(line, headers, flow, *parse_absolute(line.target, line.method))
 
     def _admit(self, headers: Headers) -> None:
         """Client network, credentials and loop checks; each refusal raises its status."""
@@ -194,18 +212,21 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
         if config.auth:
             check_credentials(headers.get("proxy-authorization"), config.auth)
+        self._check_loop(headers)
+
+    def _check_loop(self, headers: Headers) -> None:
         for via in headers.get_all("via"):
             if self.server.via_name in via:
                 raise LoopDetected("request already passed through this proxy (Via)")
 
-    def _forward(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
-        """Plain HTTP: the request to send, shaped by fault rules if any, carried there and back."""
+    def _forward(self, line: RequestLine, headers: Headers, flow: Flow, origin: Origin, path: str) -> bool:
+        """One request (plain, https://, or inside an intercepted tunnel), shaped by fault rules if any."""
         left = maxforwards.remaining(line.method, headers)
         if left == 0:
-            return self._answer_as_final_recipient(line, headers, flow)
+            return self._answer_as_final_recipient(line, headers, flow, origin, path)
         if left is not None:
             headers = maxforwards.counted_down(headers, left - 1)
-        req = self._request(line, headers, flow)
+        req = self._request(line, headers, flow, origin, path)
         downstream = self.downstream
         if self.server.faults:
             shaped = self._apply_faults(line.method, req.origin.host, req.path, headers, flow, req)
@@ -227,9 +248,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return False
         return result
 
-    def _answer_as_final_recipient(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
+    def _answer_as_final_recipient(self, line: RequestLine, headers: Headers, flow: Flow, origin: Origin,
+                                   path: str) -> bool:
         """OPTIONS or TRACE with Max-Forwards: 0 stop here (RFC 9110 section 7.6.2)."""
-        origin, path = parse_absolute(line.target, line.method)
         self.server.host_rules.check(origin.host)
         flow.host, flow.port, flow.path = origin.host, origin.port, path
         self._discard_body(request_body_length(headers, line.version))
@@ -239,11 +260,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         flow.status, flow.bytes_down = 200, len(body)
         return keep
 
-    def _request(self, line: RequestLine, headers: Headers, flow: Flow) -> Request:
+    def _request(self, line: RequestLine, headers: Headers, flow: Flow, origin: Origin, path: str) -> Request:
         """The request to forward: an allowed target, a body within limits, our Via entry."""
         config = self.server.config
-        origin, path = parse_absolute(line.target, line.method)
         self.server.host_rules.check(origin.host)
+        if origin.scheme == "https":
+            flow.upstream_tls = "unverified" if config.upstream_insecure else "verified"
         flow.host, flow.port, flow.path = origin.host, origin.port, path
         flow.request_headers = _redacted(headers)
         length = request_body_length(headers, line.version)
@@ -252,11 +274,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
         req = Request(line.method, origin, path, line.version, headers, length,
                       via=f"{line.version[5:]} {self.server.via_name}", max_body=config.max_body,
                       capture=config.capture_bodies,
-                      upgrade=upgrade.offered(headers, config.upgrade_protocols))
+                      # The relay moves raw bytes: an upgrade over TLS (https://, or inside an
+                      # intercepted tunnel) is not offered, so Upgrade is dropped as hop-by-hop.
+                      upgrade=None if origin.scheme == "https" else upgrade.offered(headers,
+                                                                                    config.upgrade_protocols))
         flow.url = req.url
         return req
 
-    def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> None:
+    def _tunnel(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
         flow.kind = "tunnel"
         host, port = parse_authority(line.target)
         flow.host, flow.port = host, port
@@ -265,14 +290,19 @@ class ProxyHandler(BaseHTTPRequestHandler):
         check_connect_port(port, self.server.config.allowed_connect_ports)
         if "transfer-encoding" in headers or content_length(headers):
             raise BadRequest("a CONNECT request has no body")  # RFC 9110 section 9.3.6
+        interception = self.server.interception
+        intercepting = interception is not None and interception.wants(host)
         if self.server.faults:
-            self._apply_faults("CONNECT", host, "", headers, flow, None)
+            self._apply_faults("CONNECT", host, "", headers, flow, None, intercepting=intercepting)
         blocked = tunnel_block(self.server.rules, host, port) if self.server.rules else None
         if blocked is not None:
             flow.rules.append(str(blocked))
             raise rewriting.block(blocked)
         parent = self.server.connect.parent_for(host, port)
         flow.parent = parent.authority if parent else ""
+        if interception is not None and intercepting:
+            self._tunnel_auth = headers.get("proxy-authorization")  # it covers the requests inside
+            return self._intercept(interception, host, port, flow)
         # The client's Via goes on in our CONNECT to a parent, so a loop through parents is seen.
         connect = functools.partial(self.server.connect, via=headers.get_all("via"))
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -286,6 +316,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise
         flow.status = 200
         self._relay(upstream, b"", flow)
+        return False
 
     def _relay(self, upstream: socket.socket, early_down: bytes, flow: Flow) -> None:
         """Hand both sockets to the tunnel relay (after CONNECT's 200 or an Upgrade's 101)."""
@@ -295,8 +326,35 @@ class ProxyHandler(BaseHTTPRequestHandler):
                                  early_down=early_down)
         self.phase = Phase.RELAYED
 
+    def _intercept(self, interception: intercept.Interception, host: str, port: int, flow: Flow) -> bool:
+        """Answer 200; decrypt if the client starts TLS and serve its requests here, else relay blindly."""
+        self.downstream.send(_ESTABLISHED)
+        flow.status = 200
+        self.deadline.clear()
+        early = intercept.first_bytes(self.connection, self._buffered_bytes(), interception.first_bytes_wait)
+        if not intercept.is_tls(early):
+            try:
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                upstream = dial(self.server.connect, host, port, self.server.config.connect_timeout, where)
+            except ProxyError as exc:  # 200 is said already: all that is left is to close
+                raise Abort(exc.reason) from None
+            self.server.relay_tunnel(self.connection, upstream, early, flow, self._start)
+            self.phase = Phase.RELAYED
+            return False
+        flow.intercepted = True
+        stream = interception.accept(self.connection, early, host, self.deadline,
+                                     self.server.config.header_timeout, self.client_label)
+        self.rfile.close()  # emptied into ``early``; it holds a reference to the socket
+        # The TLS stream has the socket calls the handler and Downstream use (sendall,
+        # shutdown, setsockopt, makefile), so the rest of this connection speaks through it.
+        self.tls, self.connection, self.rfile = stream, cast(socket.socket, stream), stream.makefile("rb")
+        self.downstream = Downstream(self.rfile, self.connection, self.deadline, self.server.config.timeout)
+        self.intercepted, self._tunnel_flow = Origin("https", host, port), flow
+        self.server.flows.emit_opened(flow)
+        return True
+
     def _apply_faults(self, method: str, host: str, path: str, headers: Headers, flow: Flow,
-                      req: Request | None) -> Downstream | None:
+                      req: Request | None, *, intercepting: bool = False) -> Downstream | None:
         """Carry out the fault plan for this request (see faults.py and shaping.py).
 
         Returns the client side to forward through (shaped as the plan says),
@@ -308,10 +366,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         exchange = Exchange.TUNNEL if req is None else Exchange.HTTP
         plan = faults.plan(FaultRequest(exchange, method, host, path, flow.url, body))
         flow.faults += plan.fired
-        if plan.delay:
+        if plan.delay and not intercepting:  # an intercepted tunnel's requests are delayed one by one
             time.sleep(plan.delay)
         if plan.auth:
-            check_credentials(headers.get("proxy-authorization"), [plan.auth])
+            # Inside an intercepted tunnel the credentials are the ones sent with its CONNECT.
+            credentials = self._tunnel_auth if self.intercepted else headers.get("proxy-authorization")
+            check_credentials(credentials, [plan.auth])
         if plan.error:
             raise plan.error
         if plan.close:

@@ -27,11 +27,13 @@ from ..http1.headers import Limits
 from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
 from ..record.recording import Recording
+from ..tls.contexts import OriginTLS
 from .connect import ConnectFn, Connector
 from .descriptors import Budget, soft_limit
 from .dialler import Dialler
 from .faults import Faults
 from .handler import ProxyHandler
+from .intercept import UpstreamTLSConnection, configured_interception
 from .policy import HostRules
 from .pool import Pool, UpstreamConnection
 from .rewrite import parse_rules
@@ -74,6 +76,8 @@ class ProxyServer(ServerBase):
                                parent_connector=Connector(connect, own_address=own),
                                deny_private=config.deny_private)
         self.faults = Faults()
+        self.interception = configured_interception(config) if config.intercept else None
+        self._origin_tls: OriginTLS | None = None
         self.address_family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         self.allow_reuse_port = config.workers > 1
         self._spare_fd: int | None = None  # server_close() may run inside TCPServer.__init__
@@ -127,9 +131,21 @@ class ProxyServer(ServerBase):
         # it directly; every other origin goes through the routed dialler.
         to_parent = self.router.parent_at(origin.host, origin.port) is not None
         connect = self.connect.parent_dial if to_parent else self.connect
+        if origin.scheme == "https":
+            return UpstreamTLSConnection(origin, self.origin_tls, connect_timeout=self.config.connect_timeout,
+                                         read_timeout=self.config.timeout, connect=self.connect,
+                                         watchdog=self.watchdog)
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
                                   read_timeout=self.config.timeout, connect=connect,
                                   watchdog=self.watchdog)
+
+    @property
+    def origin_tls(self) -> OriginTLS:
+        """What origins are verified against; made on first use (loading the system's roots takes a while)."""
+        with self._lock:
+            if self._origin_tls is None:
+                self._origin_tls = OriginTLS(self.config.upstream_ca, insecure=self.config.upstream_insecure)
+            return self._origin_tls
 
     @property
     def port(self) -> int:

@@ -17,6 +17,7 @@ from ..http1.headers import Limits
 from ..record.flows import Flow, FlowLog
 from .dialler import Dialler
 from .faults import Faults
+from .intercept import Interception
 from .policy import HostRules
 from .pool import Pool
 from .rewrite import Rule
@@ -45,6 +46,7 @@ class ServerBase(ThreadingHTTPServer):
     connect: Dialler  # the routed dialler: direct, or a CONNECT through the parent
     router: Router
     rules: tuple[Rule, ...]
+    interception: Interception | None  # TLS interception, when on (the plugin turns it on per test)
     pool: Pool
     flows: FlowLog
     stopping: bool

@@ -13,16 +13,19 @@ import ipaddress
 import re
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..record.flows import Flow
 from ..server.faults import UNPLANNED
+from ..server.intercept import Interception
 from ..server.listener import ProxyServer
 from ..server.replay import Replay
 from . import cassette
 from .flowstore import FlowStore
+from .interception import SessionTLS
 from .origins import Origin
 from .rulebook import RuleBook
 
@@ -98,6 +101,9 @@ class FwdProxy(RuleBook):
         server.flows.add(self.flows.record)
         server.flows.add(self._note_unplanned)
         server.flows.add_opened(self.flows.opened)
+        self.configured_interception = server.interception  # what clear() goes back to
+        self.tls_source: Callable[[], SessionTLS] | None = None  # the fixtures hand the session's CA in
+        self._tls: SessionTLS | None = None  # set while this test intercepts
 
     @property
     def url(self) -> str:
@@ -112,9 +118,35 @@ class FwdProxy(RuleBook):
         return self.server.port
 
     def env(self) -> dict[str, str]:
-        """Proxy variables in both cases (curl reads only lowercase http_proxy), NO_PROXY emptied."""
-        return {"HTTP_PROXY": self.url, "HTTPS_PROXY": self.url, "http_proxy": self.url,
-                "https_proxy": self.url, "NO_PROXY": "", "no_proxy": ""}
+        """Proxy variables in both cases (curl reads only lowercase http_proxy), NO_PROXY emptied.
+
+        While the test intercepts, also the CA variables of common clients (see ``intercept``).
+        """
+        env = {"HTTP_PROXY": self.url, "HTTPS_PROXY": self.url, "http_proxy": self.url,
+               "https_proxy": self.url, "NO_PROXY": "", "no_proxy": ""}
+        return {**env, **self._tls.env()} if self._tls is not None else env
+
+    def intercept(self, *host_patterns: str, no_intercept: tuple[str, ...] = ()) -> str:
+        """Decrypt HTTPS through this proxy for this test (only ``host_patterns``, if given); the CA file.
+
+        Clients must trust ``ca_file`` (``env()`` and ``apply_env()`` now point the usual
+        variables at it); the proxy trusts the session's ``origin_https`` CA. Faults and
+        flow queries then apply to each request inside the tunnel, with https:// URLs.
+        """
+        if self.tls_source is None:
+            raise RuntimeError("intercept() needs the fwdproxy or fwdproxy_factory fixture")
+        self._tls = tls = self.tls_source()
+        self.server.origin_tls.trust(tls.origin_ca_file)
+        self.server.interception = Interception(tls.mint, tuple(host_patterns), tuple(no_intercept),
+                                                first_bytes_wait=self.server.config.intercept_wait)
+        return tls.ca_file
+
+    @property
+    def ca_file(self) -> str:
+        """The CA certificate (PEM) clients must trust while this test intercepts."""
+        if self._tls is None:
+            raise AttributeError("ca_file exists once the test calls fwdproxy.intercept()")
+        return self._tls.ca_file
 
     def apply_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Point this process's environment at the proxy for the test (a preset NO_PROXY removed)."""
@@ -135,6 +167,7 @@ class FwdProxy(RuleBook):
         if isinstance(to, Origin):
             if to.tls:
                 to.add_name(host)
+                self.server.origin_tls.trust(to.ca_file)  # for intercepted and https:// requests
             self.hosts.add(host, to.host, to.port, only_port=only_port)
         elif isinstance(to, tuple):
             self.hosts.add(host, to[0], to[1], only_port=only_port)
@@ -170,6 +203,8 @@ class FwdProxy(RuleBook):
         """Forget flows, fault rules, host mappings and strict mode; close idle upstream connections."""
         self.server.faults.clear()
         self.hosts.clear()
+        self.server.interception = self.configured_interception
+        self._tls = None
         self.server.pool.close()  # so upstream opened/reused counts start from nothing
         self.flows.clear()
         self._unplanned.clear()

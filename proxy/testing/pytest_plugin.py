@@ -27,6 +27,7 @@ import pytest
 from ..record.har import har_log
 from . import cassette
 from .facade import CAPTURE_BODIES, FwdProxy, HostMap, start_proxy
+from .interception import SessionTLS
 from .origins import Origin, OriginCA, OriginReply, OriginRequest
 
 __all__ = ["FwdProxy", "HostMap", "Origin", "OriginCA", "OriginReply", "OriginRequest"]
@@ -98,6 +99,7 @@ def fwdproxy(_fwdproxy_shared: FwdProxy, request: pytest.FixtureRequest) -> Iter
     """A running proxy shared by the session, with flows, faults and host mappings cleared for this test."""
     proxy = _fwdproxy_shared
     proxy.clear()
+    proxy.tls_source = lambda: request.getfixturevalue("_fwdproxy_tls")
     node = request.node
     proxy.test_dir = node.path.parent if isinstance(node, pytest.Item) else Path.cwd()
     _used_by(node).append(proxy)
@@ -112,6 +114,8 @@ def fwdproxy(_fwdproxy_shared: FwdProxy, request: pytest.FixtureRequest) -> Iter
     finally:
         proxy.server.faults.clear()  # a fault must never outlive its test
         proxy.hosts.clear()
+        proxy.server.interception = proxy.configured_interception  # so does interception
+        proxy.tls_source = None
 
 
 def _use_cassette(proxy: FwdProxy, request: pytest.FixtureRequest) -> Callable[[], None] | None:
@@ -170,10 +174,17 @@ def fwdproxy_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., F
 
     def make(**settings: Any) -> FwdProxy:
         settings.setdefault("offline", _offline(request.config))
+        # intercept=True takes the session's CA, not a CA folder: the same as .intercept().
+        intercepting = settings.pop("intercept", False)
+        hosts, no_hosts = settings.pop("intercept_hosts", ()), settings.pop("no_intercept_hosts", ())
         proxy = start_proxy(f"fwdproxy_factory#{len(made) + 1}", **settings)
         proxy.seed = request.config.getoption("fwdproxy_seed", None)
+        proxy.tls_source = lambda: request.getfixturevalue("_fwdproxy_tls")
         made.append(proxy)
         _used_by(request.node).append(proxy)
+        if intercepting:
+            proxy.intercept(*hosts, no_intercept=tuple(no_hosts))
+            proxy.configured_interception = proxy.server.interception  # kept across clear()
         return proxy
 
     yield make
@@ -189,6 +200,11 @@ def fwdproxy_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., F
 @pytest.fixture(scope="session")
 def _fwdproxy_ca(tmp_path_factory: pytest.TempPathFactory) -> OriginCA:
     return OriginCA(tmp_path_factory.mktemp("fwdproxy-ca"))
+
+
+@pytest.fixture(scope="session")
+def _fwdproxy_tls(tmp_path_factory: pytest.TempPathFactory, _fwdproxy_ca: OriginCA) -> SessionTLS:
+    return SessionTLS(tmp_path_factory.mktemp("fwdproxy-intercept"), _fwdproxy_ca)
 
 
 @pytest.fixture
