@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from . import __version__
@@ -37,11 +38,13 @@ from .server.listener import ProxyServer
 from .server.rewrite import parse_rules
 from .server.routing import Router
 from .tls import command as ca_cmd
+from .ui import command as ui_command
+from .ui.app import UiServer
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch", "health", "flows", "ca")
-RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record or --har
+SUBCOMMANDS = ("serve", "fetch", "health", "flows", "ca", "ui")
+RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record, --har or --ui
 
 
 def _env(flag: str, default: Any) -> Any:
@@ -201,11 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_env("log-format", _DEFAULTS.log_format),
                        help="text lines or JSON lines (default %(default)s)")
     _add_record_flags(serve)
+    _add_ui_flags(serve)
     fetch.add_parser(sub)
     health.add_parser(sub)
     flows_command.add_parser(sub)
     ca_cmd.add_parser(sub)
+    ui_command.add_parser(sub)
     return parser
+
+
+def _add_ui_flags(serve: argparse.ArgumentParser) -> None:
+    ui = serve.add_argument_group("traffic page (see docs/ui.md)")
+    ui.add_argument("--ui", action="store_true", default=_env("ui", "") not in ("", "0", "false"),
+                    help="serve a live traffic page; startup prints its URL with a token. Without "
+                         "--record, flows go to a temporary store removed at exit")
+    ui.add_argument("--ui-host", default=_env("ui-host", _DEFAULTS.ui_host),
+                    help="address of the page (default %(default)s); another one is reachable from "
+                         "other machines (the token still guards it)")
+    ui.add_argument("--ui-port", type=int, default=_env("ui-port", _DEFAULTS.ui_port),
+                    help="port of the page (default %(default)s; 0: any free)")
 
 
 def _add_record_flags(serve: argparse.ArgumentParser) -> None:
@@ -277,19 +294,36 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 def _record_settings(ns: argparse.Namespace) -> dict[str, Any]:
     capture = ns.capture_bodies
     if capture is None:
-        capture = RECORD_CAPTURE if ns.record or ns.har else 0
+        capture = RECORD_CAPTURE if ns.record or ns.har or ns.ui else 0
     return {"record": ns.record, "har": ns.har, "flows_jsonl": ns.flows_jsonl,
-            "record_secrets": ns.record_secrets, "capture_bodies": int(capture)}
+            "record_secrets": ns.record_secrets, "capture_bodies": int(capture),
+            "ui": bool(ns.ui), "ui_host": ns.ui_host, "ui_port": int(ns.ui_port)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["fetch"], ["health"], ["flows"], ["ca"]):
+    if args[:1] in (["fetch"], ["health"], ["flows"], ["ca"], ["ui"]):
         ns = build_parser().parse_args(args)
         runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run,
-                  "ca": ca_cmd.run}[args[0]]
+                  "ca": ca_cmd.run, "ui": ui_command.run}[args[0]]
         return int(runner(ns))
     config = parse_config(args)
+    with _ui_store(config) as config:
+        return _run(config)
+
+
+@contextmanager
+def _ui_store(config: Config) -> Iterator[Config]:
+    """--ui without --record records into a temporary store, removed at exit (as mitmweb shows
+    traffic without being told where to keep it)."""
+    if not config.ui or config.record:
+        yield config
+        return
+    with ui_command.scratch_store() as path:
+        yield config.replace(record=str(path))
+
+
+def _run(config: Config) -> int:
     _setup_logging(config)
     if config.intercept:
         try:
@@ -323,13 +357,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.upstream_insecure:
         _announce(config, "fwdproxy: warning: --upstream-insecure: origins' certificates are NOT verified; "
                           "every https flow is marked upstream-tls=unverified")
+    page = _start_page(server, config) if config.ui else None
+    if config.ui and page is None:
+        return 1
     server, workers = _fork_workers(server, config)
     if workers is None:  # in a worker process: serve until told to stop
         return _serve(server, config, announce=False)
-    code = _serve(server, config, announce=True, workers=workers)
+    try:
+        code = _serve(server, config, announce=True, workers=workers)
+    finally:
+        if page is not None:
+            page.stop()
     for pid in workers:
         os.waitpid(pid, 0)
     return code
+
+
+def _start_page(server: ProxyServer, config: Config) -> UiServer | None:
+    """The traffic page on its own port, over the store the proxy records into."""
+    try:
+        page = UiServer(config.record, host=config.ui_host, port=config.ui_port, live=True).start()
+    except (OSError, StoreError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"fwdproxy: cannot serve the traffic page on {config.ui_host}:{config.ui_port}: {why}",
+              file=sys.stderr)
+        server.server_close()
+        server.recording.close(write_har=False)
+        return None
+    if page.exposure_warning:
+        _announce(config, f"fwdproxy: {page.exposure_warning}")
+    _announce(config, f"fwdproxy: traffic page at {page.url}")
+    return page
 
 
 class _JSONFormatter(logging.Formatter):

@@ -68,6 +68,10 @@ class Config:
     har: str = ""
     flows_jsonl: str = ""
     record_secrets: bool = False
+    # The traffic page (proxy/ui/) on its own port, over the --record store (a temporary one without it).
+    ui: bool = False
+    ui_host: str = "127.0.0.1"
+    ui_port: int = 8081
     # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
     workers: int = 1
     # Routing (routing.py): a parent proxy URL, and targets that go direct anyway.
@@ -110,6 +114,10 @@ class Config:
             raise ValueError("capture_bodies must not be negative")
         if self.workers > 1 and (self.record or self.har or self.flows_jsonl):
             raise ValueError("--record, --har and --flows-jsonl need --workers 1 (one writer per file)")
+        if self.workers > 1 and self.ui:
+            raise ValueError("--ui needs --workers 1 (the page reads the one recording)")
+        if not 0 <= self.ui_port <= 65535:
+            raise ValueError(f"ui_port must be 0..65535, not {self.ui_port}")
         if self.max_body is not None and self.max_body < 0:
             raise ValueError("max_body must not be negative")
         for user, _ in self.auth:

@@ -70,7 +70,7 @@ def small_proxy() -> Iterator[tuple[subprocess.Popen[str], tuple[str, int], str]
                              "--timeout", "30"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_limit_descriptors)
     assert proc.stderr is not None
-    lines = []
+    lines: list[str] = []
     while not (lines and "listening on" in lines[-1]):
         lines.append(proc.stderr.readline())
         assert lines[-1], "".join(lines)
@@ -123,7 +123,7 @@ def outcomes(socks: list[socket.socket], timeout: float) -> dict[str, int]:
     return counts
 
 
-def test_out_of_descriptors_every_client_is_answered_or_closed_then_recovers(small_proxy):
+def test_out_of_descriptors_every_client_is_answered_or_closed_then_recovers(small_proxy: tuple[subprocess.Popen[str], tuple[str, int], str]) -> None:
     proc, address, startup = small_proxy
     match = re.search(r"max-clients lowered from 2048 to (\d+): the descriptor limit \(RLIMIT_NOFILE\) "
                       rf"is {LIMIT}", startup)

@@ -45,7 +45,7 @@ def rss_mib(pid: int) -> float:
 
 
 @pytest.mark.slow
-def test_resident_memory_plateaus_under_churn(churned_proxy):
+def test_resident_memory_plateaus_under_churn(churned_proxy: tuple[int, tuple[str, int]]) -> None:
     pid, address = churned_proxy
     closed = socket.create_server(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]

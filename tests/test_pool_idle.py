@@ -6,10 +6,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import RunningProxy
 from wire import exchange
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class KeepAliveOrigin:
@@ -75,8 +79,7 @@ def get(proxy: RunningProxy, url: str) -> bytes:
     return exchange(proxy.address, f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
 
 
-def test_idle_upstream_connection_closes_after_its_idle_time_with_no_more_traffic(
-        proxy_factory, keepalive_origin):
+def test_idle_upstream_connection_closes_after_its_idle_time_with_no_more_traffic(proxy_factory: Callable[..., RunningProxy], keepalive_origin: Callable[..., KeepAliveOrigin]) -> None:
     proxy = proxy_factory(pool_idle_timeout=0.5)
     origin = keepalive_origin()
     assert get(proxy, origin.url).endswith(b"\r\n\r\nok")
@@ -85,7 +88,7 @@ def test_idle_upstream_connection_closes_after_its_idle_time_with_no_more_traffi
     assert proxy.server.pool.idle_count() == 0
 
 
-def test_idle_upstream_connection_within_its_idle_time_stays_open(proxy_factory, keepalive_origin):
+def test_idle_upstream_connection_within_its_idle_time_stays_open(proxy_factory: Callable[..., RunningProxy], keepalive_origin: Callable[..., KeepAliveOrigin]) -> None:
     """Control: with a long idle time, the same connection is still pooled and reused."""
     proxy = proxy_factory(pool_idle_timeout=30)
     origin = keepalive_origin()
@@ -95,7 +98,7 @@ def test_idle_upstream_connection_within_its_idle_time_stays_open(proxy_factory,
     assert proxy.server.pool.reused == 1
 
 
-def test_upstream_connection_the_origin_closed_is_not_left_in_close_wait(proxy_factory, keepalive_origin):
+def test_upstream_connection_the_origin_closed_is_not_left_in_close_wait(proxy_factory: Callable[..., RunningProxy], keepalive_origin: Callable[..., KeepAliveOrigin]) -> None:
     proxy = proxy_factory(pool_idle_timeout=30)
     origin = keepalive_origin(close_after_reply=True)
     # The origin closes right after its response, which says nothing of closing: the proxy pools it.
@@ -106,7 +109,7 @@ def test_upstream_connection_the_origin_closed_is_not_left_in_close_wait(proxy_f
     assert proxy.server.pool.idle_count() == 0, "the pool kept a connection its origin had closed"
 
 
-def test_pool_is_bounded_in_total_and_lets_the_oldest_go(proxy_factory, keepalive_origin):
+def test_pool_is_bounded_in_total_and_lets_the_oldest_go(proxy_factory: Callable[..., RunningProxy], keepalive_origin: Callable[..., KeepAliveOrigin]) -> None:
     proxy = proxy_factory(pool_max_idle_total=2)
     origins = [keepalive_origin() for _ in range(3)]
     for origin in origins:

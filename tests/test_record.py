@@ -7,56 +7,65 @@ import http.client
 import json
 import socket
 import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from har_check import assert_valid_har
-from servers import Received
+from servers import OriginServer, Received
 from wire import exchange, through
 
-from proxy.record.flows import REDACTED, log_sink
+from proxy.record.flows import REDACTED, Flow, log_sink
 from proxy.record.recording import export_har
 from proxy.record.store import Filters, Reader, StoredFlow
 from proxy.testing.origins import OriginConnection
+
+if TYPE_CHECKING:
+    from conftest import RunningProxy
 
 BROKEN_GZIP = b"\x1f\x8b\x08\x00 this is not deflate data \xff\xfe"
 LATIN1 = "caf\xe9 cr\xe8me".encode("latin-1")  # not UTF-8
 
 
-def _raw(status: int, fields: list[tuple[str, str]], body: bytes):
+def _raw(status: int, fields: list[tuple[str, str]], body: bytes) -> Callable[[OriginConnection, Received], None]:
     def route(h: OriginConnection, r: Received) -> None:
         h.send_raw_head(status, [*fields, ("Content-Length", str(len(body)))])
         h.wfile.write(body)
     return route
 
 
-@pytest.fixture
-def recorded(proxy_factory, origin, tmp_path):
+class Recorded:
     """A proxy recording to a fresh store; ``stored(n)`` waits for n flows, commits and reads them back.
 
     A flow is emitted just after the client has its response, so the test waits
     for it (the recorder is offered each flow before the test's own sink sees it).
     """
+
+    def __init__(self, running: RunningProxy, path: Path) -> None:
+        self.running, self.path = running, path
+        self.server, self.address = running.server, running.address
+
+    def stored(self, count: int) -> list[StoredFlow]:
+        self.running.wait_flows(count)
+        recorder = self.server.recording.recorder
+        assert recorder is not None and recorder.flush()
+        with Reader(self.path) as reader:
+            return list(reader.flows())
+
+
+@pytest.fixture
+def recorded(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, tmp_path: Path) -> Recorded:
     path = tmp_path / "flows.sqlite"
-    running = proxy_factory(record=str(path), capture_bodies=1 << 20)
-
-    def stored(count: int, **filters: object) -> list[StoredFlow]:
-        running.wait_flows(count)
-        assert running.server.recording.recorder is not None
-        assert running.server.recording.recorder.flush()
-        with Reader(path) as reader:
-            return list(reader.flows(Filters(**filters)))  # type: ignore[arg-type]
-
-    running.stored = stored
-    running.path = path
     origin.routes["/gz"] = _raw(200, [("Content-Type", "application/json"), ("Content-Encoding", "gzip")],
                                 gzip.compress(b'{"ok": true}'))
     origin.routes["/badgz"] = _raw(200, [("Content-Type", "text/plain"), ("Content-Encoding", "gzip")],
                                    BROKEN_GZIP)
     origin.routes["/latin1"] = _raw(200, [("Content-Type", "text/plain; charset=latin-1")], LATIN1)
-    return running
+    return Recorded(proxy_factory(record=str(path), capture_bodies=1 << 20), path)
 
 
-def test_an_exchange_is_stored_in_full(recorded, origin):
+def test_an_exchange_is_stored_in_full(recorded: Recorded, origin: OriginServer) -> None:
     conn = http.client.HTTPConnection(*recorded.address, timeout=10)
     headers = [("X-Dup", "one"), ("X-Other", "x"), ("X-Dup", "two"), ("Content-Type", "text/plain")]
     conn.putrequest("POST", origin.url("/echo/a?q=1"), skip_accept_encoding=True)
@@ -85,7 +94,7 @@ def test_an_exchange_is_stored_in_full(recorded, origin):
     assert cookies.flow.response_headers[0] == ("Set-Cookie", REDACTED)
 
 
-def test_secrets_are_redacted_and_kept_only_when_asked(proxy_factory, origin, tmp_path):
+def test_secrets_are_redacted_and_kept_only_when_asked(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, tmp_path: Path) -> None:
     secret = {"Authorization": "Bearer tok-123", "Cookie": "sid=abc"}
     for keep in (False, True):
         path = tmp_path / f"keep-{keep}.sqlite"
@@ -103,7 +112,7 @@ def test_secrets_are_redacted_and_kept_only_when_asked(proxy_factory, origin, tm
         assert (b"tok-123" in path.read_bytes()) is keep  # not in the file at all, unless asked
 
 
-def test_a_large_download_is_recorded_within_the_cap(proxy_factory, origin, tmp_path):
+def test_a_large_download_is_recorded_within_the_cap(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, tmp_path: Path) -> None:
     size, cap = 24 << 20, 1 << 20
     path = tmp_path / "big.sqlite"
     running = proxy_factory(record=str(path), capture_bodies=cap)
@@ -119,7 +128,7 @@ def test_a_large_download_is_recorded_within_the_cap(proxy_factory, origin, tmp_
     assert path.stat().st_size < 4 * cap
 
 
-def test_capture_bodies_zero_stores_no_bodies(proxy_factory, origin, tmp_path):
+def test_capture_bodies_zero_stores_no_bodies(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, tmp_path: Path) -> None:
     path = tmp_path / "none.sqlite"
     running = proxy_factory(record=str(path), capture_bodies=0)
     through(running.address, "POST", origin.url("/echo"), body=b"payload")
@@ -130,7 +139,7 @@ def test_capture_bodies_zero_stores_no_bodies(proxy_factory, origin, tmp_path):
     assert stored.flow.response_body == b"" and stored.flow.bytes_down > 0
 
 
-def test_odd_bodies_and_huge_headers_pass_intact_and_are_stored_as_sent(recorded, origin, tmp_path):
+def test_odd_bodies_and_huge_headers_pass_intact_and_are_stored_as_sent(recorded: Recorded, origin: OriginServer, tmp_path: Path) -> None:
     big_value = "v" * 50_000
     _, broken = through(recorded.address, "GET", origin.url("/badgz"))
     _, latin = through(recorded.address, "GET", origin.url("/latin1"))
@@ -153,7 +162,7 @@ def test_odd_bodies_and_huge_headers_pass_intact_and_are_stored_as_sent(recorded
     assert contents["gz"]["text"] == '{"ok": true}'  # decoded, as devtools expect
 
 
-def test_tunnels_local_answers_and_errors_are_recorded(recorded, origin):
+def test_tunnels_local_answers_and_errors_are_recorded(recorded: Recorded, origin: OriginServer) -> None:
     with socket.create_connection(recorded.address, timeout=10) as sock:
         sock.sendall(f"CONNECT {origin.authority} HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
@@ -167,8 +176,9 @@ def test_tunnels_local_answers_and_errors_are_recorded(recorded, origin):
     closed.close()  # nothing listens there now: 502
     resp, _ = through(recorded.address, "GET", f"http://127.0.0.1:{port}/")
     assert resp.status == 502
+    recorded.running.wait_flows(3)  # recorded before the next one starts
     exchange(recorded.address, b"GET http://[bad HTTP/1.1\r\nHost: x\r\n\r\n")
-    by_kind = {}
+    by_kind: dict[str, list[Flow]] = {}
     for s in recorded.stored(4):
         by_kind.setdefault(s.flow.kind, []).append(s.flow)
     tunnel = by_kind["tunnel"][0]
@@ -180,7 +190,7 @@ def test_tunnels_local_answers_and_errors_are_recorded(recorded, origin):
     assert (malformed.status, malformed.error_kind) == (400, "http_request_error")
 
 
-def test_healthz_reports_the_recorder(recorded, origin):
+def test_healthz_reports_the_recorder(recorded: Recorded, origin: OriginServer) -> None:
     through(recorded.address, "GET", origin.url("/bytes/10"))
     recorded.stored(1)
     _, body = through(recorded.address, "GET", "/healthz")
@@ -189,11 +199,12 @@ def test_healthz_reports_the_recorder(recorded, origin):
     assert store["dropped_flows"] == store["dropped_bodies"] == store["failed"] == 0
 
 
-def test_flows_stream_as_json_lines(proxy_factory, origin, tmp_path):
+def test_flows_stream_as_json_lines(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, tmp_path: Path) -> None:
     out = tmp_path / "flows.jsonl"
     running = proxy_factory(flows_jsonl=str(out), capture_bodies=100)
-    for n in range(5):
+    for n in range(5):  # each recorded before the next starts: lines follow the order flows finish in
         through(running.address, "GET", origin.url(f"/bytes/{n}"), headers={"Cookie": "s=1"})
+        running.wait_flows(n + 1)
     running.server.stop()
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["url"] for line in lines] == [origin.url(f"/bytes/{n}") for n in range(5)]
@@ -202,12 +213,14 @@ def test_flows_stream_as_json_lines(proxy_factory, origin, tmp_path):
     assert lines[4]["timings"]["wait"] >= 0
 
 
-def test_har_is_written_at_stop_from_a_temporary_store(proxy_factory, origin, tmp_path):
+def test_har_is_written_at_stop_from_a_temporary_store(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, tmp_path: Path) -> None:
     out = tmp_path / "capture.har"
     running = proxy_factory(har=str(out), capture_bodies=1000)
     through(running.address, "POST", origin.url("/echo"), body=b'{"a": 1}',
             headers={"Content-Type": "application/json"})
+    running.wait_flows(1)
     through(running.address, "GET", origin.url("/bytes/3"))
+    running.wait_flows(2)
     assert not out.exists()  # written at stop, in one piece
     running.server.stop()
     document = json.loads(out.read_text())
@@ -218,7 +231,7 @@ def test_har_is_written_at_stop_from_a_temporary_store(proxy_factory, origin, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["capture.har"]  # no temporary files left
 
 
-def test_json_log_lines_never_carry_secret_values(proxy_factory, origin, caplog):
+def test_json_log_lines_never_carry_secret_values(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, caplog: pytest.LogCaptureFixture) -> None:
     """--log-format json writes whole flows: the secrets redacted in recordings are redacted there too."""
     running = proxy_factory(log_format="json")
     logged = threading.Event()

@@ -9,21 +9,26 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from har_check import assert_valid_har
-from servers import Received
+from servers import OriginServer, Received
 from test_cli import Running
 from wire import through
 
 from proxy.cli import main
 from proxy.record.store import Reader
 from proxy.testing.origins import OriginConnection
+
+if TYPE_CHECKING:
+    from conftest import RunningProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +65,7 @@ def flows(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
 # -- serve: recording fails at start with a clear message ---------------------------------------
 
 
-def test_bad_record_paths_fail_at_start_naming_the_file(tmp_path):
+def test_bad_record_paths_fail_at_start_naming_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "flows.sqlite"
     assert f"cannot record to {missing}: the folder {missing.parent} does not exist" in serve_fails(
         "--record", str(missing))
@@ -73,7 +78,7 @@ def test_bad_record_paths_fail_at_start_naming_the_file(tmp_path):
         capture_output=True, text=True, timeout=30).stderr
 
 
-def test_a_store_another_proxy_records_to_is_refused(running, tmp_path):
+def test_a_store_another_proxy_records_to_is_refused(running: Callable[..., Running], tmp_path: Path) -> None:
     path = tmp_path / "flows.sqlite"
     first = running("--port", "0", "--record", str(path))
     assert f"cannot record to {path}: another process is recording to it" in serve_fails("--record", str(path))
@@ -95,7 +100,7 @@ def _in_tmpfs(tmp_path: Path, setup: str, size: str) -> list[str]:
 
 
 @needs_mount
-def test_a_read_only_store_fails_at_start(tmp_path):
+def test_a_read_only_store_fails_at_start(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     setup = (f"{sys.executable} -c 'import sys; from proxy.record.store import Recorder; "
              f"Recorder(sys.argv[1]).close()' {mnt}/flows.sqlite && mount -o remount,ro {mnt}")
@@ -104,7 +109,7 @@ def test_a_read_only_store_fails_at_start(tmp_path):
 
 
 @needs_mount
-def test_a_store_on_a_full_file_system_fails_at_start(tmp_path):
+def test_a_store_on_a_full_file_system_fails_at_start(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     setup = f"(dd if=/dev/zero of={mnt}/filler bs=64k 2>/dev/null || true)"
     err = serve_fails("--record", f"{mnt}/flows.sqlite", wrap=_in_tmpfs(tmp_path, setup, "1m"))
@@ -114,7 +119,7 @@ def test_a_store_on_a_full_file_system_fails_at_start(tmp_path):
 # -- serve: a crash loses nothing that was committed ---------------------------------------------
 
 
-def test_kill_9_during_a_heavy_capture_keeps_every_committed_flow(running, origin, tmp_path):
+def test_kill_9_during_a_heavy_capture_keeps_every_committed_flow(running: Callable[..., Running], origin: OriginServer, tmp_path: Path) -> None:
     path = tmp_path / "crash.sqlite"
     proxy = running("--port", "0", "--record", str(path), "--log-level", "warning")
     stop = threading.Event()
@@ -160,7 +165,7 @@ def test_kill_9_during_a_heavy_capture_keeps_every_committed_flow(running, origi
 # -- serve: HAR at stop, JSON lines as they happen ------------------------------------------------
 
 
-def test_har_at_stop_and_json_lines_on_stdout(tmp_path, origin):
+def test_har_at_stop_and_json_lines_on_stdout(tmp_path: Path, origin: OriginServer) -> None:
     har = tmp_path / "out.har"
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--har", str(har),
                              "--flows-jsonl", "-", "--log-level", "warning"],
@@ -193,9 +198,9 @@ def test_har_at_stop_and_json_lines_on_stdout(tmp_path, origin):
 
 
 @pytest.fixture
-def store(proxy_factory, origin, tmp_path) -> Path:
+def store(proxy_factory: Callable[..., RunningProxy], origin: OriginServer, tmp_path: Path) -> Path:
     """A store of real traffic: JSON (gzip), binary, a 503, a POST with a header to grep for."""
-    def raw(status: int, fields: list[tuple[str, str]], body: bytes):
+    def raw(status: int, fields: list[tuple[str, str]], body: bytes) -> Callable[[OriginConnection, Received], None]:
         def route(h: OriginConnection, r: Received) -> None:
             h.send_raw_head(status, [*fields, ("Content-Length", str(len(body)))])
             h.wfile.write(body)
@@ -207,9 +212,13 @@ def store(proxy_factory, origin, tmp_path) -> Path:
     origin.routes["/down"] = raw(503, [("Retry-After", "1")], b"down\x1b[31m")
     path = tmp_path / "flows.sqlite"
     running = proxy_factory(record=str(path), capture_bodies=1 << 20)
+    # Ids follow the order flows finish in: each request waits for the one before to be recorded.
     through(running.address, "GET", origin.url("/api/users/7"))
+    running.wait_flows(1)
     through(running.address, "GET", origin.url("/blob"))
+    running.wait_flows(2)
     through(running.address, "GET", origin.url("/down"))
+    running.wait_flows(3)
     through(running.address, "POST", origin.url("/echo/orders?x=1"), body=b"it's \"quoted\"\n",
             headers={"X-Request-Id": "req-4242", "Content-Type": "text/plain"})
     running.wait_flows(4)
@@ -217,7 +226,7 @@ def store(proxy_factory, origin, tmp_path) -> Path:
     return path
 
 
-def test_flows_list_prints_a_table_and_filters(store, origin, capsys):
+def test_flows_list_prints_a_table_and_filters(store: Path, origin: OriginServer, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = flows(capsys, "list", str(store))
     lines = out.splitlines()
     assert code == 0 and re.split(r"\s+", lines[0].strip()) == ["ID", "METHOD", "URL", "STATUS", "SIZE", "TIME"]
@@ -237,7 +246,7 @@ def test_flows_list_prints_a_table_and_filters(store, origin, capsys):
     assert code == 1 and "status must be a code like 404" in err
 
 
-def test_flows_show_decodes_and_makes_bodies_readable(store, capsys):
+def test_flows_show_decodes_and_makes_bodies_readable(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = flows(capsys, "show", str(store), "1")
     assert code == 0 and "GET http://127.0.0.1:" in out and "HTTP/1.1 200 OK" in out
     assert "decoded from gzip" in out
@@ -252,7 +261,7 @@ def test_flows_show_decodes_and_makes_bodies_readable(store, capsys):
     assert code == 1 and f"{store} has no flow 99" in err
 
 
-def test_flows_export_har_and_jsonl_with_filters(store, tmp_path, capsys):
+def test_flows_export_har_and_jsonl_with_filters(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     har = tmp_path / "all.har"
     code, _, err = flows(capsys, "export", str(store), "--har", str(har))
     assert code == 0 and "exported 4 flows" in err
@@ -266,7 +275,7 @@ def test_flows_export_har_and_jsonl_with_filters(store, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="./scripts/test installs curl")
-def test_flows_curl_replays_the_request(store, origin, proxy_factory, capsys):
+def test_flows_curl_replays_the_request(store: Path, origin: OriginServer, proxy_factory: Callable[..., RunningProxy], capsys: pytest.CaptureFixture[str]) -> None:
     replay = proxy_factory()
     code, out, _ = flows(capsys, "curl", str(store), "4", "--proxy", replay.url)
     assert code == 0 and out.startswith("curl -x ")
@@ -280,7 +289,7 @@ def test_flows_curl_replays_the_request(store, origin, proxy_factory, capsys):
 
 
 @needs_mount
-def test_a_disk_filling_up_mid_run_costs_flows_not_traffic(tmp_path, origin):
+def test_a_disk_filling_up_mid_run_costs_flows_not_traffic(tmp_path: Path, origin: OriginServer) -> None:
     """The store's file system fills while the proxy runs: writes fail and are counted, traffic flows on."""
     mnt = tmp_path / "mnt"
     wrap = _in_tmpfs(tmp_path, "true", "12m")
@@ -310,3 +319,25 @@ def test_a_disk_filling_up_mid_run_costs_flows_not_traffic(tmp_path, origin):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
+
+
+def test_a_tunnel_is_shown_as_bytes_relayed_unread(proxy_factory: Callable[..., RunningProxy],
+                                                     origin: OriginServer, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "tunnel.sqlite"
+    running = proxy_factory(record=str(path))
+    with socket.create_connection(running.address, timeout=10) as sock:
+        sock.sendall(f"CONNECT {origin.authority} HTTP/1.1\r\nHost: {origin.authority}\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while sock.recv(65536):
+            pass
+    running.wait_flows(1)
+    running.server.stop()
+    code, out, _ = flows(capsys, "show", str(path), "1")
+    assert code == 0 and f"CONNECT {origin.authority} HTTP/1.1" in out and "HTTP/1.1 200 OK" in out
+    assert re.search(r"\[\d+ bytes relayed through the tunnel, unread\]", out)
+    _, out, _ = flows(capsys, "curl", str(path), "1")
+    assert "a CONNECT tunnel" in out and "nothing to replay" in out
+    _, out, _ = flows(capsys, "list", str(path), "--kind", "tunnel")
+    assert out.splitlines()[1].split()[:2] == ["1", "CONNECT"]

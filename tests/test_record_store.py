@@ -11,10 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from proxy.record.command import parse_since
 from proxy.record.flows import REDACTED, Flow
 from proxy.record.spool import Queued, Spool
 from proxy.record.store import SCHEMA_VERSION, Filters, Reader, Recorder, StoreError
@@ -44,13 +46,13 @@ def record(path: Path, flows: list[Flow], **options: object) -> None:
 # -- opening ------------------------------------------------------------------------
 
 
-def test_a_path_in_a_missing_folder_is_refused_naming_it(tmp_path):
+def test_a_path_in_a_missing_folder_is_refused_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "flows.sqlite"
     with pytest.raises(StoreError, match=f"{path}: the folder {path.parent} does not exist"):
         Recorder(path)
 
 
-def test_a_corrupt_file_is_refused_naming_it(tmp_path):
+def test_a_corrupt_file_is_refused_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "flows.sqlite"
     path.write_bytes(b"this is no database " * 500)
     with pytest.raises(StoreError, match=f"{path} is not a fwdproxy flow store: the file is corrupt"):
@@ -59,7 +61,7 @@ def test_a_corrupt_file_is_refused_naming_it(tmp_path):
         Reader(path)
 
 
-def test_another_sqlite_database_is_refused(tmp_path):
+def test_another_sqlite_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.sqlite"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE t (x)")
@@ -68,7 +70,7 @@ def test_another_sqlite_database_is_refused(tmp_path):
         Recorder(path)
 
 
-def test_a_store_of_another_schema_version_is_refused(tmp_path):
+def test_a_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "flows.sqlite"
     record(path, [flow()])
     db = sqlite3.connect(path)
@@ -80,7 +82,7 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path):
         Reader(path)
 
 
-def test_a_store_in_use_by_another_process_is_refused(tmp_path):
+def test_a_store_in_use_by_another_process_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "flows.sqlite"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from proxy.record.store import Recorder; r = Recorder(sys.argv[1]); "
@@ -97,7 +99,7 @@ def test_a_store_in_use_by_another_process_is_refused(tmp_path):
     record(path, [flow()])  # and once it has gone, the file is free again
 
 
-def test_reopening_appends_with_growing_ids(tmp_path):
+def test_reopening_appends_with_growing_ids(tmp_path: Path) -> None:
     path = tmp_path / "flows.sqlite"
     record(path, [flow(1), flow(2)])
     record(path, [flow(3)])
@@ -107,7 +109,7 @@ def test_reopening_appends_with_growing_ids(tmp_path):
         assert reader.integrity() == "ok"
 
 
-def test_reading_a_missing_file_says_so(tmp_path):
+def test_reading_a_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no such flow store"):
         Reader(tmp_path / "absent.sqlite")
     assert not (tmp_path / "absent.sqlite").exists()
@@ -116,7 +118,7 @@ def test_reading_a_missing_file_says_so(tmp_path):
 # -- what is stored -------------------------------------------------------------------
 
 
-def test_a_flow_round_trips_with_headers_in_order_and_duplicates(tmp_path):
+def test_a_flow_round_trips_with_headers_in_order_and_duplicates(tmp_path: Path) -> None:
     path = tmp_path / "flows.sqlite"
     original = flow(7, method="POST", request_body=b"\xff\x00binary", bytes_up=8, faults=["delay", "throttle"],
                     connect_ms=1.25, send_ms=0.5, wait_ms=3.0, receive_ms=0.25, upstream_reused=False,
@@ -129,7 +131,7 @@ def test_a_flow_round_trips_with_headers_in_order_and_duplicates(tmp_path):
         assert reader.get(2) is None
 
 
-def test_secrets_are_redacted_unless_asked_to_keep_them(tmp_path):
+def test_secrets_are_redacted_unless_asked_to_keep_them(tmp_path: Path) -> None:
     secret = flow(request_headers=[("Authorization", "Bearer abc"), ("Cookie", "sid=1"), ("X-Other", "kept")],
                   response_headers=[("Set-Cookie", "sid=2"), ("set-cookie", "b=3")])
     record(tmp_path / "a.sqlite", [secret])
@@ -150,7 +152,7 @@ def test_secrets_are_redacted_unless_asked_to_keep_them(tmp_path):
 
 
 @pytest.fixture
-def mixed(tmp_path) -> Reader:
+def mixed(tmp_path: Path) -> Iterator[Reader]:
     flows = []
     for n in range(1, 31):
         host = "a.example.com" if n % 3 else "b.test"
@@ -163,8 +165,10 @@ def mixed(tmp_path) -> Reader:
         yield reader
 
 
-def test_filters_select_by_host_method_status_grep_and_since(mixed):
-    ids = lambda filters: [row.id for row in mixed.list(filters, limit=100)]  # noqa: E731
+def test_filters_select_by_host_method_status_grep_and_since(mixed: Reader) -> None:
+    def ids(filters: Filters) -> list[int]:
+        return [row.id for row in mixed.list(filters, limit=100)]
+
     assert ids(Filters(host="*.EXAMPLE.com")) == [n for n in range(1, 31) if n % 3]
     assert ids(Filters(host="b.test", method="get")) == [n for n in (3, 6, 9, 12, 18, 21, 24, 27)]
     assert ids(Filters(status="5xx")) == [7, 14, 21, 28]
@@ -179,7 +183,7 @@ def test_filters_select_by_host_method_status_grep_and_since(mixed):
         Filters(status="5x")
 
 
-def test_paging_by_id_both_ways(mixed):
+def test_paging_by_id_both_ways(mixed: Reader) -> None:
     newest = mixed.list(limit=10)
     assert [row.id for row in newest] == list(range(21, 31))
     before = mixed.list(before_id=newest[0].id, limit=10)
@@ -192,7 +196,7 @@ def test_paging_by_id_both_ways(mixed):
     assert [s.id for s in everything] == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
 
 
-def test_waiting_for_new_flows(tmp_path):
+def test_waiting_for_new_flows(tmp_path: Path) -> None:
     path = tmp_path / "live.sqlite"
     with Recorder(path) as recorder, Reader(path) as reader:
         assert reader.last_id() == 0
@@ -208,7 +212,7 @@ def test_waiting_for_new_flows(tmp_path):
 # -- the queue -----------------------------------------------------------------------
 
 
-def test_a_slow_writer_costs_bodies_first_then_whole_flows(caplog):
+def test_a_slow_writer_costs_bodies_first_then_whole_flows(caplog: pytest.LogCaptureFixture) -> None:
     """With the writer stuck, bodies are dropped once the body budget or half the queue is used,
     then whole flows once the queue is full; nothing waits, and each drop is counted."""
     taken, gate, written = threading.Event(), threading.Event(), []
@@ -238,7 +242,7 @@ def test_a_slow_writer_costs_bodies_first_then_whole_flows(caplog):
     assert sum("cannot keep up" in r.getMessage() for r in caplog.records) == 1  # once a minute, not per drop
 
 
-def test_a_locked_file_fills_the_queue_then_the_flows_land_marked(tmp_path):
+def test_a_locked_file_fills_the_queue_then_the_flows_land_marked(tmp_path: Path) -> None:
     """A real lock on the file stalls the writer; what was queued lands once it lifts, bodies dropped marked."""
     path = tmp_path / "flows.sqlite"
     with Recorder(path, max_flows=20, max_body_bytes=1 << 20) as recorder:
@@ -264,7 +268,7 @@ def test_a_locked_file_fills_the_queue_then_the_flows_land_marked(tmp_path):
         assert whole is not None and whole.flow.response_body == b"b" * 100 and not whole.bodies_dropped
 
 
-def test_line_breaks_in_values_and_empty_field_lists_are_stored_safely(tmp_path):
+def test_line_breaks_in_values_and_empty_field_lists_are_stored_safely(tmp_path: Path) -> None:
     """A fault rule may answer with any value; a line break must not split one field into two."""
     odd = flow(request_headers=[], response_headers=[("X-A", "one\ntwo"), ("X-B", "b")])
     record(tmp_path / "odd.sqlite", [odd])
@@ -272,3 +276,43 @@ def test_line_breaks_in_values_and_empty_field_lists_are_stored_safely(tmp_path)
         stored = reader.get(1)
     assert stored is not None and stored.flow.request_headers == []
     assert stored.flow.response_headers == [("X-A", "one two"), ("X-B", "b")]
+
+
+def test_since_takes_durations_times_and_unix_seconds() -> None:
+    now = 1_800_000_000.0
+    assert parse_since("90s", now) == now - 90 and parse_since("10m", now) == now - 600
+    assert parse_since("2h", now) == now - 7200 and parse_since("1d", now) == now - 86400
+    assert parse_since("1700000000.5") == 1_700_000_000.5
+    assert parse_since("2023-11-14T22:13:20+00:00") == 1_700_000_000.0
+    with pytest.raises(ValueError, match="--since takes 30s, 10m"):
+        parse_since("yesterday")
+
+
+# -- rows for a list page ---------------------------------------------------------------
+
+
+def test_rows_carry_host_path_and_the_response_content_type(tmp_path: Path) -> None:
+    path = tmp_path / "flows.sqlite"
+    record(path, [
+        flow(1, response_headers=[("Content-Length", "2"), ("content-type", "application/json; charset=utf-8"),
+                                  ("X-Note", "content-type: not this one")]),
+        flow(2, response_headers=[("X-Content-Type", "text/html")]),  # a look-alike name is not it
+        flow(3, response_headers=[("Content-Type", "image/png")]),  # the last line, no newline after it
+    ])
+    with Reader(path) as reader:
+        rows = reader.list()
+    assert [(r.host, r.path, r.content_type) for r in rows] == [
+        ("api.test", "/items/1", "application/json; charset=utf-8"),
+        ("api.test", "/items/2", ""),
+        ("api.test", "/items/3", "image/png"),
+    ]
+
+
+def test_min_id_keeps_flows_from_that_id_on(tmp_path: Path) -> None:
+    path = tmp_path / "flows.sqlite"
+    record(path, [flow(n) for n in range(1, 6)])
+    with Reader(path) as reader:
+        assert [r.id for r in reader.list(Filters(min_id=4))] == [4, 5]
+        assert reader.count(Filters(min_id=4)) == 2
+        assert [s.id for s in reader.flows(Filters(min_id=5))] == [5]
+        assert reader.count(Filters()) == 5  # the control: without it, all of them

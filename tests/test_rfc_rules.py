@@ -9,18 +9,25 @@ loopback origin, with a control that shows the rule is what made the difference.
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 import pytest
 from wire import exchange, read_response
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def raw(proxy, request: bytes) -> bytes:
+    from conftest import RunningProxy
+    from servers import OriginServer, RawOrigin
+
+
+def raw(proxy: RunningProxy, request: bytes) -> bytes:
     return exchange(proxy.address, request)
 
 
 # -- RFC 9110 section 7.6.2: Max-Forwards --------------------------------------------------------
 
-def test_rfc9110_7_6_2_options_with_max_forwards_zero_is_answered_by_the_proxy(proxy, origin):
+def test_rfc9110_7_6_2_options_with_max_forwards_zero_is_answered_by_the_proxy(proxy: RunningProxy, origin: OriginServer) -> None:
     response = raw(proxy, f"OPTIONS {origin.url('/x')} HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n"
                           "Connection: close\r\n\r\n".encode())
     head = response.partition(b"\r\n\r\n")[0].decode()
@@ -29,7 +36,7 @@ def test_rfc9110_7_6_2_options_with_max_forwards_zero_is_answered_by_the_proxy(p
     assert origin.received == []  # the proxy was the final recipient
 
 
-def test_rfc9110_7_6_2_trace_with_max_forwards_zero_echoes_the_request(proxy, origin):
+def test_rfc9110_7_6_2_trace_with_max_forwards_zero_echoes_the_request(proxy: RunningProxy, origin: OriginServer) -> None:
     request = (f"TRACE {origin.url('/t')} HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nX-Probe: 1\r\n"
                "Cookie: secret=1\r\nConnection: close\r\n\r\n")
     response = raw(proxy, request.encode())
@@ -41,20 +48,20 @@ def test_rfc9110_7_6_2_trace_with_max_forwards_zero_echoes_the_request(proxy, or
 
 
 @pytest.mark.parametrize("method", ["OPTIONS", "TRACE"])
-def test_rfc9110_7_6_2_max_forwards_above_zero_is_decremented(proxy, origin, method):
+def test_rfc9110_7_6_2_max_forwards_above_zero_is_decremented(proxy: RunningProxy, origin: OriginServer, method: str) -> None:
     response = raw(proxy, f"{method} {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\n"
                           "Connection: close\r\n\r\n".encode())
     assert response.startswith(b"HTTP/1.1 200 ")
     assert origin.received[-1].all("Max-Forwards") == ["4"]
 
 
-def test_rfc9110_7_6_2_max_forwards_applies_only_to_options_and_trace(proxy, origin):
+def test_rfc9110_7_6_2_max_forwards_applies_only_to_options_and_trace(proxy: RunningProxy, origin: OriginServer) -> None:
     raw(proxy, f"GET {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n"
                "Connection: close\r\n\r\n".encode())
     assert origin.received[-1].all("Max-Forwards") == ["0"]  # forwarded, untouched
 
 
-def test_rfc9110_7_6_2_malformed_max_forwards_is_a_400(proxy, origin):
+def test_rfc9110_7_6_2_malformed_max_forwards_is_a_400(proxy: RunningProxy, origin: OriginServer) -> None:
     response = raw(proxy, f"TRACE {origin.url('/')} HTTP/1.1\r\nHost: x\r\nMax-Forwards: -1\r\n\r\n".encode())
     assert response.startswith(b"HTTP/1.1 400 ") and b"Max-Forwards" in response
     assert origin.received == []
@@ -62,7 +69,7 @@ def test_rfc9110_7_6_2_malformed_max_forwards_is_a_400(proxy, origin):
 
 # -- RFC 9110 section 6.6.1: Date -----------------------------------------------------------------
 
-def test_rfc9110_6_6_1_date_is_added_to_a_forwarded_response_without_one(proxy, raw_origin):
+def test_rfc9110_6_6_1_date_is_added_to_a_forwarded_response_without_one(proxy: RunningProxy, raw_origin: Callable[..., RawOrigin]) -> None:
     dateless = raw_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     response = raw(proxy, f"GET http://{dateless.authority}/ HTTP/1.1\r\nHost: x\r\n"
                           "Connection: close\r\n\r\n".encode())
@@ -71,7 +78,7 @@ def test_rfc9110_6_6_1_date_is_added_to_a_forwarded_response_without_one(proxy, 
     assert len(dates) == 1 and dates[0].endswith(" GMT")
 
 
-def test_rfc9110_6_6_1_an_origin_date_is_kept_as_sent(proxy, raw_origin):
+def test_rfc9110_6_6_1_an_origin_date_is_kept_as_sent(proxy: RunningProxy, raw_origin: Callable[..., RawOrigin]) -> None:
     dated = raw_origin(b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
                        b"Content-Length: 2\r\n\r\nok")
     response = raw(proxy, f"GET http://{dated.authority}/ HTTP/1.1\r\nHost: x\r\n"
@@ -83,7 +90,7 @@ def test_rfc9110_6_6_1_an_origin_date_is_kept_as_sent(proxy, raw_origin):
 
 # -- RFC 9112 section 9.3: persistence ------------------------------------------------------------
 
-def test_rfc9112_9_3_no_persistent_connection_with_an_http10_client(proxy, origin):
+def test_rfc9112_9_3_no_persistent_connection_with_an_http10_client(proxy: RunningProxy, origin: OriginServer) -> None:
     with socket.create_connection(proxy.address, timeout=10) as sock:
         sock.sendall(f"GET {origin.url('/bytes/7')} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode())
         resp, body = read_response(sock)
@@ -91,7 +98,7 @@ def test_rfc9112_9_3_no_persistent_connection_with_an_http10_client(proxy, origi
         assert sock.recv(1) == b""  # the proxy closed, though the client asked to keep it
 
 
-def test_rfc9112_9_3_an_http11_client_keeps_its_connection(proxy, origin):
+def test_rfc9112_9_3_an_http11_client_keeps_its_connection(proxy: RunningProxy, origin: OriginServer) -> None:
     """Control: the same exchange over HTTP/1.1 stays open for a second request."""
     with socket.create_connection(proxy.address, timeout=10) as sock:
         for _ in range(2):
@@ -102,7 +109,7 @@ def test_rfc9112_9_3_an_http11_client_keeps_its_connection(proxy, origin):
 
 # -- RFC 9112 section 7.1.2: trailers ------------------------------------------------------------
 
-def test_rfc9112_7_1_2_trailer_fields_reach_an_http11_client(proxy, origin):
+def test_rfc9112_7_1_2_trailer_fields_reach_an_http11_client(proxy: RunningProxy, origin: OriginServer) -> None:
     response = raw(proxy, f"GET {origin.url('/chunked/3000')} HTTP/1.1\r\nHost: x\r\n"
                           "Connection: close\r\n\r\n".encode())
     head = response.partition(b"\r\n\r\n")[0]
@@ -111,7 +118,7 @@ def test_rfc9112_7_1_2_trailer_fields_reach_an_http11_client(proxy, origin):
     assert proxy.wait_flows(1)[0].response_trailers == [("X-Sum", "1")]
 
 
-def test_rfc9112_7_1_2_fields_not_allowed_in_a_trailer_are_dropped(proxy, raw_origin):
+def test_rfc9112_7_1_2_fields_not_allowed_in_a_trailer_are_dropped(proxy: RunningProxy, raw_origin: Callable[..., RawOrigin]) -> None:
     chunked = raw_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                          b"2\r\nok\r\n0\r\nContent-Length: 99\r\nX-Check: abc\r\nConnection: close\r\n\r\n")
     response = raw(proxy, f"GET http://{chunked.authority}/ HTTP/1.1\r\nHost: x\r\n"
@@ -119,7 +126,7 @@ def test_rfc9112_7_1_2_fields_not_allowed_in_a_trailer_are_dropped(proxy, raw_or
     assert response.endswith(b"\r\n2\r\nok\r\n0\r\nX-Check: abc\r\n\r\n")
 
 
-def test_rfc9112_7_1_2_an_http10_client_gets_the_body_without_trailers(proxy, origin):
+def test_rfc9112_7_1_2_an_http10_client_gets_the_body_without_trailers(proxy: RunningProxy, origin: OriginServer) -> None:
     """Control: no chunked coding for HTTP/1.0, so nowhere to put trailers."""
     response = raw(proxy, f"GET {origin.url('/chunked/3000')} HTTP/1.0\r\n\r\n".encode())
     body = response.partition(b"\r\n\r\n")[2]

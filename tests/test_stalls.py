@@ -12,10 +12,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import RunningProxy
 from wire import exchange
+
+if TYPE_CHECKING:
+    from servers import OriginServer, RawOrigin
+
 
 TIMEOUT = 1.0
 
@@ -133,8 +138,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-def test_clients_that_stop_reading_are_cut_after_timeout_and_free_their_slots(
-        proxy_factory, endless, origin):
+def test_clients_that_stop_reading_are_cut_after_timeout_and_free_their_slots(proxy_factory: Callable[..., RunningProxy], endless: Callable[..., EndlessOrigin], origin: OriginServer) -> None:
     proxy: RunningProxy = proxy_factory(timeout=TIMEOUT, max_clients=20)
     source = endless()
     request = f"GET http://{source.authority}/huge HTTP/1.1\r\nHost: x\r\n\r\n".encode()
@@ -155,7 +159,7 @@ def test_clients_that_stop_reading_are_cut_after_timeout_and_free_their_slots(
             sock.close()
 
 
-def test_origin_that_stops_reading_an_upload_gets_504(proxy_factory, raw_origin):
+def test_origin_that_stops_reading_an_upload_gets_504(proxy_factory: Callable[..., RunningProxy], raw_origin: Callable[..., RawOrigin]) -> None:
     silent = raw_origin(b"", then="hang")  # reads the head, then neither reads nor answers
     proxy: RunningProxy = proxy_factory(timeout=TIMEOUT)
     body = b"y" * (32 << 20)
@@ -178,7 +182,7 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
         pass
 
 
-def test_tunnel_side_that_stops_reading_is_cut_while_the_other_keeps_sending(proxy_factory, endless):
+def test_tunnel_side_that_stops_reading_is_cut_while_the_other_keeps_sending(proxy_factory: Callable[..., RunningProxy], endless: Callable[..., EndlessOrigin]) -> None:
     proxy: RunningProxy = proxy_factory(tunnel_idle_timeout=TIMEOUT)
     source = endless(tunnel=True)  # sends without end, swallows whatever arrives
     sock = deaf_client(proxy.address, f"CONNECT {source.authority} HTTP/1.1\r\n\r\n".encode())
@@ -206,7 +210,7 @@ def test_tunnel_side_that_stops_reading_is_cut_while_the_other_keeps_sending(pro
     assert (TIMEOUT + 0) * 1000 <= flow.duration_ms < (TIMEOUT + 4) * 1000
 
 
-def test_quiet_tunnel_whose_client_reads_is_not_cut_for_stalling(proxy_factory, endless):
+def test_quiet_tunnel_whose_client_reads_is_not_cut_for_stalling(proxy_factory: Callable[..., RunningProxy], endless: Callable[..., EndlessOrigin]) -> None:
     """Control: a client that keeps reading keeps its tunnel however long the download runs."""
     proxy: RunningProxy = proxy_factory(tunnel_idle_timeout=TIMEOUT)
     source = endless(tunnel=True)

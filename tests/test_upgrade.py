@@ -17,11 +17,19 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 from wire import exchange
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from conftest import RunningProxy
+    from servers import OriginServer, RawOrigin
+
 
 NODE_DIR = Path(__file__).resolve().parent / ".node"
 NODE_SCRIPT = Path(__file__).resolve().parent / "node" / "ws_through_proxy.js"
@@ -61,7 +69,7 @@ def run_node(node: Path, url: str, proxy_url: str, message: str) -> subprocess.C
                           capture_output=True, text=True, timeout=30)
 
 
-def test_node_ws_through_an_absolute_form_upgrade(node_ws, proxy, ws_origin):
+def test_node_ws_through_an_absolute_form_upgrade(node_ws: Path, proxy: RunningProxy, ws_origin: str) -> None:
     done = run_node(node_ws, ws_origin, proxy.url, "hello over ws://")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "hello over ws://"
@@ -71,14 +79,14 @@ def test_node_ws_through_an_absolute_form_upgrade(node_ws, proxy, ws_origin):
     assert ("Upgrade", "websocket") in flow.response_headers
 
 
-def test_node_ws_fails_when_the_policy_forbids_websocket(node_ws, proxy_factory, ws_origin):
+def test_node_ws_fails_when_the_policy_forbids_websocket(node_ws: Path, proxy_factory: Callable[..., RunningProxy], ws_origin: str) -> None:
     """Negative control: with no protocol allowed, Upgrade is stripped and the handshake fails."""
     proxy = proxy_factory(upgrade_protocols=())
     done = run_node(node_ws, ws_origin, proxy.url, "hello")
     assert done.returncode == 3 and "handshake refused" in done.stderr, (done.stdout, done.stderr)
 
 
-def test_python_websockets_through_a_connect_tunnel(proxy, ws_origin):
+def test_python_websockets_through_a_connect_tunnel(proxy: RunningProxy, ws_origin: str) -> None:
     with connect(ws_origin, proxy=proxy.url, open_timeout=5) as ws:
         ws.send("over CONNECT")
         assert ws.recv(timeout=5) == "over CONNECT"
@@ -93,7 +101,7 @@ def _handshake(origin_url: str, key: bytes) -> bytes:
             f"Sec-WebSocket-Key: {base64.b64encode(key).decode()}\r\n\r\n").encode()
 
 
-def test_raw_upgrade_relays_a_101_and_then_frames_both_ways(proxy, ws_origin):
+def test_raw_upgrade_relays_a_101_and_then_frames_both_ways(proxy: RunningProxy, ws_origin: str) -> None:
     with socket.create_connection(proxy.address, timeout=10) as sock:
         sock.sendall(_handshake(ws_origin, b"0123456789abcdef"))
         head = b""
@@ -108,26 +116,26 @@ def test_raw_upgrade_relays_a_101_and_then_frames_both_ways(proxy, ws_origin):
         assert sock.recv(4) == b"\x81\x02hi"
 
 
-def test_upgrade_to_a_protocol_not_allowed_is_stripped(proxy, origin):
+def test_upgrade_to_a_protocol_not_allowed_is_stripped(proxy: RunningProxy, origin: OriginServer) -> None:
     raw = exchange(proxy.address, f"GET {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\n"
                                   "Connection: Upgrade, close\r\nUpgrade: h2c\r\n\r\n".encode())
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert origin.received[-1].header("Upgrade") is None
 
 
-def test_upgrade_without_connection_upgrade_is_stripped(proxy, origin):
+def test_upgrade_without_connection_upgrade_is_stripped(proxy: RunningProxy, origin: OriginServer) -> None:
     exchange(proxy.address, f"GET {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                             "Upgrade: websocket\r\n\r\n".encode())
     assert origin.received[-1].header("Upgrade") is None
 
 
-def test_unasked_101_is_still_a_502(proxy, raw_origin):
+def test_unasked_101_is_still_a_502(proxy: RunningProxy, raw_origin: Callable[..., RawOrigin]) -> None:
     switcher = raw_origin(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
     raw = exchange(proxy.address, f"GET http://{switcher.authority}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert raw.startswith(b"HTTP/1.1 502 ")
 
 
-def test_upgrade_protocols_flag():
+def test_upgrade_protocols_flag() -> None:
     from proxy.cli import parse_config
 
     assert parse_config([]).upgrade_protocols == ("websocket",)

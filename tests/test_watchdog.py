@@ -47,7 +47,7 @@ def blocked_send(sock: socket.socket) -> tuple[threading.Thread, list[BaseExcept
     return thread, errors
 
 
-def test_arm_write_wakes_a_send_blocked_on_a_peer_that_never_reads(watchdog, deaf_pair):
+def test_arm_write_wakes_a_send_blocked_on_a_peer_that_never_reads(watchdog: Watchdog, deaf_pair: tuple[socket.socket, socket.socket]) -> None:
     near, _far = deaf_pair
     deadline = watchdog.watch(near)
     deadline.arm_write(0.2)
@@ -58,7 +58,7 @@ def test_arm_write_wakes_a_send_blocked_on_a_peer_that_never_reads(watchdog, dea
     assert deadline.fired and time.monotonic() - start < 3
 
 
-def test_arm_read_does_not_wake_a_blocked_send(watchdog, deaf_pair):
+def test_arm_read_does_not_wake_a_blocked_send(watchdog: Watchdog, deaf_pair: tuple[socket.socket, socket.socket]) -> None:
     """Why sends arm for writing: cutting the read side leaves a blocked send blocked."""
     near, _far = deaf_pair
     deadline = watchdog.watch(near)
@@ -71,7 +71,7 @@ def test_arm_read_does_not_wake_a_blocked_send(watchdog, deaf_pair):
     assert not thread.is_alive()
 
 
-def test_arm_read_cuts_only_reading_so_an_answer_can_follow(watchdog, deaf_pair):
+def test_arm_read_cuts_only_reading_so_an_answer_can_follow(watchdog: Watchdog, deaf_pair: tuple[socket.socket, socket.socket]) -> None:
     near, far = deaf_pair
     deadline = watchdog.watch(near)
     deadline.arm_read(0.1)
@@ -80,7 +80,7 @@ def test_arm_read_cuts_only_reading_so_an_answer_can_follow(watchdog, deaf_pair)
     assert far.recv(10) == b"408"
 
 
-def test_clear_after_a_read_phase_leaves_no_read_only_cut_behind(watchdog, deaf_pair):
+def test_clear_after_a_read_phase_leaves_no_read_only_cut_behind(watchdog: Watchdog, deaf_pair: tuple[socket.socket, socket.socket]) -> None:
     """The header phase arms for reading; extend() after clear() must cut both sides."""
     near, _far = deaf_pair
     deadline = watchdog.watch(near)
@@ -92,7 +92,7 @@ def test_clear_after_a_read_phase_leaves_no_read_only_cut_behind(watchdog, deaf_
     assert not thread.is_alive() and errors
 
 
-def test_cleared_deadline_never_fires(watchdog, deaf_pair):
+def test_cleared_deadline_never_fires(watchdog: Watchdog, deaf_pair: tuple[socket.socket, socket.socket]) -> None:
     near, far = deaf_pair
     deadline = watchdog.watch(near)
     deadline.arm_write(0.05)

@@ -11,6 +11,7 @@ recorded bytes never reach it unescaped.
 from __future__ import annotations
 
 import argparse
+import http
 import json
 import re
 import shlex
@@ -178,25 +179,28 @@ def _show(stored: StoredFlow) -> str:
     lines = [f"flow {stored.id}  {f.kind}  {when}  client {f.client}  {f.duration_ms:.1f} ms", ""]
     lines.append(printable(f"{f.method} {f.url} {f.http_version}"))
     lines += [printable(f"{name}: {value}") for name, value in f.request_headers]
-    lines += _body_lines(f.request_body, f.bytes_up, f.request_headers, stored.bodies_dropped)
+    lines += _body_lines(f, f.request_body, f.bytes_up, f.request_headers, stored.bodies_dropped)
     lines.append("")
     if f.status:
-        lines.append(printable(f"HTTP/1.1 {f.status} {f.reason}".rstrip()))
+        lines.append(printable(f"HTTP/1.1 {f.status} {f.reason or _phrase(f.status)}".rstrip()))
         lines += [printable(f"{name}: {value}") for name, value in f.response_headers]
-        lines += _body_lines(f.response_body, f.bytes_down, f.response_headers, stored.bodies_dropped)
+        lines += _body_lines(f, f.response_body, f.bytes_down, f.response_headers, stored.bodies_dropped)
     else:
         lines.append("(no response)")
     lines += ["", _summary(f)]
     return "\n".join(lines)
 
 
-def _body_lines(body: bytes, size: int, fields: list[tuple[str, str]], dropped: bool) -> list[str]:
+def _body_lines(f: Flow, body: bytes, size: int, fields: list[tuple[str, str]], dropped: bool) -> list[str]:
     if not size:
         return []
+    if f.kind == "tunnel":
+        return ["", f"[{size} bytes relayed through the tunnel, unread]"]
     if dropped:
         return ["", f"[{size} bytes; not recorded: the recorder fell behind]"]
     if not body:
-        return ["", f"[{size} bytes; not recorded (--capture-bodies 0)]"]
+        why = "the proxy's own answer" if f.kind == "local" else "body capture was off"
+        return ["", f"[{size} bytes; not recorded: {why}]"]
     complete = len(body) >= size
     coding = _field(fields, "content-encoding")
     decoded = decode(body, coding, complete=complete)
@@ -218,6 +222,13 @@ def _summary(f: Flow) -> str:
     if f.error:
         parts.append(f"error: {f.error}" + (f" (Proxy-Status {f.error_kind})" if f.error_kind else ""))
     return printable("  ".join(parts))
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _field(fields: list[tuple[str, str]], name: str) -> str:

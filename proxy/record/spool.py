@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .flows import Flow
 
@@ -30,8 +30,7 @@ LINGER = 0.05
 WARN_EVERY = 60.0
 
 
-@dataclass(frozen=True)
-class Queued:
+class Queued(NamedTuple):
     """A flow waiting to be written; ``bodies`` is False when its bodies were dropped."""
 
     flow: Flow

@@ -22,14 +22,16 @@ Reading (``Reader``), from any process, also while a recorder writes::
     reader.flows(filters)                                    # every match, oldest first (exports)
     reader.wait_for_new(after_id, timeout=25.0)              # True once a flow with a larger id exists
 
-``list`` returns ``FlowRow`` summaries (no headers or bodies) in ascending id
-order. With ``after_id`` it returns the ``limit`` oldest flows past it;
-otherwise the ``limit`` newest flows below ``before_id`` (or of all).
-Ids only grow, so an id is a stable paging cursor. ``Filters`` fields are
+``list`` returns ``FlowRow`` summaries (no headers or bodies; the response's
+Content-Type is cut from its header lines) in ascending id order. With
+``after_id`` it returns the ``limit`` oldest flows past it; otherwise the
+``limit`` newest flows below ``before_id`` (or of all). Ids only grow, so an
+id is a stable paging cursor. ``Filters`` fields are
 ANDed: ``host`` a case-insensitive glob, ``method``, ``status`` ("404",
 "5xx"; 0 is "no response"), ``grep`` a case-insensitive substring of the
-URL or of any "Name: value" header line, ``since`` a Unix time, ``kind``.
-A Reader may be shared by threads (one lock around its connection).
+URL or of any "Name: value" header line, ``since`` a Unix time, ``kind``,
+``min_id`` the first id (what a cleared page still shows). A Reader may be
+shared by threads (one lock around its connection).
 
 Schema (version ``SCHEMA_VERSION`` in ``PRAGMA user_version``, and
 ``APPLICATION_ID`` in ``PRAGMA application_id``): see ``SCHEMA`` below.
@@ -106,7 +108,14 @@ _COLUMNS = ("id", "started", "kind", "client", "method", "url", "http_version", 
 _INSERT_FLOW = f"INSERT INTO flows ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _INSERT_BODY = "INSERT INTO bodies (flow_id, part, data) VALUES (?, ?, ?)"
 _ROW_COLUMNS = ("id", "started", "kind", "client", "method", "url", "status", "reason", "bytes_up",
-                "bytes_down", "duration_ms", "error", "bodies_dropped")
+                "bytes_down", "duration_ms", "error", "bodies_dropped", "host", "path", "content_type")
+# The response's Content-Type value, cut from its header lines (a list shows it, and stays light).
+_HEADERS_NL = "(char(10) || response_headers || char(10))"
+_TYPE_AT = f"instr(lower({_HEADERS_NL}), char(10) || 'content-type: ')"
+_TYPE_REST = f"substr({_HEADERS_NL}, {_TYPE_AT} + 15)"
+_CONTENT_TYPE = (f"CASE {_TYPE_AT} WHEN 0 THEN '' "
+                 f"ELSE substr({_TYPE_REST}, 1, instr({_TYPE_REST}, char(10)) - 1) END")
+_ROW_SELECT = ", ".join(_CONTENT_TYPE if c == "content_type" else c for c in _ROW_COLUMNS)
 
 
 class StoreError(Exception):
@@ -126,6 +135,7 @@ class Filters:
     grep: str | None = None  # substring of the URL or a "Name: value" header line
     since: float | None = None  # Unix time
     kind: str | None = None
+    min_id: int | None = None  # flows from this id on (a page that was cleared up to an id)
 
     def __post_init__(self) -> None:
         if self.status is not None and not _status_range(self.status):
@@ -156,6 +166,9 @@ class Filters:
         if self.kind is not None:
             terms.append("kind = ?")
             params.append(self.kind)
+        if self.min_id is not None:
+            terms.append("id >= ?")
+            params.append(self.min_id)
         return " AND ".join(terms), params
 
 
@@ -185,6 +198,9 @@ class FlowRow:
     duration_ms: float
     error: str
     bodies_dropped: bool
+    host: str = ""
+    path: str = ""  # origin-form path and query; '' for tunnels
+    content_type: str = ""  # of the response, as sent; '' when it had none
 
 
 @dataclass(frozen=True)
@@ -428,7 +444,7 @@ class Reader:
         if before_id is not None:
             where += " AND id < ?"
             params.append(before_id)
-        sql = f"SELECT {', '.join(_ROW_COLUMNS)} FROM flows WHERE {where} ORDER BY id {order} LIMIT ?"
+        sql = f"SELECT {_ROW_SELECT} FROM flows WHERE {where} ORDER BY id {order} LIMIT ?"
         rows = [_row(row) for row in self._query(sql, [*params, limit])]
         return rows if order == "ASC" else rows[::-1]
 

@@ -253,6 +253,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         """OPTIONS or TRACE with Max-Forwards: 0 stop here (RFC 9110 section 7.6.2)."""
         self.server.host_rules.check(origin.host)
         flow.host, flow.port, flow.path = origin.host, origin.port, path
+        flow.request_headers = _redacted(headers)
         self._discard_body(request_body_length(headers, line.version))
         content_type, body, fields = maxforwards.final_answer(line.method, self.requestline, headers)
         keep = persistent_client(line.version, headers)

@@ -99,6 +99,7 @@ class ProxyServer(ServerBase):
         # Held so that, out of descriptors, one can be freed to accept a client and answer it.
         self._spare_fd = _open_spare()
         self._accept_backoff = 0.0
+        self._next_fd_warning = 0.0
         self._busy = _busy_response(self.via_name)
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
         for sink in self.recording.sinks:
@@ -241,6 +242,12 @@ class ProxyServer(ServerBase):
         client in to get its 503 and a close; without a spare, wait a little
         longer each time (up to half a second) before trying again.
         """
+        now = time.monotonic()
+        if now >= self._next_fd_warning:
+            self._next_fd_warning = now + 10.0
+            log.warning("out of file descriptors (RLIMIT_NOFILE %d): new clients get 503 until some close",
+                        self.budget.limit)
+        answered = False
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
@@ -250,9 +257,10 @@ class ProxyServer(ServerBase):
                 pass
             else:
                 _answer_now(sock, self._busy)
+                answered = True
             self._spare_fd = _open_spare()
-            if self._spare_fd is not None:
-                return
+        if answered and self._spare_fd is not None:
+            return  # more may be waiting: the next select() says so at once
         self._accept_backoff = min(max(0.01, self._accept_backoff * 2), 0.5)
         time.sleep(self._accept_backoff)
 
