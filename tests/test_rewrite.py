@@ -76,6 +76,18 @@ def test_map_remote_keep_host_keeps_the_clients_host(ruled: Ruled, origin: Origi
     assert dev_server.received[-1].header("Host") == origin.authority and origin.received == []
 
 
+def test_map_remote_to_an_https_origin_verifies_it(ruled: Ruled, origin: OriginServer, tls_origin: OriginServer,
+                                                   ca_file: str) -> None:
+    rule = f"http://127.0.0.1:{origin.port}/secure/*=https://localhost:{tls_origin.port}/"
+    proxy = ruled(("map-remote", rule), upstream_ca=(ca_file,))
+    mapped = requests.get(origin.url("/secure/echo"), proxies=via(proxy), timeout=10)
+    assert mapped.status_code == 200 and echoed(mapped.content)["target"] == "/echo"
+    assert tls_origin.received[-1].header("Host") == f"localhost:{tls_origin.port}" and origin.received == []
+    untrusting = ruled(("map-remote", rule))  # the control: the origin's CA is not trusted
+    refused = requests.get(origin.url("/secure/echo"), proxies=via(untrusting), timeout=10)
+    assert refused.status_code == 502 and "tls_certificate_error" in refused.headers["Proxy-Status"]
+
+
 def test_map_remote_to_the_proxy_itself_is_a_loop(ruled: Ruled, origin: OriginServer) -> None:
     port = free_port()
     proxy = ruled(("map-remote", f"*/loop/*=http://127.0.0.1:{port}/"), port=port)
@@ -181,7 +193,7 @@ def test_block_refuses_matching_requests_with_a_status(ruled: Ruled, origin: Ori
 
 @pytest.mark.parametrize("args, message", [
     (["--map-remote", "http://a.test/*"], "rule --map-remote 'http://a.test/*': expected URL_GLOB="),
-    (["--map-remote", "*=ftp://x"], "must be an http:// URL"),
+    (["--map-remote", "*=ftp://x"], "must be an http:// or https:// URL"),
     (["--map-local", "*=/no/such/folder"], "does not exist"),
     (["--map-local", "*=/tmp/../etc"], "must not contain '..'"),
     (["--set-header", "*=Content-Length: 1"], "framing or hop-by-hop"),

@@ -114,9 +114,7 @@ def _map_remote(kind: str, text: str) -> Rule:
     assert url is not None
     scheme, sep, rest = url.strip().partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        raise ValueError(f"target {url!r} must be an http:// URL")
-    if scheme.lower() == "https":
-        raise ValueError("https:// targets are not supported yet; map to an http:// origin")
+        raise ValueError(f"target {url!r} must be an http:// or https:// URL")
     authority, slash, path = rest.partition("/")
     origin = _origin(scheme.lower(), authority)
     if "?" in path or "#" in path:
