@@ -185,6 +185,7 @@ def test_block_refuses_matching_requests_with_a_status(ruled: Ruled, origin: Ori
     assert "error=http_request_denied" in blocked.headers["Proxy-Status"]
     assert requests.get(origin.url("/echo"), proxies=via(proxy), timeout=10).status_code == 200
     assert [r.target for r in origin.received] == ["/echo"]
+    assert "rules='block */ads/*=451'" in proxy.wait_flows(1)[0].as_line()
     tracked = curl(proxy, "https://cdn.tracker.test/x.js")  # a CONNECT: refused without a DNS lookup
     assert tracked.returncode != 0 and b"403" in tracked.stderr
 

@@ -91,6 +91,7 @@ def test_plain_http_goes_to_the_parent_in_absolute_form_with_its_credentials(cha
     assert at_back.url == origin.url("/echo?q=1") and at_back.status == 200  # absolute-form arrived
     (at_front,) = front.wait_flows(1)
     assert at_front.parent == f"127.0.0.1:{back.server.port}"
+    assert f" parent=127.0.0.1:{back.server.port}" in at_front.as_line()
 
 
 def test_client_credentials_are_never_sent_to_the_parent(chain: Chain, origin: OriginServer) -> None:

@@ -79,6 +79,10 @@ class Flow:
             text += " intercepted"
         if self.upstream_tls == "unverified":
             text += " upstream-tls=unverified"
+        if self.parent:
+            text += f" parent={self.parent}"
+        if self.rules:
+            text += f" rules={'; '.join(self.rules)!r}"
         return f"{text} error={self.error!r}" if self.error else text
 
     def as_json(self) -> str:
