@@ -69,30 +69,21 @@ def _credentials(pairs: list[str], path: str | None) -> tuple[tuple[str, str], .
     return tuple(creds)
 
 
-class _RuleAction(argparse.Action):
-    """Collects every rewrite rule flag into one list of (kind, text), in command-line order."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        kind = (option_string or "").lstrip("-")
-        namespace.rules = [*(namespace.rules or []), (kind, str(values))]
-
-
 def _add_routing(serve: argparse.ArgumentParser) -> None:
     routing = serve.add_argument_group(
         "routing and rewrite rules (URL_GLOB: [SCHEME://]HOST[:PORT][/PATH], globs allowed)")
     routing.add_argument("--upstream-proxy", default=_env("upstream-proxy", None),
-                         metavar="http://[USER:PASS@]HOST:PORT",
+                         metavar="http://[USER:PASSWORD@]HOST:PORT",
                          help="send everything through this parent proxy (never read from HTTP_PROXY)")
     routing.add_argument("--upstream-bypass", action="append", metavar="LIST",
                          default=_env_list("upstream-bypass"),
                          help="targets that go direct: NO_PROXY syntax plus CIDRs, e.g. "
                               "localhost,.corp.example,10.0.0.0/8 (repeatable)")
-    routing.add_argument("--upstream-route", action="append", metavar="HOSTS=URL|direct",
+    routing.add_argument("--upstream-route", action="append",
+                         metavar="HOSTS=http://[USER:PASSWORD@]HOST:PORT|direct",
                          default=[v.strip() for v in _env("upstream-route", "").split(";") if v.strip()],
                          help="per-host routing, first match first: HOSTS (NO_PROXY syntax, comma-"
                               "separated) through the parent URL, or direct (repeatable)")
-    routing.set_defaults(rules=[])
     for flag, metavar, text in (
             ("map-remote", "[keep-host:]URL_GLOB=URL", "forward matching requests to another origin "
              "and path prefix; Host follows unless keep-host:"),
@@ -100,7 +91,17 @@ def _add_routing(serve: argparse.ArgumentParser) -> None:
             ("set-header", "[response:]URL_GLOB=NAME: VALUE", "set a request (or response) field"),
             ("remove-header", "[response:]URL_GLOB=NAME", "remove a request (or response) field"),
             ("block", "URL_GLOB[=STATUS]", "refuse matching requests (default 403)")):
-        routing.add_argument(f"--{flag}", action=_RuleAction, metavar=metavar, help=text + " (repeatable)")
+        routing.add_argument(f"--{flag}", action="append", default=[], metavar=metavar,
+                             help=text + " (repeatable)")
+
+
+# Rule flags are tried kind by kind in this order, and in the order given within a kind.
+_RULE_ORDER = ("block", "map-local", "map-remote", "set-header", "remove-header")
+
+
+def _rewrite_rules(ns: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """Every rule flag as (kind, text), for Config.rewrite_rules."""
+    return tuple((kind, text) for kind in _RULE_ORDER for text in getattr(ns, kind.replace("-", "_")))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,7 +281,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                         **_record_settings(ns),
                         upstream_proxy=ns.upstream_proxy or None,
                         upstream_bypass=tuple(ns.upstream_bypass), upstream_routes=tuple(ns.upstream_route),
-                        rewrite_rules=tuple(ns.rules))
+                        rewrite_rules=_rewrite_rules(ns))
         # Parsed here too, so a bad parent URL, bypass entry or rule stops the start with one line.
         Router.from_settings(config.upstream_proxy, config.upstream_bypass, config.upstream_routes)
         parse_rules(config.rewrite_rules)

@@ -213,3 +213,17 @@ def test_bad_rules_stop_the_start_with_one_clear_line(args: list[str], message: 
                          text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_rule_flags_become_config_rules_kind_by_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.cli import parse_config
+
+    monkeypatch.setenv("FWDPROXY_UPSTREAM_PROXY", "http://u:p@127.0.0.1:3128")
+    monkeypatch.setenv("FWDPROXY_UPSTREAM_ROUTE", "a.test,b.test=direct;c.test=http://127.0.0.1:1")
+    config = parse_config(["--remove-header", "*=X-A", "--set-header", "*=X-A: 1", "--block", "a.test",
+                           "--set-header", "*=X-B: 2", "--upstream-bypass", "localhost,.lan"])
+    assert config.rewrite_rules == (("block", "a.test"), ("set-header", "*=X-A: 1"),
+                                    ("set-header", "*=X-B: 2"), ("remove-header", "*=X-A"))
+    assert config.upstream_proxy == "http://u:p@127.0.0.1:3128"
+    assert config.upstream_routes == ("a.test,b.test=direct", "c.test=http://127.0.0.1:1")
+    assert config.upstream_bypass == ("localhost,.lan",)
