@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from . import __version__
+from . import __version__, config_file
 from .client import fetch
 from .config import (
     LOG_FORMATS,
@@ -33,7 +33,7 @@ from .config import (
 )
 from .record import command as flows_command
 from .record.store import StoreError
-from .server import descriptors, health, memory
+from .server import descriptors, health, memory, reload
 from .server.listener import ProxyServer
 from .server.rewrite import parse_rules
 from .server.routing import Router
@@ -43,7 +43,7 @@ from .ui.app import UiServer
 
 log = logging.getLogger("fwdproxy")
 _DEFAULTS = Config()
-SUBCOMMANDS = ("serve", "fetch", "health", "flows", "ca", "ui")
+SUBCOMMANDS = ("serve", "fetch", "health", "flows", "ca", "ui", "config")
 RECORD_CAPTURE = 1 << 20  # --capture-bodies default with --record, --har or --ui
 
 
@@ -111,10 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "HTTP_PROXY/HTTPS_PROXY=http://HOST:PORT. Every flag may also be given as an "
                     "environment variable FWDPROXY_<FLAG> (e.g. FWDPROXY_PORT=3128). "
                     "Also: `fwdproxy fetch URL -x PROXY`, a curl-like client (see fetch --help).")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows,ca}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,fetch,health,flows,ca,config}")
     serve = sub.add_parser("serve", prog="fwdproxy [serve]", description=parser.description,
                            help="run the proxy (the default)")
     serve.add_argument("--version", action="version", version=f"fwdproxy {__version__}")
+    serve.add_argument("--config", default=_env("config", None), metavar="FILE",
+                       help="TOML file with any of these flags as keys (flags and FWDPROXY_* win "
+                            "over it); SIGHUP reloads it. See docs/configuration.md")
     serve.add_argument("--host", default=_env("host", _DEFAULTS.host),
                        help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=int, default=_env("port", _DEFAULTS.port),
@@ -198,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("header-timeout", _DEFAULTS.header_timeout),
                         help="seconds for a whole request head to arrive, else 408 "
                              "(default %(default)s)")
+    serve.add_argument("--metrics", action=argparse.BooleanOptionalAction,
+                       default=_env("metrics", "1") not in ("0", "false", "no", "off"),
+                       help="serve GET /metrics (Prometheus text) and count flows for it "
+                            "(default: on)")
+    serve.add_argument("--metrics-allow-from", default=_env("metrics-allow-from", None),
+                       metavar="CIDR[,CIDR...]",
+                       help="networks that may read /metrics without credentials (default "
+                            "127.0.0.0/8,::1); clients with valid --auth credentials always may")
     serve.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
                        default=_env("log-level", _DEFAULTS.log_level),
                        help="info logs one line per exchange (default %(default)s)")
@@ -211,7 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     flows_command.add_parser(sub)
     ca_cmd.add_parser(sub)
     ui_command.add_parser(sub)
+    _add_config_parser(sub)
     return parser
+
+
+def _add_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = sub.add_parser("config", help="show the effective configuration, or check a file",
+                            description="fwdproxy config show [serve flags]: every setting with "
+                                        "its source (flag, env, file, default), secrets redacted. "
+                                        "fwdproxy config check FILE: validate a file, exit 0 or 2.")
+    what = config.add_subparsers(dest="config_command", required=True, metavar="{show,check}")
+    show = what.add_parser("show", help="print the effective configuration with each value's source")
+    show.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="FLAGS",
+                      help="serve flags, e.g. --config fwdproxy.toml --port 3128")
+    check = what.add_parser("check", help="validate a config file without starting")
+    check.add_argument("file", metavar="FILE")
 
 
 def _add_ui_flags(serve: argparse.ArgumentParser) -> None:
@@ -244,11 +269,22 @@ def _add_record_flags(serve: argparse.ArgumentParser) -> None:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
+    return load_config(argv).config
+
+
+def load_config(argv: Sequence[str] | None = None) -> config_file.Loaded:
+    """Flags > FWDPROXY_* environment > --config file > defaults; exits 2 with a message if refused."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in SUBCOMMANDS:
-        args.insert(0, "serve")
-    parser = build_parser()
-    ns = parser.parse_args(args)
+    if args[:1] == ["serve"]:
+        args = args[1:]
+    try:
+        return config_file.load(build_parser, args, config_from_args)
+    except ValueError as exc:
+        build_parser().exit(2, f"fwdproxy: {exc}\n")
+
+
+def config_from_args(ns: argparse.Namespace) -> Config:
+    """The Config the serve flags describe (ValueError, with a reason, if they are refused)."""
     try:
         auth = _credentials(ns.auth, ns.auth_file)
         if ns.allow_from:
@@ -271,7 +307,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
                         max_header_count=int(ns.max_headers),
                         max_body=None if ns.max_body is None else int(ns.max_body),
                         max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                        workers=int(ns.workers), intercept=ns.intercept,
+                        workers=int(ns.workers), metrics=ns.metrics,
+                        metrics_allow_from=parse_networks(ns.metrics_allow_from)
+                        if ns.metrics_allow_from else LOOPBACK_NETWORKS,
+                        intercept=ns.intercept,
                         intercept_hosts=tuple(ns.intercept_host),
                         no_intercept_hosts=tuple(ns.no_intercept_host),
                         ca_dir=str(ca_cmd.ca_dir(ns.ca_dir)), upstream_ca=tuple(ns.upstream_ca),
@@ -287,9 +326,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parse_rules(config.rewrite_rules)
         return config
     except OSError as exc:
-        parser.exit(2, f"fwdproxy: cannot read {exc.filename}: {exc.strerror}\n")
-    except ValueError as exc:
-        parser.exit(2, f"fwdproxy: {exc}\n")
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
 
 
 def _record_settings(ns: argparse.Namespace) -> dict[str, Any]:
@@ -303,14 +340,19 @@ def _record_settings(ns: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["fetch"], ["health"], ["flows"], ["ca"], ["ui"]):
+    if args[:2] == ["config", "show"] and not {"-h", "--help"} & set(args):
+        # The serve flags follow as they are: argparse would take them for show's own.
+        return _config_command(argparse.Namespace(config_command="show", serve_args=args[2:]))
+    if args[:1] in (["fetch"], ["health"], ["flows"], ["ca"], ["ui"], ["config"]):
         ns = build_parser().parse_args(args)
+        if args[0] == "config":
+            return _config_command(ns)
         runner = {"fetch": fetch.run, "health": health.run, "flows": flows_command.run,
                   "ca": ca_cmd.run, "ui": ui_command.run}[args[0]]
         return int(runner(ns))
-    config = parse_config(args)
-    with _ui_store(config) as config:
-        return _run(config)
+    loaded = load_config(args)
+    with _ui_store(loaded.config) as config:
+        return _run(config, args, loaded)
 
 
 @contextmanager
@@ -324,7 +366,7 @@ def _ui_store(config: Config) -> Iterator[Config]:
         yield config.replace(record=str(path))
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, args: list[str], loaded: config_file.Loaded) -> int:
     _setup_logging(config)
     if config.intercept:
         try:
@@ -361,7 +403,13 @@ def _run(config: Config) -> int:
     page = _start_page(server, config) if config.ui else None
     if config.ui and page is None:
         return 1
+    # A SIGHUP arriving before a worker has its handler would end it: hold it until then.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     server, workers = _fork_workers(server, config)
+    reloader = reload.Reloader(server, lambda: config_file.load(build_parser, args, config_from_args).config,
+                               loaded.path, forward_to=workers or (), startup=loaded.config)
+    reloader.install()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     if workers is None:  # in a worker process: serve until told to stop
         return _serve(server, config, announce=False)
     try:
@@ -389,6 +437,22 @@ def _start_page(server: ProxyServer, config: Config) -> UiServer | None:
         _announce(config, f"fwdproxy: {page.exposure_warning}")
     _announce(config, f"fwdproxy: traffic page at {page.url}")
     return page
+
+
+def _config_command(ns: argparse.Namespace) -> int:
+    """``fwdproxy config show [flags]`` and ``fwdproxy config check FILE``."""
+    try:
+        if ns.config_command == "check":
+            with config_file.without_environment():  # judge the file alone
+                loaded = config_file.load(build_parser, ["--config", ns.file], config_from_args)
+            count = sum(s.source.startswith("file ") for s in loaded.settings)
+            print(f"{ns.file}: ok ({count} settings)")
+            return 0
+        print(config_file.show(load_config(ns.serve_args)), end="")
+        return 0
+    except ValueError as exc:
+        print(f"fwdproxy: {exc}", file=sys.stderr)
+        return 2
 
 
 class _JSONFormatter(logging.Formatter):
@@ -433,8 +497,12 @@ def _fork_workers(server: ProxyServer, config: Config) -> tuple[ProxyServer, lis
         pid = os.fork()
         if pid == 0:
             server.server_close()  # the parent's socket; this worker binds its own
-            return ProxyServer(config.replace(port=server.port)), None
+            child = ProxyServer(config.replace(port=server.port))
+            child.metrics.worker = str(len(pids) + 1)
+            return child, None
         pids.append(pid)
+    if pids:
+        server.metrics.worker = "0"
     return server, pids
 
 

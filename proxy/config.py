@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -81,6 +82,10 @@ class Config:
     upstream_routes: tuple[str, ...] = ()
     # Rewrite rules (rewrite.py) as (kind, text) pairs, e.g. ("block", "*.tracker.test").
     rewrite_rules: tuple[tuple[str, str], ...] = ()
+    # GET /metrics (Prometheus): counted from finished flows; readable by these
+    # networks without credentials, and by any client with valid --auth ones.
+    metrics: bool = True
+    metrics_allow_from: tuple[Network, ...] = LOOPBACK_NETWORKS
     # TLS interception (intercept.py): off unless asked; targets by glob/CIDR, no-intercept wins.
     intercept: bool = False
     intercept_hosts: tuple[str, ...] = ()
@@ -123,6 +128,8 @@ class Config:
         for user, _ in self.auth:
             if not user or ":" in user:
                 raise ValueError("auth user names must be non-empty and contain no ':'")
+        for pattern in (*self.allow_hosts, *self.deny_hosts):
+            check_host_pattern(pattern)  # raises ConfigError
         check_exposure(self.host, self.allow_from, bool(self.auth))  # raises ConfigError
 
     @property
@@ -170,6 +177,21 @@ def parse_ports(text: str) -> frozenset[int]:
             raise ConfigError(f"invalid port or range {item.strip()!r}")
         ports.update(range(first, last + 1))
     return frozenset(ports)
+
+
+_HOST_GLOB = re.compile(r"[A-Za-z0-9*?.\[\]!_-]+")
+
+
+def check_host_pattern(pattern: str) -> None:
+    """A host rule must be a CIDR or address, or a glob of host-name characters (``*.example.com``)."""
+    if "/" in pattern or parse_address(pattern) is not None:
+        try:
+            ipaddress.ip_network(pattern, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"invalid network in host rule {pattern!r}: {exc}") from None
+    elif not _HOST_GLOB.fullmatch(pattern) or pattern.count("[") != pattern.count("]"):
+        raise ConfigError(f"invalid host pattern {pattern!r}: expected a host glob such as "
+                          "*.example.com, or a CIDR such as 10.0.0.0/8")
 
 
 def parse_address(text: str) -> Address | None:

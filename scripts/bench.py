@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default %(default)s)")
     p.add_argument("--fwdproxy-args", default="",
                    help="extra flags for fwdproxy, e.g. '--workers 2' (space-separated)")
+    p.add_argument("--metrics-off", action="store_true",
+                   help="also run fwdproxy with --no-metrics as a target (fwdproxy-nometrics), to show "
+                        "what counting flows for /metrics costs (same rounds, alternating)")
     p.add_argument("--intercept", action="store_true",
                    help="also intercepted HTTPS: fwdproxy --intercept beside mitmdump "
                         "(scripts/bench/intercept.py)")
@@ -511,6 +514,9 @@ def start_targets(children: Children, tmp: Path, origin: Origin,
         targets.append(start_fwdproxy(children, tmp, [*args.fwdproxy_args.split(), "--record",
                                                       str(tmp / RECORD_STORE)],
                                       log_name="fwdproxy-record.log", name=RECORDING))
+    if args.metrics_off:
+        targets.append(start_fwdproxy(children, tmp, [*args.fwdproxy_args.split(), "--no-metrics"],
+                                      log_name="fwdproxy-nometrics.log", name="fwdproxy-nometrics"))
     starters: dict[str, Callable[[Children, Path], Target]] = {
         "squid": start_squid, "tinyproxy": start_tinyproxy, "proxy.py": start_proxypy}
     for name in args.peer_list:
@@ -719,6 +725,71 @@ def idle_tunnels(target: Target, origin: Origin, count: int, hold: float) -> dic
 # -- rounds -------------------------------------------------------------------------------
 
 Step = tuple[str, Callable[[Target], dict[str, Any]]]
+
+
+def metrics_ab(targets: list[Target], origin: Origin, args: argparse.Namespace) -> dict[str, Any]:
+    """Metrics on against off in many short paired runs (keep-alive, 16 connections, 1 s each).
+
+    Which one goes first alternates, and each pair gives one ratio: on a shared machine the
+    load drifts over seconds, which the medians of long rounds do not cancel but pairs do.
+    """
+    on = next(t for t in targets if t.name == "fwdproxy")
+    off = next(t for t in targets if t.name == "fwdproxy-nometrics")
+    short = argparse.Namespace(**{**vars(args), "duration": 1.0})
+    ratios, cpu = [], {"fwdproxy": list[float](), "fwdproxy-nometrics": list[float]()}
+    for i in range(10 if args.quick else 20):
+        res = {t.name: measure(t, partial(wrk_run, origin=origin, conns=16, close=False, args=short))
+               for t in ((on, off) if i % 2 == 0 else (off, on))}
+        if any("error" in r or not r["rps"] for r in res.values()):
+            continue
+        ratios.append(res["fwdproxy"]["rps"] / res["fwdproxy-nometrics"]["rps"])
+        for name, r in res.items():
+            cpu[name].append(r["cpu_per_10k"])
+        say(f"metrics a/b pair {i + 1}: on/off {ratios[-1]:.3f}")
+    if len(ratios) < 2:
+        return {"error": "too few pairs completed"}
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return {"pairs": len(ratios), "ratio": statistics.median(ratios), "q1": q1, "q3": q3,
+            "cpu_on": statistics.median(cpu["fwdproxy"]),
+            "cpu_off": statistics.median(cpu["fwdproxy-nometrics"]), "observe_us": observe_cost()}
+
+
+_OBSERVE = """
+import timeit
+from proxy.record.flows import Flow
+from proxy.record.metrics import Metrics
+metrics = Metrics()
+flow = Flow(kind="http", client="127.0.0.1:1", method="GET", url="http://x/", status=200,
+            bytes_up=0, bytes_down=1024, duration_ms=1.5)
+print(min(timeit.repeat(lambda: metrics.observe(flow), number=100_000, repeat=7)) / 100_000 * 1e6)
+"""
+
+
+def observe_cost() -> float | None:
+    """Microseconds to count one flow (timeit, best of 7): the whole per-request cost of metrics."""
+    python = os.environ.get("BENCH_BASE_PYTHON", sys.executable)
+    done = run([python, "-c", _OBSERVE], timeout=120, cwd=ROOT)
+    try:
+        return float(done.stdout.strip())
+    except ValueError:
+        return None
+
+
+def metrics_ab_section(ab: dict[str, Any]) -> str:
+    if "error" in ab:
+        return f"## Metrics on vs off (paired)\n\n{ab['error']}"
+    per_request_us = ab["cpu_off"] * 100  # CPU seconds per 10k requests -> microseconds per request
+    share = ab["observe_us"] / per_request_us if ab.get("observe_us") and per_request_us else None
+    direct = ("" if share is None else
+              f" Counting one flow costs {ab['observe_us']:.2f} µs (timeit, best of 7), "
+              f"{share:.1%} of the {per_request_us:.0f} µs of proxy CPU a request takes with metrics off: "
+              f"the goal (at most 3%) is {'met' if share <= 0.03 else 'NOT met'} by this direct measure.")
+    return ("## Metrics on vs off (paired)\n\n"
+            f"{ab['pairs']} pairs of 1 s keep-alive runs at 16 connections, alternating which goes "
+            f"first. Throughput with metrics on / off: median **{ab['ratio']:.3f}** (interquartile "
+            f"{ab['q1']:.3f}-{ab['q3']:.3f}; a spread wider than the 3% sought means the machine's "
+            f"noise hides the difference); proxy CPU seconds per 10k requests {ab['cpu_on']:.2f} on, "
+            f"{ab['cpu_off']:.2f} off (ratio {ab['cpu_on'] / ab['cpu_off']:.3f})." + direct)
 
 
 def _wanted(args: argparse.Namespace, key: str) -> bool:
@@ -992,6 +1063,8 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], targets: list[Target
         "wrk's socket errors: a server closing a keep-alive connection after each response (as "
         "tinyproxy does) shows up there as one read error per request, with complete responses.",
     ]
+    if "metrics_ab" in meta:
+        parts.append(metrics_ab_section(meta["metrics_ab"]))
     if RECORDING in names:
         parts += ["## What recording costs (fwdproxy+record against fwdproxy, same rounds)",
                   table(["measure", "fwdproxy", RECORDING, "record / off"], record_rows(summary, args)),
@@ -1327,6 +1400,8 @@ def bench(args: argparse.Namespace, children: Children, tmp: Path) -> Path:
     targets = start_targets(children, tmp, origin, args)
     meta = machine_info(args, targets)
     rounds = run_rounds(args, targets, origin)
+    if args.metrics_off:
+        meta["metrics_ab"] = metrics_ab(targets, origin, args)
     fwd = next(t for t in targets if t.name == "fwdproxy")
     profile = ""
     if args.profile:

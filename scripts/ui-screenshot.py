@@ -26,8 +26,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from ui_setup import png  # noqa: E402
 
 from proxy.config import Config  # noqa: E402
-from proxy.server.faults import Match  # noqa: E402
 from proxy.server.listener import ProxyServer  # noqa: E402
+from proxy.server.rules import Delay, Fail, Match  # noqa: E402
 from proxy.testing.origins import Origin, OriginReply, OriginRequest  # noqa: E402
 from proxy.ui.app import UiServer  # noqa: E402
 
@@ -73,8 +73,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         store = Path(folder) / "flows.sqlite"
         proxy = ProxyServer(Config(port=0, record=str(store), capture_bodies=1 << 20), connect=dial, sinks=[])
-        proxy.faults.add("delay", Match(host="api.shop.test", path="/v1/recommendations"), seconds=0.12)
-        proxy.faults.add("fail", Match(host="pay.shop.test"), status=503)
+        proxy.faults.add(Delay(Match(host="api.shop.test", path="/v1/recommendations"), seconds=0.12))
+        proxy.faults.add(Fail(Match(host="pay.shop.test"), status=503))
         with proxy, UiServer(store, port=0) as page_server:
             traffic(proxy.port)
             assert proxy.recording.recorder is not None and proxy.recording.recorder.flush()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.record.flows import Flow
+from proxy.record.flows import REDACTED, Flow
 from proxy.testing import cassette
 from proxy.testing.cassette import CassetteError
 
@@ -35,7 +35,7 @@ def test_binary_bodies_and_secrets_round_trip(tmp_path: Path) -> None:
     assert (entry.method, entry.url, entry.status, entry.body) == ("POST", "http://api.test/upload", 200,
                                                                    b"\x89PNG\xff")
     assert ("Content-Length", "5") not in entry.headers  # the proxy frames a replayed answer itself
-    assert ("Set-Cookie", cassette.REDACTED) in entry.headers
+    assert ("Set-Cookie", REDACTED) in entry.headers
 
 
 def test_a_body_larger_than_the_capture_is_not_recorded(tmp_path: Path) -> None:
@@ -85,3 +85,15 @@ def test_modes(tmp_path: Path) -> None:
         cassette.plan(missing, "none")
     with pytest.raises(CassetteError, match="unknown record mode 'replay'; one of none, once, new, all"):
         cassette.plan(present, "replay")
+
+
+def test_a_gzip_response_is_replayed_decoded(tmp_path: Path) -> None:
+    import gzip
+
+    packed = gzip.compress(b'{"ok": true}')
+    flow = forwarded(response_body=packed, bytes_down=len(packed),
+                     response_headers=[("Content-Encoding", "gzip"), ("Content-Type", "application/json")])
+    cassette.write(tmp_path / "c.har", [flow], capture=65536)
+    [entry] = cassette.load(tmp_path / "c.har")
+    # HAR keeps the decoded text, so the answer goes out decoded and says nothing of gzip.
+    assert entry.body == b'{"ok": true}' and entry.headers == [("Content-Type", "application/json")]

@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
-from proxy.client.rules import (
-    URL,
+from proxy.client.errors import (
     InvalidURL,
-    Mode,
     ProxyError,
     RedirectError,
+)
+from proxy.client.rules import (
+    URL,
+    Mode,
     Retry,
     Router,
     bypasses_proxy,

@@ -15,7 +15,7 @@ import pytest
 
 from proxy.http1 import responses
 from proxy.http1.errors import AuthRequired, BadRequest, ProxyError
-from proxy.server.failures import Closed, Step, upstream_failure
+from proxy.server.failures import Closed, Step, switch_failure, upstream_failure
 
 W = "api.test:8080"
 
@@ -55,7 +55,7 @@ def cert_error() -> ssl.SSLCertVerificationError:
      "request cannot be forwarded: Invalid header value"),
     (Step.UPLOAD, OSError(), {"timed_out": True}, 504, "connection_write_timeout",
      f"{W} stopped reading the request body"),
-    (Step.RESPONSE, OSError(), {"timed_out": True, "read_timeout": 2.5}, 504, "http_response_timeout",
+    (Step.RESPONSE, OSError(), {"timed_out": True, "waited": 2.5}, 504, "http_response_timeout",
      f"no response from {W} within 2.5s"),
     (Step.RESPONSE, Closed(), {}, 502, "connection_terminated", f"{W} closed the connection without a response"),
     (Step.RESPONSE, http.client.RemoteDisconnected("gone"), {}, 502, "connection_terminated",
@@ -75,7 +75,7 @@ def test_each_failure_has_one_answer(step: Step, exc: BaseException | None, kw: 
 
 def test_a_timeout_wins_over_what_the_cut_socket_raised() -> None:
     # The watchdog cuts a socket with shutdown(): the read then fails as a reset or an EOF.
-    error = upstream_failure(Step.RESPONSE, W, ConnectionResetError(), timed_out=True, read_timeout=1)
+    error = upstream_failure(Step.RESPONSE, W, ConnectionResetError(), timed_out=True, waited=1)
     assert error.status == 504
 
 
@@ -109,3 +109,26 @@ def test_a_reason_outside_latin1_still_gets_an_answer() -> None:
 def test_a_relayed_head_keeps_the_origin_reason_and_field_order() -> None:
     assert responses.head(299, [("B", "2"), ("a", "1")], "Fine") == b"HTTP/1.1 299 Fine\r\nB: 2\r\na: 1\r\n\r\n"
     assert responses.head(299, []) == b"HTTP/1.1 299 \r\n\r\n"  # unregistered: empty phrase
+
+
+def test_a_tls_handshake_that_fails_says_so() -> None:
+    timed_out = upstream_failure(Step.HANDSHAKE, W, OSError(), timed_out=True, waited=3)
+    assert (timed_out.status, timed_out.reason) == (504, f"TLS handshake with {W} not completed within 3s")
+    refused = upstream_failure(Step.HANDSHAKE, W, tls_error())
+    assert (refused.status, refused.kind) == (502, "tls_protocol_error")
+    hung_up = upstream_failure(Step.HANDSHAKE, W, ConnectionResetError(104, "reset"))
+    assert hung_up.reason == f"TLS with {W} failed: the connection ended: [Errno 104] reset"
+
+
+def test_a_switch_nobody_asked_for_is_a_502() -> None:
+    assert switch_failure(W, offered=False).reason == f"{W} switched protocols unasked"
+    assert switch_failure(W, offered=True).kind == "http_upgrade_failed"
+
+
+def test_the_busy_answer_is_written_by_the_one_writer() -> None:
+    from proxy.server.listener import _busy_response
+    assert _busy_response("p") == (
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+        b'Proxy-Status: p; error=proxy_internal_error; details="too many client connections"\r\n'
+        b"Content-Length: 53\r\n\r\nfwdproxy: too many client connections; retry shortly\n")

@@ -152,6 +152,14 @@ def test_chaos_choices_depend_only_on_seed_and_per_route_order() -> None:
     assert {"pass", "reset", "truncate"} <= outcomes and any(o.startswith("error") for o in outcomes)
 
 
+def test_chaos_latency_delays_the_request() -> None:
+    faults = Faults()
+    rule = faults.add(Chaos(seed=3, latency=(0.2, 0.4)))
+    plans = [faults.plan(get()) for _ in range(5)]
+    assert [plan.delay for plan in plans] == [choice.latency for choice in rule.choices]
+    assert all(0.2 <= plan.delay <= 0.4 for plan in plans) and len({plan.delay for plan in plans}) == 5
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"error_rate": 1.5}, "error_rate=1.5 is not between 0 and 1"),
     ({"error_rate": 0.6, "reset_rate": 0.6}, "add up to 1.2"),

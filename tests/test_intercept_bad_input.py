@@ -407,3 +407,13 @@ def test_shutdown_ends_idle_intercepted_sessions(fwdproxy_factory: Factory, orig
         assert tls.recv(65536) == b""  # the proxy's close_notify, then the end of the stream
     tunnel = proxy.flows.wait_for(kind="tunnel", finished=True)
     assert tunnel.intercepted and tunnel.bytes_up > 0 and tunnel.bytes_down > 0
+
+
+def test_an_unreachable_origin_is_a_502_inside_the_tls_session(fwdproxy: FwdProxy, api: Origin) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    fwdproxy.hosts.add("down.test", "127.0.0.1", port)  # nothing listens there now
+    resp = get(fwdproxy, "https://down.test/")
+    assert resp.status_code == 502 and "error=connection_refused" in resp.headers["Proxy-Status"]
+    assert fwdproxy.flows.one(kind="tunnel").intercepted  # the tunnel was dialled lazily: 200, then TLS
+    still_serves(fwdproxy)

@@ -67,3 +67,15 @@ def test_forbidden_imports_break_the_contracts(tmp_path: Path) -> None:
     missing = [complaint for _, _, complaint in FORBIDDEN if complaint not in result.stdout]
     assert not missing, result.stdout
     assert "proxy.stray" in result.stdout  # a top-level module must find its layer
+
+
+def test_the_public_names_survive_the_move() -> None:
+    code = ("import proxy, proxy.client, proxy.testing.pytest_plugin as plugin\n"
+            "missing = [n for n in proxy.__all__ if getattr(proxy, n, None) is None]\n"
+            "assert not missing, missing\n"
+            "assert proxy.client.ProxyClient is proxy.ProxyClient\n"
+            "assert plugin.FwdProxy and plugin.Origin\n"
+            "print(len(proxy.__all__))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 14  # the thirteen exports and __version__

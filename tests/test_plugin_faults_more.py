@@ -118,7 +118,6 @@ def test_first_byte_delay_holds_the_response_not_the_request(fwdproxy: FwdProxy,
         with pytest.raises(httpx.ReadTimeout):
             client.get(origin_http.url("/late"))
         assert [r.path for r in origin_http.requests] == ["/late"]  # unlike delay(), the origin was asked
-    assert fwdproxy.flows.wait_for(path="/late", timeout=5).status == 200
     fwdproxy.clear()
     fwdproxy.delay(1.0, path="/early")
     with httpx.Client(proxy=fwdproxy.url, timeout=httpx.Timeout(10, read=0.3)) as client:
@@ -245,3 +244,32 @@ def test_counts_hold_under_concurrent_clients(fwdproxy: FwdProxy, origin_http: O
         codes = list(pool.map(lambda i: get(fwdproxy, origin_http.url(f"/{i}")).status_code, range(24)))
     assert sorted(codes) == [200] * 19 + [503] * 5 and rule.hits == 5
     assert len(origin_http.requests) == 19
+
+
+@needs_curl
+def test_tls_failure_refuses_the_clients_handshake(fwdproxy: FwdProxy, origin_https: Origin) -> None:
+    fwdproxy.map_host("api.test", origin_https)
+    fwdproxy.map_host("ok.test", origin_https)
+    rule = fwdproxy.tls_failure("api.test", times=2)
+    with pytest.raises(requests.exceptions.SSLError, match="handshake failure"):
+        get(fwdproxy, "https://api.test/", verify=origin_https.ca_file)
+    curl = subprocess.run(["curl", "-sS", "-x", fwdproxy.url, "--cacert", origin_https.ca_file,
+                           "https://api.test/"], capture_output=True, text=True, timeout=30)
+    assert curl.returncode == 35 and "handshake failure" in curl.stderr  # 35: a TLS error, as curl says
+    assert origin_https.connections == 0 and rule.hits == 2
+    assert get(fwdproxy, "https://ok.test/", verify=origin_https.ca_file).status_code == 200
+    assert get(fwdproxy, "https://api.test/", verify=origin_https.ca_file).status_code == 200  # times=2 spent
+    assert [f.error for f in fwdproxy.flows.filter(host="api.test")][:2] == ["TLS handshake failed by a fault rule"] * 2
+
+
+def test_passthrough_plans_requests_and_tunnels_in_strict_mode(fwdproxy: FwdProxy, origin_http: Origin,
+                                                                origin_https: Origin) -> None:
+    fwdproxy.strict()
+    fwdproxy.map_host("api.test", origin_https)
+    fwdproxy.passthrough(path="/open/*")
+    fwdproxy.passthrough(method="CONNECT", host="api.test")
+    assert get(fwdproxy, origin_http.url("/open/door")).text == "GET /open/door\n"
+    assert get(fwdproxy, "https://api.test/x", verify=origin_https.ca_file).status_code == 200
+    assert get(fwdproxy, origin_http.url("/closed")).status_code == 502  # negative control
+    assert [flow.path for flow in fwdproxy.unplanned] == ["/closed"]
+    fwdproxy.unplanned.clear()

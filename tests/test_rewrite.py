@@ -227,3 +227,15 @@ def test_rule_flags_become_config_rules_kind_by_kind(monkeypatch: pytest.MonkeyP
     assert config.upstream_proxy == "http://u:p@127.0.0.1:3128"
     assert config.upstream_routes == ("a.test,b.test=direct", "c.test=http://127.0.0.1:1")
     assert config.upstream_bypass == ("localhost,.lan",)
+
+
+def test_a_reload_swaps_the_rules_and_the_parent(ruled: Ruled, origin: OriginServer) -> None:
+    proxy = ruled()
+    assert requests.get(origin.url("/echo"), proxies=via(proxy), timeout=10).status_code == 200
+    server = proxy.server
+    server.apply_config(server.config.replace(rewrite_rules=(("block", "*/echo=410"),)))
+    assert requests.get(origin.url("/echo"), proxies=via(proxy), timeout=10).status_code == 410
+    dead = f"http://127.0.0.1:{free_port()}"
+    server.apply_config(server.config.replace(rewrite_rules=(), upstream_proxy=dead))
+    resp = requests.get(origin.url("/echo"), proxies=via(proxy), timeout=10)
+    assert resp.status_code == 502 and dead.removeprefix("http://") in resp.text

@@ -31,7 +31,7 @@ def test_options_with_empty_path_is_asterisk() -> None:
     assert parse_absolute("http://example.test/", "OPTIONS")[1] == "/"
 
 
-def test_https_absolute_form_is_an_https_origin_on_443():
+def test_https_absolute_form_is_an_https_origin_on_443() -> None:
     assert parse_absolute("https://Example.test/a?b") == (Origin("https", "example.test", 443), "/a?b")
     assert str(parse_absolute("https://example.test:8443/")[0]) == "https://example.test:8443"
 

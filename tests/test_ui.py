@@ -19,8 +19,12 @@ import pytest
 from har_check import assert_valid_har
 from ui_setup import ITEMS, Capture
 
-from proxy.record.store import Reader
+from proxy.config import Config
+from proxy.record.flows import Flow
+from proxy.record.store import Reader, StoredFlow
+from proxy.server.rules import Fail, Match
 from proxy.ui import guard, views
+from proxy.ui.app import UiServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +36,9 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capture]:
     made.send("GET", "/missing")
     made.send("POST", "/echo", body=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     made.send("GET", "/blob")
+    made.proxy.faults.add(Fail(Match(path="/refused"), status=503))
+    made.send("GET", "/refused")  # answered by the fault rule: never reaches the origin
+    made.proxy.faults.clear()
     yield made
     made.close()
 
@@ -118,16 +125,7 @@ def test_clear_from_another_origin_is_refused(capture: Capture) -> None:
     resp, _ = get(capture, "/api/clear", method="POST")  # a plain form post: no custom header
     assert resp.status == 403
     resp, body = get(capture, "/api/flows")
-    assert json.loads(body)["total"] == 4  # nothing was hidden
-
-
-def test_the_proxy_port_never_serves_the_page(capture: Capture) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", capture.proxy.port, timeout=10)
-    conn.request("GET", "/", headers={"Cookie": f"{guard.cookie_name(capture.ui.port)}={capture.ui.token}"})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    assert resp.status != 200 and b"fwdproxy traffic" not in body
+    assert json.loads(body)["total"] == 5  # nothing was hidden
 
 
 @pytest.mark.parametrize(("host", "port", "refused"), [
@@ -146,7 +144,7 @@ def test_host_rules(host: str, port: int, refused: bool) -> None:
 def test_flows_lists_rows_with_columns_and_filters(capture: Capture) -> None:
     resp, body = get(capture, "/api/flows")
     data = json.loads(body)
-    assert resp.status == 200 and data["total"] == 4
+    assert resp.status == 200 and data["total"] == 5
     first = data["rows"][0]
     assert (first["method"], first["host"], first["path"], first["status"], first["type"]) == \
         ("GET", "127.0.0.1", "/api/items", 200, "application/json")
@@ -163,9 +161,9 @@ def test_flows_lists_rows_with_columns_and_filters(capture: Capture) -> None:
 def test_pages_by_id_cursor(capture: Capture) -> None:
     _, body = get(capture, "/api/flows?limit=2")
     newest = json.loads(body)["rows"]
-    assert [r["path"] for r in newest] == ["/echo", "/blob"]
+    assert [r["path"] for r in newest] == ["/blob", "/refused"]
     _, body = get(capture, f"/api/flows?limit=2&before={newest[0]['id']}")
-    assert [r["path"] for r in json.loads(body)["rows"]] == ["/api/items", "/missing"]
+    assert [r["path"] for r in json.loads(body)["rows"]] == ["/missing", "/echo"]
 
 
 def test_bad_filters_get_400_with_the_reason(capture: Capture) -> None:
@@ -188,6 +186,15 @@ def test_detail_pretty_prints_json_and_shows_binary_as_a_hex_head(capture: Captu
     assert blob["hex"].startswith("00000000  00 01 02 03")
     resp, _ = get(capture, "/api/flows/999")
     assert resp.status == 404
+
+
+def test_detail_names_the_faults_that_fired_and_the_error(capture: Capture) -> None:
+    _, body = get(capture, "/api/flows/5")
+    flow = json.loads(body)
+    assert flow["path"] == "/refused" and flow["status"] == 503
+    assert len(flow["faults"]) == 1 and flow["faults"][0].startswith("fail")
+    _, body = get(capture, "/api/flows/4")
+    assert json.loads(body)["faults"] == []  # the control: a flow no rule touched
 
 
 def test_a_body_that_is_not_an_image_downloads_rather_than_renders(capture: Capture) -> None:
@@ -264,6 +271,7 @@ def test_serve_with_ui_records_to_a_temporary_store_removed_at_exit(capture: Cap
     try:
         url = _url_from(proc, r"traffic page at (http://127\.0\.0\.1:\d+/\?token=\S+)")
         port = int(url.split(":")[2].split("/")[0])
+        proxy_port = int(_url_from(proc, r"listening on http://127\.0\.0\.1:(\d+)"))
         folders = list(tmp_path.glob("fwdproxy-ui-*"))
         assert len(folders) == 1 and (folders[0] / "flows.sqlite").is_file()
         with Reader(folders[0] / "flows.sqlite") as reader:
@@ -272,8 +280,45 @@ def test_serve_with_ui_records_to_a_temporary_store_removed_at_exit(capture: Cap
         conn.request("GET", url.partition(str(port))[2])
         assert conn.getresponse().status == 303
         conn.close()
+        # The proxy's own port never serves the page, token or not.
+        conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=10)
+        conn.request("GET", url.partition(str(port))[2])
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        assert resp.status != 200 and resp.getheader("Set-Cookie") is None and b"fwdproxy traffic" not in body
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
     assert proc.returncode == 0
     assert list(tmp_path.glob("fwdproxy-ui-*")) == []
+
+
+def test_ui_needs_one_worker_and_a_valid_port() -> None:
+    with pytest.raises(ValueError, match="--ui needs --workers 1"):
+        Config(ui=True, workers=2)
+    with pytest.raises(ValueError, match="ui_port must be"):
+        Config(ui_port=70000)
+    assert Config(ui=True).ui_port == 8081  # the control: the defaults are valid
+
+
+def test_detail_carries_tls_facts_and_trailers() -> None:
+    flow = Flow(kind="http", client="127.0.0.1:1", method="GET", url="https://api.test/x", status=200,
+                bytes_down=2, response_body=b"ok", intercepted=True, upstream_tls="verified",
+                response_trailers=[("Server-Timing", "db;dur=3")])
+    shown = views.flow_json(StoredFlow(7, flow, False))
+    assert (shown["intercepted"], shown["upstream_tls"]) == (True, "verified")
+    assert shown["response"]["trailers"] == [["Server-Timing", "db;dur=3"]]
+    assert shown["request"]["trailers"] == []
+
+
+def test_the_page_never_runs_without_a_token(capture: Capture) -> None:
+    with pytest.raises(ValueError, match="needs a token"):
+        UiServer(capture.store, port=0, token="")
+    page = UiServer(capture.store, port=0)  # the control: a random token of 32 characters
+    try:
+        assert len(page.token) == 32 and page.url.endswith(f"?token={page.token}")
+        assert page.exposure_warning == ""  # loopback: nothing to warn about
+    finally:
+        page.server_close()
+        page.reader.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser, capture: Capture) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1400, "height": 800})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=capture.page)
     context.set_default_timeout(10_000)
     opened = context.new_page()
     DIALOGS.clear()
@@ -85,6 +87,17 @@ def test_flows_appear_live_and_the_filters_narrow_them(page: Page, capture: Capt
     expect(last.locator(".c-path")).to_have_text("/boom")
     expect(last.locator(".c-status")).to_have_text("503")
     expect(last).to_have_class("s5")  # coloured by status
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nobody listens on: the proxy's connect is refused
+    try:
+        capture.send("GET", "", url=f"http://127.0.0.1:{closed.getsockname()[1]}/gone")
+    finally:
+        closed.close()
+    expect(rows(page).last).to_have_class("err")
+    expect(rows(page).last.locator(".c-path")).to_have_text("/gone")
+    rows(page).last.click()
+    expect(page.locator("#d-body .error-box")).to_contain_text("Proxy-Status")
+    page.keyboard.press("Escape")
     page.select_option("#f-status", "4xx")
     expect(rows(page)).to_have_count(1)
     expect(rows(page).first.locator(".c-path")).to_have_text("/missing")
@@ -99,7 +112,7 @@ def test_flows_appear_live_and_the_filters_narrow_them(page: Page, capture: Capt
     page.fill("#f-host", "no-such-host")
     expect(rows(page)).to_have_count(0)
     page.fill("#f-host", "127.0.0")  # the control: the same filter with a matching host
-    expect(rows(page)).to_have_count(before + 5)
+    expect(rows(page)).to_have_count(before + 6)
 
 
 def test_pause_holds_the_list_and_resume_catches_up(page: Page, capture: Capture) -> None:
@@ -123,6 +136,10 @@ def test_detail_pane_pretty_prints_json_with_timings_and_keyboard_moves(page: Pa
     expect(page.locator("#d-body .waterfall .seg.wait")).to_have_count(1)
     expect(page.locator("#d-body .response-headers")).to_contain_text("Content-Type")
     expect(page.locator("#d-curl-text")).to_contain_text("curl ")
+    page.keyboard.press("c")  # copy as curl
+    expect(page.locator("#status-line")).to_have_text("copied the request as a curl command")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith("curl ") and copied.endswith(f"'{capture.origin.url('/api/items?detail')}'")
     page.keyboard.press("j")  # the next row: the image
     expect(page.locator("#d-title")).to_contain_text("/pixel.png")
     image = page.locator("#d-body img.body-image")

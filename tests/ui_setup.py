@@ -73,11 +73,12 @@ class Capture:
         self.ui = UiServer(self.store, port=0).start()
 
     def send(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> int:
-        """One request through the proxy, committed to the store before this returns."""
+             headers: dict[str, str] | None = None, *, url: str | None = None) -> int:
+        """One request through the proxy (to the origin, or to ``url``), committed to the store
+        before this returns."""
         with self._changed:
             before = self._seen
-        resp, _ = through(('127.0.0.1', self.proxy.port), method, self.origin.url(path), body=body,
+        resp, _ = through(('127.0.0.1', self.proxy.port), method, url or self.origin.url(path), body=body,
                           headers=headers)
         with self._changed:  # a flow is emitted just after the client has its response
             assert self._changed.wait_for(lambda: self._seen > before, timeout=10)

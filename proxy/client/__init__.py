@@ -1,11 +1,12 @@
 """The client: ``ProxyClient`` and ``fwdproxy fetch``, HTTP/1.1 through a forward proxy.
 
-``rules`` holds its pure decisions (URLs, routes, redirects, retries, errors),
-``transport`` its sockets (dialling, CONNECT, TLS, pooling), ``response`` what
-a caller gets back, ``client`` the request's life across hops, ``fetch`` the
-curl-like command.
+``rules`` holds its pure decisions (URLs, routes, redirects, retries),
+``errors`` what it raises, ``transport`` its sockets (dialling, CONNECT, TLS,
+pooling), ``response`` what a caller gets back, ``client`` the request's life
+across hops, ``fetch`` the curl-like command.
 
-May import ``proxy.http1``; never ``proxy.server``, ``proxy.testing`` or
+May import ``proxy.http1`` (and the wings below the server's: ``record``,
+``config``, ``tls``); never ``proxy.server``, ``proxy.ui``, ``proxy.testing`` or
 ``proxy.cli``. ``from proxy.client import ProxyClient`` is public API.
 """
 

@@ -31,28 +31,30 @@ from types import TracebackType
 from typing import IO, Any, cast
 
 from .. import __version__
-from .response import Response, ResponseHeaders
-from .rules import (
-    IDEMPOTENT,
-    REDIRECT_STATUSES,
-    URL,
+from .errors import (
     ClientError,
     ClientTimeout,
     ConnectError,
     ConnectionClosed,
     ConnectTimeout,
     InvalidURL,
-    Mode,
     ProtocolError,
     ProxyError,
     ReadTimeout,
     RedirectError,
+    TLSError,
+    TooManyRedirects,
+)
+from .response import Response, ResponseHeaders
+from .rules import (
+    IDEMPOTENT,
+    REDIRECT_STATUSES,
+    URL,
+    Mode,
     Retry,
     Route,
     Router,
     Timeout,
-    TLSError,
-    TooManyRedirects,
     check_redirect,
     parse_retry_after,
     parse_url,

@@ -4,8 +4,7 @@ This module owns the rules that decide what the client does, without doing
 it: parsing a target URL, choosing the route to it (direct, forwarded by a
 proxy, or tunnelled with CONNECT) from the proxy settings and the
 HTTP_PROXY / HTTPS_PROXY / NO_PROXY variables, and what a 3xx response turns
-the next request into (RFC 9110 section 15.4). It also defines the client's
-errors, so every layer above can raise them. No sockets and no DNS: it is
+the next request into (RFC 9110 section 15.4). No sockets and no DNS: it is
 tested with plain values.
 """
 
@@ -18,13 +17,14 @@ import ipaddress
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-if TYPE_CHECKING:
-    from .response import Response
+from .errors import (
+    InvalidURL,
+    RedirectError,
+)
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 9110 section 9.2.2: methods a client may repeat without changing the outcome.
@@ -40,88 +40,6 @@ BODY_HEADERS = frozenset({"content-length", "content-type", "content-encoding", 
 ORIGIN_BOUND_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "host"})
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _LOCATION_SAFE = "!#$%&'()*+,/:;=?@[]~"
-
-
-# -- errors ---------------------------------------------------------------------
-
-
-class ClientError(Exception):
-    """Base of every error ProxyClient raises."""
-
-
-class InvalidURL(ClientError, ValueError):
-    """A target or proxy URL the client cannot use."""
-
-
-class ConnectError(ClientError):
-    """The proxy or the target could not be reached."""
-
-
-class ClientTimeout(ClientError, TimeoutError):
-    """A connect, read or total deadline passed."""
-
-
-class ConnectTimeout(ClientTimeout, ConnectError):
-    """Connecting (TCP, CONNECT exchange or TLS handshake) took longer than the connect timeout."""
-
-
-class ReadTimeout(ClientTimeout):
-    """The peer sent nothing for longer than the read timeout, or the total deadline passed."""
-
-
-class TLSError(ClientError):
-    """The TLS handshake with the target failed (certificate not trusted, wrong host, protocol)."""
-
-
-class ProtocolError(ClientError):
-    """The peer broke the HTTP exchange: closed early, or sent something that is not HTTP."""
-
-
-class ConnectionClosed(ProtocolError):
-    """The connection closed before a response arrived; on a reused one, the server had timed it out."""
-
-
-class ProxyError(ClientError):
-    """The proxy refused the request: a non-2xx answer to CONNECT, or a 407.
-
-    ``status``, ``reason`` and ``headers`` are the proxy's response;
-    ``kind`` is the RFC 9209 Proxy-Status error type when the proxy sent one.
-    """
-
-    def __init__(self, message: str, *, status: int, reason: str,
-                 headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.headers = list(headers)
-        self.body = body
-        self.kind = _proxy_status_error(self.headers)
-
-    def header(self, name: str) -> str | None:
-        return next((v for n, v in self.headers if n.lower() == name.lower()), None)
-
-
-class RedirectError(ClientError):
-    """A redirect the client will not follow: a downgrade, a non-HTTP scheme, an unreplayable body."""
-
-    def __init__(self, message: str, *, response: Response | None = None,
-                 history: Sequence[Response] = ()) -> None:
-        super().__init__(message)
-        self.response = response
-        self.history = list(history)
-
-
-class TooManyRedirects(RedirectError):
-    """More than ``max_redirects`` hops, or a loop; ``history`` holds every redirect response."""
-
-
-def _proxy_status_error(headers: Iterable[tuple[str, str]]) -> str | None:
-    for name, value in headers:
-        if name.lower() == "proxy-status":
-            match = re.search(r";\s*error=([A-Za-z0-9_.-]+)", value)
-            if match:
-                return match.group(1)
-    return None
 
 
 # -- URLs -----------------------------------------------------------------------

@@ -39,18 +39,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .rules import (
+from .errors import (
     ClientError,
     ClientTimeout,
     ConnectError,
     ConnectionClosed,
     ConnectTimeout,
-    Mode,
     ProtocolError,
     ProxyError,
     ReadTimeout,
-    Route,
     TLSError,
+)
+from .rules import (
+    Mode,
+    Route,
 )
 
 Debug = Callable[[str], None]

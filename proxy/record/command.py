@@ -185,6 +185,8 @@ def _show(stored: StoredFlow) -> str:
         lines.append(printable(f"HTTP/1.1 {f.status} {f.reason or _phrase(f.status)}".rstrip()))
         lines += [printable(f"{name}: {value}") for name, value in f.response_headers]
         lines += _body_lines(f, f.response_body, f.bytes_down, f.response_headers, stored.bodies_dropped)
+        if f.response_trailers:
+            lines += ["", *(printable(f"{name}: {value}") for name, value in f.response_trailers)]
     else:
         lines.append("(no response)")
     lines += ["", _summary(f)]
@@ -217,6 +219,10 @@ def _summary(f: Flow) -> str:
                      f"receive {f.receive_ms:.1f} ms")
     if f.upstream_reused is not None:
         parts.append("upstream reused" if f.upstream_reused else "new upstream connection")
+    if f.intercepted:
+        parts.append("intercepted (TLS terminated by the proxy)")
+    if f.upstream_tls:
+        parts.append(f"origin certificate {f.upstream_tls}")
     if f.faults:
         parts.append(f"faults: {', '.join(f.faults)}")
     if f.error:

@@ -140,7 +140,10 @@ def flow_json(flow: Flow, *, flow_id: int | None = None, secrets: bool = False) 
                     "receive": flow.receive_ms},
         "upstream_reused": flow.upstream_reused, "faults": flow.faults,
         "error": flow.error, "error_kind": flow.error_kind,
+        "intercepted": flow.intercepted, "upstream_tls": flow.upstream_tls,
     })
+    if flow.response_trailers:
+        record["response_trailers"] = flow.response_trailers
     for name, body in (("request_body", flow.request_body), ("response_body", flow.response_body)):
         if body:
             record[name] = _body_json(body)

@@ -122,19 +122,21 @@ class Spool:
             batch = self._take()
             if not batch:
                 return  # closing and nothing left
-            ok = True
+            error: Exception | None = None
             try:
                 self._write(batch)
             except Exception as exc:  # a full disk or a broken file must not stop the proxy
-                ok = False
-                with self._changed:
-                    if time.monotonic() - self._warned >= WARN_EVERY or not self._warned:
-                        self._warned = time.monotonic()
-                        log.error("%s: %d flows lost: %s", self.name, len(batch), exc)
-            with self._changed:
-                if ok:
+                error = exc
+            with self._changed:  # counted before it is logged: a reader of the log sees the count
+                if error is None:
                     self.written += len(batch)
                 else:
                     self.failed += len(batch)
                 self._writing = 0
                 self._changed.notify_all()
+                now = time.monotonic()
+                warn = error is not None and (now - self._warned >= WARN_EVERY or not self._warned)
+                if warn:
+                    self._warned = now
+            if warn:
+                log.error("%s: %d flows lost: %s", self.name, len(batch), error)

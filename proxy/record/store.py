@@ -3,7 +3,7 @@
 Writing (``Recorder``). ``Recorder(path)`` opens or creates the file and
 fails at once, with a ``StoreError`` naming the file, if the folder is
 missing, the file is read-only, another process is recording to it, the
-file system is full, or the file is not a store of this schema version.
+file system is full, or the file is not a flow store this code can write.
 Calling the recorder with a Flow (it is a FlowLog sink) only queues it: one
 writer thread commits batches (see ``spool.Spool`` for what is dropped when
 it falls behind). Values of Authorization, Proxy-Authorization, Cookie and
@@ -34,8 +34,10 @@ URL or of any "Name: value" header line, ``since`` a Unix time, ``kind``,
 shared by threads (one lock around its connection).
 
 Schema (version ``SCHEMA_VERSION`` in ``PRAGMA user_version``, and
-``APPLICATION_ID`` in ``PRAGMA application_id``): see ``SCHEMA`` below.
-Headers are stored as "Name: value" lines in order, duplicates kept; each
+``APPLICATION_ID`` in ``PRAGMA application_id``): see ``SCHEMA`` below, and
+``COLUMNS`` for the order of a flows row. An older store is read with the
+defaults of the columns it lacks, and upgraded (``MIGRATIONS``) when a
+recorder opens it; a newer one is refused. Headers are stored as "Name: value" lines in order, duplicates kept; each
 body in ``bodies`` holds at most what the proxy captured (``--capture-bodies``)
 while ``bytes_up``/``bytes_down`` hold the true sizes.
 """
@@ -56,7 +58,7 @@ from urllib.parse import quote
 from .flows import REDACTED, SECRET_FIELDS, Flow
 from .spool import MAX_BODY_BYTES, MAX_FLOWS, Queued, Spool
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x66777078  # "fwpx"
 MIN_FREE_BYTES = 8 << 20  # refuse to start recording on a file system with less free space
 
@@ -89,7 +91,10 @@ CREATE TABLE flows (
     upstream_reused INTEGER,          -- 1 reused, 0 new, NULL no upstream connection
     faults TEXT NOT NULL,             -- fault rules that fired, comma-separated
     error TEXT NOT NULL,
-    error_kind TEXT NOT NULL          -- RFC 9209 Proxy-Status error type, if one was sent
+    error_kind TEXT NOT NULL,         -- RFC 9209 Proxy-Status error type, if one was sent
+    intercepted INTEGER NOT NULL DEFAULT 0,     -- 1: TLS terminated by the proxy, requests seen (v2)
+    upstream_tls TEXT NOT NULL DEFAULT '',      -- https origin certificate: verified, unverified (v2)
+    response_trailers TEXT NOT NULL DEFAULT ''  -- of a chunked response, as "Name: value" lines (v2)
 );
 CREATE INDEX flows_started ON flows (started);
 CREATE TABLE bodies (
@@ -100,12 +105,20 @@ CREATE TABLE bodies (
 );
 """
 
-_COLUMNS = ("id", "started", "kind", "client", "method", "url", "http_version", "host", "port", "path",
+COLUMNS = ("id", "started", "kind", "client", "method", "url", "http_version", "host", "port", "path",
             "status", "reason", "request_headers", "response_headers", "bytes_up", "bytes_down",
             "request_body_stored", "response_body_stored", "bodies_dropped", "duration_ms",
             "connect_ms", "send_ms", "wait_ms", "receive_ms", "upstream_reused", "faults", "error",
-            "error_kind")
-_INSERT_FLOW = f"INSERT INTO flows ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+            "error_kind", "intercepted", "upstream_tls", "response_trailers")
+# Schema changes that an older store is brought up to when it is opened for recording;
+# a reader fills in the defaults of columns an older store does not have.
+MIGRATIONS = {
+    1: ("ALTER TABLE flows ADD COLUMN intercepted INTEGER NOT NULL DEFAULT 0;\n"
+        "ALTER TABLE flows ADD COLUMN upstream_tls TEXT NOT NULL DEFAULT '';\n"
+        "ALTER TABLE flows ADD COLUMN response_trailers TEXT NOT NULL DEFAULT '';"),
+}
+_DEFAULTS = {"intercepted": "0", "upstream_tls": "''", "response_trailers": "''"}
+_INSERT_FLOW = f"INSERT INTO flows ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _INSERT_BODY = "INSERT INTO bodies (flow_id, part, data) VALUES (?, ?, ?)"
 _ROW_COLUMNS = ("id", "started", "kind", "client", "method", "url", "status", "reason", "bytes_up",
                 "bytes_down", "duration_ms", "error", "bodies_dropped", "host", "path", "content_type")
@@ -304,7 +317,7 @@ class Recorder:
                 int(not kept and bool(f.request_body or f.response_body)),
                 f.duration_ms, f.connect_ms, f.send_ms, f.wait_ms, f.receive_ms,
                 None if f.upstream_reused is None else int(f.upstream_reused), ",".join(f.faults),
-                f.error, f.error_kind)
+                f.error, f.error_kind, int(f.intercepted), f.upstream_tls, _lines(f.response_trailers, False))
 
 
 def _claim(path: Path) -> int:
@@ -338,9 +351,13 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout = 5000")
-        if _check(db, path, allow_new=True) == "new":
+        found = _check(db, path, allow_new=True)
+        if found == "new":
             db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA application_id = {APPLICATION_ID};\n"
                              f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        elif found != "ok":
+            steps = "\n".join(MIGRATIONS[v] for v in range(int(found), SCHEMA_VERSION))
+            db.executescript(f"BEGIN IMMEDIATE;\n{steps}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         # A write now, so a read-only or full file fails at start rather than mid-run.
@@ -357,7 +374,8 @@ def _open_for_writing(path: Path) -> sqlite3.Connection:
 
 
 def _check(db: sqlite3.Connection, path: Path, *, allow_new: bool) -> str:
-    """'new' for an empty file, 'ok' for a store of this version; else StoreError naming the file."""
+    """'new' for an empty file, 'ok' for a store of this version, the version of an older one
+    this code can upgrade (as text); else StoreError naming the file."""
     try:
         app = db.execute("PRAGMA application_id").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -370,6 +388,8 @@ def _check(db: sqlite3.Connection, path: Path, *, allow_new: bool) -> str:
         raise StoreError(f"{path} is empty: no flows were recorded in it")
     if app != APPLICATION_ID:
         raise StoreError(f"{path} is an SQLite database but not a fwdproxy flow store")
+    if version in MIGRATIONS:
+        return str(version)
     if version != SCHEMA_VERSION:
         raise StoreError(f"{path} is a flow store of schema version {version}; this fwdproxy reads and "
                          f"writes version {SCHEMA_VERSION} (record into a new file)")
@@ -427,9 +447,14 @@ class Reader:
             raise StoreError(f"cannot read {self.path}: {_explain(exc)}") from exc
         try:
             _check(self._db, self.path, allow_new=False)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(flows)")}
         except StoreError:
             self._db.close()
             raise
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"cannot read {self.path}: {_explain(exc)}") from exc
+        self._columns = ", ".join(c if c in present else f"{_DEFAULTS[c]} AS {c}" for c in COLUMNS)
         self._lock = threading.Lock()
 
     def list(self, filters: Filters | None = None, *, after_id: int | None = None,
@@ -454,7 +479,7 @@ class Reader:
 
     def get(self, flow_id: int) -> StoredFlow | None:
         """One flow in full: headers, bodies as kept, timings; None if there is no such id."""
-        found = self._query(f"SELECT {', '.join(_COLUMNS)} FROM flows WHERE id = ?", [flow_id])
+        found = self._query(f"SELECT {self._columns} FROM flows WHERE id = ?", [flow_id])
         if not found:
             return None
         parts = self._query("SELECT part, data FROM bodies WHERE flow_id = ?", [flow_id])
@@ -519,7 +544,7 @@ def _row(row: tuple[Any, ...]) -> FlowRow:
 
 
 def _stored(row: tuple[Any, ...], bodies: dict[int, bytes]) -> StoredFlow:
-    v = dict(zip(_COLUMNS, row, strict=True))
+    v = dict(zip(COLUMNS, row, strict=True))
     flow = Flow(kind=v["kind"], client=v["client"], method=v["method"], url=v["url"], status=v["status"],
                 bytes_up=v["bytes_up"], bytes_down=v["bytes_down"], started=v["started"],
                 duration_ms=v["duration_ms"], error=v["error"],
@@ -529,5 +554,7 @@ def _stored(row: tuple[Any, ...], bodies: dict[int, bytes]) -> StoredFlow:
                 request_body=bodies.get(0, b""), response_body=bodies.get(1, b""),
                 faults=[f for f in v["faults"].split(",") if f], http_version=v["http_version"],
                 reason=v["reason"], error_kind=v["error_kind"], connect_ms=v["connect_ms"],
-                send_ms=v["send_ms"], wait_ms=v["wait_ms"], receive_ms=v["receive_ms"])
+                send_ms=v["send_ms"], wait_ms=v["wait_ms"], receive_ms=v["receive_ms"],
+                intercepted=bool(v["intercepted"]), upstream_tls=v["upstream_tls"],
+                response_trailers=_split(v["response_trailers"]))
     return StoredFlow(v["id"], flow, bool(v["bodies_dropped"]))

@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import ClassVar
 
 from .rules import Rule
+
+
+class Outcome(Enum):
+    """What chaos does to one request (besides its latency)."""
+
+    PASS = "pass"
+    ERROR = "error"  # a proxy error page with one of the statuses
+    RESET = "reset"  # a TCP reset before the response
+    TRUNCATE = "truncate"  # the head, then a close before the body
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -21,11 +34,17 @@ class ChaosChoice:
 
     route: str
     n: int
-    outcome: str  # "pass", "error 503", "reset", "truncate"
+    outcome: Outcome
     latency: float
+    status: int | None = None  # for Outcome.ERROR
+
+    @property
+    def faulty(self) -> bool:
+        return self.outcome is not Outcome.PASS
 
     def __str__(self) -> str:
-        return f"{self.route} #{self.n}: {self.outcome}" + (f" +{self.latency:.3f}s" if self.latency else "")
+        what = f"error {self.status}" if self.outcome is Outcome.ERROR else self.outcome.value
+        return f"{self.route} #{self.n}: {what}" + (f" +{self.latency:.3f}s" if self.latency else "")
 
 
 @dataclass(eq=False, repr=False)
@@ -64,15 +83,16 @@ class Chaos(Rule):
         rng = random.Random(f"{self.seed}/{route}/{n}")  # str seeds are hashed with SHA-512: stable
         latency = rng.uniform(*self.latency) if self.latency else 0.0
         draw = rng.random()
+        status = None
         if draw < self.error_rate:
-            outcome = f"error {rng.choice(self.statuses)}"
+            outcome, status = Outcome.ERROR, rng.choice(self.statuses)
         elif draw < self.error_rate + self.reset_rate:
-            outcome = "reset"
+            outcome = Outcome.RESET
         elif draw < self.error_rate + self.reset_rate + self.truncate_rate:
-            outcome = "truncate"
+            outcome = Outcome.TRUNCATE
         else:
-            outcome = "pass"
-        choice = ChaosChoice(route, n, outcome, latency)
+            outcome = Outcome.PASS
+        choice = ChaosChoice(route, n, outcome, latency, status)
         self.choices.append(choice)
         return choice
 

@@ -24,7 +24,8 @@ from ..http1.errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeou
 class Step(enum.Enum):
     """Where in an exchange with the next hop a failure happened."""
 
-    CONNECT = "connect"  # opening the connection (resolving the name, TCP, TLS)
+    CONNECT = "connect"  # opening the connection (resolving the name, TCP)
+    HANDSHAKE = "handshake"  # TLS with an https origin
     SEND = "send"  # writing the request head, and a body held whole
     UPLOAD = "upload"  # streaming the request body
     RESPONSE = "response"  # waiting for the response head
@@ -39,16 +40,25 @@ class Closed(Exception):
 
 
 def upstream_failure(step: Step, where: str, exc: BaseException | None = None, *,
-                     timed_out: bool = False, read_timeout: float = 0.0,
+                     timed_out: bool = False, waited: float = 0.0,
                      short: tuple[int, int] | None = None) -> ProxyError:
     """The error to answer with when ``step`` failed at ``where`` (host[:port]).
 
-    ``timed_out``: the watchdog cut the socket, whatever exception that caused.
+    ``timed_out``: the watchdog cut the socket, whatever exception that caused;
+    ``waited``: the timeout that passed, in seconds.
     ``short``: a body ended early, as (bytes received, bytes announced).
     """
     if step is Step.CONNECT:
         return _connect_failure(exc, where)
     timeout = timed_out or isinstance(exc, TimeoutError)
+    if step is Step.HANDSHAKE:
+        if timeout:
+            return UpstreamTimeout(f"TLS handshake with {where} not completed within {waited:g}s",
+                                   kind="connection_timeout")
+        if not isinstance(exc, ssl.SSLError):  # the origin hung up mid-handshake
+            return UpstreamError(f"TLS with {where} failed: the connection ended: {exc}",
+                                 kind="tls_protocol_error")
+        return _connect_failure(exc, where)
     if step is Step.SEND:
         if isinstance(exc, (http.client.HTTPException, ValueError)):  # our serializer refused the head
             return BadRequest(f"request cannot be forwarded: {exc}")
@@ -57,7 +67,7 @@ def upstream_failure(step: Step, where: str, exc: BaseException | None = None, *
         return UpstreamTimeout(f"{where} stopped reading the request body", kind="connection_write_timeout")
     if step is Step.RESPONSE:
         if timeout:
-            return UpstreamTimeout(f"no response from {where} within {read_timeout:g}s",
+            return UpstreamTimeout(f"no response from {where} within {waited:g}s",
                                    kind="http_response_timeout")
         if isinstance(exc, (Closed, http.client.RemoteDisconnected, ConnectionResetError)):
             return UpstreamError(f"{where} closed the connection without a response",
@@ -72,6 +82,14 @@ def upstream_failure(step: Step, where: str, exc: BaseException | None = None, *
         return UpstreamError(f"{where} sent {short[0]} of {short[1]} body bytes",
                              kind="http_response_incomplete")
     return UpstreamError(f"{where} broke off the response body", kind="http_response_incomplete")
+
+
+def switch_failure(where: str, *, offered: bool) -> ProxyError:
+    """A 101 that cannot be relayed: to a protocol the client did not offer, or with no Upgrade sent."""
+    if offered:
+        return UpstreamError(f"{where} switched to a protocol that was not offered",
+                             kind="http_upgrade_failed")
+    return UpstreamError(f"{where} switched protocols unasked", kind="http_upgrade_failed")
 
 
 def _connect_failure(exc: BaseException | None, where: str) -> ProxyError:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..http1.errors import ProxyError
-from .chaos import Chaos, ChaosChoice
+from .chaos import Chaos, ChaosChoice, Outcome
 from .replay import Replay
 from .rules import (
     Close,
@@ -30,6 +30,7 @@ from .rules import (
     FirstByteDelay,
     Fragment,
     Match,
+    Passthrough,
     PathMatcher,
     RefuseConnect,
     RequireAuth,
@@ -38,6 +39,7 @@ from .rules import (
     Rule,
     Stall,
     Throttle,
+    TlsFailure,
     Truncate,
 )
 
@@ -86,6 +88,7 @@ class Request:
     path: str
     url: str
     body: bytes | None = None
+    intercepted: bool = False  # a CONNECT whose requests the proxy will see (and plan) one by one
 
     @property
     def route(self) -> str:
@@ -102,6 +105,7 @@ class Plan:
     auth: tuple[str, str] | None = None
     error: ProxyError | None = None
     close: bool = False
+    tls_failure: bool = False  # a tunnel: 200, then a fatal TLS alert to the client's ClientHello
     answer: Answer | None = None
     shape: Shape = field(default_factory=Shape)
     chaos: list[ChaosChoice] = field(default_factory=list)
@@ -126,14 +130,14 @@ class Faults:
     def add(self, rule: R) -> R:
         """Append a rule. Raises ValueError if an earlier rule leaves it nothing to match."""
         with self._lock:
-            self._added += 1
-            rule.number = self._added
+            rule.number = self._added + 1
             for earlier in self._rules:
                 if _shadows(earlier, rule):
                     raise ValueError(
                         f"fault rule {rule.describe()} can never fire: rule {earlier.describe()} "
                         "comes first, has no times= limit and matches every request it would; "
                         "give the earlier rule times=N, or narrow it")
+            self._added += 1
             self._rules = [*self._rules, rule]
         return rule
 
@@ -175,7 +179,7 @@ class Faults:
                     plan.fired.append(rule.name)
                 if _answered(plan):
                     return plan
-        if self.strict:
+        if self.strict and "passthrough" not in plan.fired and not request.intercepted:
             plan.fired.append(UNPLANNED)
             plan.error = ProxyError(f"strict mode: no rule answers {request.method} {request.url}, "
                                     "so it was not sent on", status=502, kind="http_request_denied")
@@ -183,7 +187,7 @@ class Faults:
 
 
 def _answered(plan: Plan) -> bool:
-    return plan.error is not None or plan.close or plan.answer is not None
+    return plan.error is not None or plan.close or plan.tls_failure or plan.answer is not None
 
 
 def _shadows(earlier: Rule, later: Rule) -> bool:
@@ -211,6 +215,10 @@ def _apply(rule: Rule, request: Request, plan: Plan) -> bool:
                                 kind="proxy_internal_response")
     elif isinstance(rule, Close):
         plan.close = True
+    elif isinstance(rule, TlsFailure):
+        plan.tls_failure = True
+    elif isinstance(rule, Passthrough):
+        pass  # fires (and counts) so that strict mode lets the request through
     elif isinstance(rule, DnsError):
         plan.error = ProxyError(f"cannot resolve {request.host}: name not known (a fault rule)",
                                 status=502, kind="dns_error")
@@ -264,17 +272,24 @@ def _throttle(rule: Throttle, shape: Shape) -> bool:
 def _chaos(choice: ChaosChoice, plan: Plan) -> None:
     plan.chaos.append(choice)
     plan.delay += choice.latency
-    if choice.outcome.startswith("error"):
-        status = int(choice.outcome.split()[1])
-        plan.error = ProxyError(f"failure injected by chaos ({choice})", status=status,
+    if choice.outcome is Outcome.ERROR and choice.status is not None:
+        plan.error = ProxyError(f"failure injected by chaos ({choice})", status=choice.status,
                                 kind="proxy_internal_response")
-    elif choice.outcome == "reset":
+    elif choice.outcome is Outcome.RESET:
         plan.shape.reset_after = 0
-    elif choice.outcome == "truncate":
+    elif choice.outcome is Outcome.TRUNCATE:
         plan.shape.truncate_after = 0
 
 
 def _replay(rule: Replay, request: Request, plan: Plan) -> bool:
+    if request.exchange is Exchange.TUNNEL:
+        if rule.strict and not request.intercepted:  # nothing inside a blind tunnel can be replayed
+            plan.fired.append(UNPLANNED)
+            plan.error = ProxyError(f"CONNECT {request.host} is a blind tunnel, so the cassette "
+                                    f"{rule.source} cannot answer what goes through it; "
+                                    "call fwdproxy.intercept()",
+                                    status=502, kind="http_request_denied")
+        return False
     entry = rule.take(request.method, request.url, request.body if rule.match_body else None)
     if entry is not None:
         plan.answer = Answer(entry.status, entry.body, entry.headers)

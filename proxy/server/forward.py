@@ -24,7 +24,7 @@ from ..http1.headers import HOP_BY_HOP, Headers, content_length, end_to_end, htt
 from ..http1.target import Origin
 from ..record.flows import Flow, elapsed_ms
 from .downstream import Downstream
-from .failures import Closed, Step, upstream_failure
+from .failures import Closed, Step, switch_failure, upstream_failure
 from .pool import Pool, UpstreamConnection, UpstreamResponse
 from .rewrite import HeaderEdit, edit_fields
 from .routing import Parent
@@ -303,7 +303,7 @@ def _read_head(conn: UpstreamConnection, req: Request, *, retry_safe: bool) -> U
                                                               ConnectionResetError)):
             raise Closed() from exc
         raise upstream_failure(Step.RESPONSE, req.where, exc, timed_out=timed_out,
-                               read_timeout=conn.read_timeout) from exc
+                               waited=conn.read_timeout) from exc
     assert isinstance(resp, UpstreamResponse)
     return resp
 
@@ -382,8 +382,7 @@ def _switch(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow
     assert req.upgrade is not None
     protocol = upgrade.accepted(fields, req.upgrade)
     if protocol is None:
-        raise UpstreamError(f"{req.where} switched to a protocol that was not offered",
-                            kind="http_upgrade_failed")
+        raise switch_failure(req.where, offered=True)
     flow.status = 101
     framing = [("Connection", "Upgrade"), ("Upgrade", protocol), ("Via", _via(resp, req))]
     headers = end_to_end(fields, _REPLACED_DOWN)
@@ -406,8 +405,7 @@ def _response_framing(resp: UpstreamResponse, req: Request) -> tuple[list[tuple[
     """End-to-end response fields, and the body length if known (framing was checked in begin())."""
     if resp.status == 101:
         # Upgrade is hop-by-hop and was not forwarded, so a switch is a protocol error.
-        raise UpstreamError(f"{req.where} switched protocols unasked",
-                            kind="http_upgrade_failed")
+        raise switch_failure(req.where, offered=False)
     headers: Headers = resp.headers  # type: ignore[assignment]
     fields = end_to_end(headers, _REPLACED_DOWN)
     if req.response_edits:

@@ -27,7 +27,7 @@ from typing import cast
 
 from ..http1 import maxforwards, responses, upgrade
 from ..http1.chunked import read_chunked
-from ..http1.errors import Abort, BadRequest, Forbidden, LoopDetected, ProxyError
+from ..http1.errors import Abort, AuthRequired, BadRequest, Forbidden, LoopDetected, ProxyError
 from ..http1.headers import (
     Headers,
     RequestLine,
@@ -38,6 +38,7 @@ from ..http1.headers import (
     request_body_length,
 )
 from ..http1.target import Origin, parse_absolute, parse_authority
+from ..record import metrics
 from ..record.flows import Flow, elapsed_ms
 from ..tls.stream import TLSStream
 from . import intercept, pac, rewriting
@@ -48,14 +49,15 @@ from .faults import Request as FaultRequest
 from .forward import SMALL_BODY, Request, Upgraded, forward
 from .policy import check_connect_port, check_credentials, client_allowed
 from .rewrite import tunnel_block
-from .shaping import ShapedDownstream
+from .shaping import ShapedDownstream, fail_handshake
 from .shared import ServerBase
 
 log = logging.getLogger("fwdproxy")
 
 _ESTABLISHED = responses.head(200, [], "Connection Established")
 _HINT = ("this is a forward proxy: send absolute-form requests (GET http://host/path) "
-         "or CONNECT host:port; GET /healthz reports status, GET /proxy.pac is a PAC file")
+         "or CONNECT host:port; GET /healthz reports status, GET /metrics counts traffic, "
+         "GET /proxy.pac is a PAC file")
 # RFC 9112 section 2.2: empty lines before a request line are ignored (a few).
 _MAX_EMPTY_LINES = 4
 _USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
@@ -82,7 +84,6 @@ class ProxyHandler(BaseHTTPRequestHandler):
         super().setup()
         host, port = self.client_address[:2]
         self.client_ip = host
-        self.client_allowed = client_allowed(host, self.server.config.allow_from)  # once per connection
         self.client_label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         assert isinstance(self.rfile, io.BufferedReader)  # StreamRequestHandler.rbufsize is -1
         # Blocking socket, no socket timeout: the watchdog enforces every phase's deadline.
@@ -208,7 +209,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _admit(self, headers: Headers) -> None:
         """Client network, credentials and loop checks; each refusal raises its status."""
         config = self.server.config
-        if not self.client_allowed:
+        if not self.server.live.admits(self.client_ip):  # per exchange: SIGHUP may change it
             raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
         if config.auth:
             check_credentials(headers.get("proxy-authorization"), config.auth)
@@ -365,7 +366,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         faults = self.server.faults
         body = self._preread(req) if req is not None and faults.wants_body else None
         exchange = Exchange.TUNNEL if req is None else Exchange.HTTP
-        plan = faults.plan(FaultRequest(exchange, method, host, path, flow.url, body))
+        plan = faults.plan(FaultRequest(exchange, method, host, path, flow.url, body, intercepting))
         flow.faults += plan.fired
         if plan.delay and not intercepting:  # an intercepted tunnel's requests are delayed one by one
             time.sleep(plan.delay)
@@ -377,6 +378,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             raise plan.error
         if plan.close:
             raise Abort("connection closed without a response by a fault rule")
+        if plan.tls_failure:
+            flow.status = 200
+            fail_handshake(self.downstream, _ESTABLISHED)
         if req is not None and plan.answer:
             if body is None:
                 self._discard_body(req.body_length, flow, req.capture)
@@ -426,24 +430,27 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return b""
 
     def _local(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
-        """Requests addressed to the proxy itself: health status (open to all), otherwise a hint."""
+        """Requests addressed to the proxy itself: health (open to all), metrics, otherwise a hint."""
         flow.kind = "local"
-        if line.target.split("?")[0] == "/proxy.pac" and line.method in ("GET", "HEAD"):
+        path = line.target.split("?")[0]
+        if path == "/proxy.pac" and line.method in ("GET", "HEAD"):
             return self._pac(line, headers, flow)
-        if line.target.split("?")[0] != "/healthz" or line.method not in ("GET", "HEAD"):
+        if path not in ("/healthz", "/metrics") or line.method not in ("GET", "HEAD"):
             raise BadRequest(_HINT)
         if request_body_length(headers):
-            raise BadRequest("/healthz takes no body")
-        body = (json.dumps(self.server.status()) + "\n").encode()
+            raise BadRequest(f"{path} takes no body")
+        if path == "/metrics":
+            body, content_type = self._metrics(headers), metrics.CONTENT_TYPE
+        else:
+            body, content_type = (json.dumps(self.server.status()) + "\n").encode(), "application/json"
         keep = persistent_client(line.version, headers)
-        self._send(responses.own(200, body, "application/json", head_only=line.method == "HEAD",
-                                 close=not keep))
+        self._send(responses.own(200, body, content_type, head_only=line.method == "HEAD", close=not keep))
         flow.status, flow.bytes_down = 200, len(body)
         return keep
 
     def _pac(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
         """The proxy auto-config file, naming this proxy as the client reached it (its Host)."""
-        if not self.client_allowed:
+        if not self.server.live.admits(self.client_ip):
             raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
         if request_body_length(headers):
             raise BadRequest("/proxy.pac takes no body")
@@ -456,6 +463,22 @@ class ProxyHandler(BaseHTTPRequestHandler):
                                  close=not keep))
         flow.status, flow.bytes_down = 200, len(body)
         return keep
+
+    def _metrics(self, headers: Headers) -> bytes:
+        """Prometheus text, for clients in metrics_allow_from (loopback) or with valid credentials."""
+        config = self.server.config
+        if not config.metrics:
+            raise BadRequest("metrics are turned off on this proxy (--no-metrics)", status=404)
+        if not client_allowed(self.client_ip, config.metrics_allow_from):
+            # Prometheus sends basic_auth as Authorization; proxy clients send Proxy-Authorization.
+            credentials = headers.get("authorization") or headers.get("proxy-authorization")
+            if not config.auth or credentials is None:
+                raise Forbidden("/metrics answers loopback clients, or clients with proxy credentials")
+            try:
+                check_credentials(credentials, config.auth)
+            except AuthRequired:
+                raise Forbidden("wrong credentials for /metrics") from None
+        return self.server.metrics.render(self.server.status()).encode()
 
     def _send_error(self, exc: ProxyError, head_only: bool = False) -> None:
         self._send(responses.error(exc, self.server.via_name, head_only=head_only))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from ..config import Config
-from ..http1.errors import Abort, BadRequest, Forbidden, ProxyError, UpstreamTimeout
+from ..http1.errors import Abort, BadRequest, Forbidden
 from ..http1.target import Origin, parse_absolute
 from ..tls.ca import LocalCA, default_ca_dir
 from ..tls.contexts import OriginTLS
@@ -181,19 +181,12 @@ class UpstreamTLSConnection(UpstreamConnection):
         try:
             sock.do_handshake()
         except (OSError, ValueError) as exc:
-            timed_out = self.timed_out() or isinstance(exc, TimeoutError)
+            timed_out = self.timed_out()
             self.close()
-            raise self._handshake_error(exc, timed_out) from exc
+            raise upstream_failure(Step.HANDSHAKE, self.origin.authority, exc, timed_out=timed_out,
+                                   waited=self.connect_timeout) from exc
         if self.deadline is not None:
             self.deadline.clear()
         else:
             sock.settimeout(self.read_timeout)
 
-    def _handshake_error(self, exc: Exception, timed_out: bool) -> ProxyError:
-        where = self.origin.authority
-        if timed_out:
-            return UpstreamTimeout(f"TLS handshake with {where} not completed within "
-                                   f"{self.connect_timeout:g}s", kind="connection_timeout")
-        if isinstance(exc, ssl.SSLError):
-            return upstream_failure(Step.CONNECT, where, exc)  # certificate or protocol error
-        return upstream_failure(Step.CONNECT, where, ssl.SSLError(f"the connection ended: {exc}"))

@@ -23,21 +23,20 @@ from typing import Any
 
 from .. import __version__
 from ..config import Config
-from ..http1.headers import Limits
+from ..http1 import responses
+from ..http1.errors import ProxyError
 from ..http1.target import Origin
 from ..record.flows import Flow, FlowLog, Sink, log_sink
+from ..record.metrics import Metrics
 from ..record.recording import Recording
 from ..tls.contexts import OriginTLS
-from .connect import ConnectFn, Connector
+from .connect import ConnectFn
 from .descriptors import Budget, soft_limit
-from .dialler import Dialler
 from .faults import Faults
 from .handler import ProxyHandler
 from .intercept import UpstreamTLSConnection, configured_interception
-from .policy import HostRules
+from .live import Live
 from .pool import Pool, UpstreamConnection
-from .rewrite import parse_rules
-from .routing import Router
 from .shared import Client, ServerBase
 from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
@@ -57,24 +56,11 @@ class ProxyServer(ServerBase):
 
     def __init__(self, config: Config | None = None, *, connect: ConnectFn = socket.create_connection,
                  sinks: list[Sink] | None = None) -> None:
-        self.config = config = config or Config()
-        self.limits = Limits(config.max_request_line, config.max_header_bytes, config.max_header_count)
-        self.host_rules = HostRules(config.allow_hosts, config.deny_hosts)
+        self._connect_fn = connect
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
-        self.router = Router.from_settings(config.upstream_proxy, config.upstream_bypass,
-                                           config.upstream_routes)
-        self.rules = parse_rules(config.rewrite_rules)
-        def own() -> tuple[str, int]:
-            return str(self.server_address[0]), self.port
-
-        # The one seam for connections to targets (tunnels, pooled origins, TLS to origins):
-        # direct, or through a CONNECT to the parent. Only the parent's own pooled connections,
-        # which carry plain HTTP in absolute-form, are dialled beside it (parent_dial).
-        self.connect = Dialler(Connector(connect, deny_private=config.deny_private, own_address=own),
-                               self.router, via_name=self.via_name, read_timeout=config.timeout,
-                               parent_connector=Connector(connect, own_address=own),
-                               deny_private=config.deny_private)
+        self.live = Live.build(config or Config(), connect, self._own_address, self.via_name)
+        config = self.config
         self.faults = Faults()
         self.interception = configured_interception(config) if config.intercept else None
         self._origin_tls: OriginTLS | None = None
@@ -104,6 +90,9 @@ class ProxyServer(ServerBase):
         self.flows = FlowLog([log_sink(self.config.log_format)] if sinks is None else sinks)
         for sink in self.recording.sinks:
             self.flows.add(sink)
+        self.metrics = Metrics()
+        if self.config.metrics:
+            self.flows.add(self.metrics.observe)
         self.started = time.monotonic()
         self.stopping = False
         self._clients: set[Client] = set()
@@ -115,6 +104,13 @@ class ProxyServer(ServerBase):
         self._detached: set[socket.socket] = set()  # client sockets the relay now owns
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def apply_config(self, config: Config) -> None:
+        """Use ``config`` for new exchanges (established connections stay; see reload.py)."""
+        self.live = Live.build(config, self._connect_fn, self._own_address, self.via_name)
+
+    def _own_address(self) -> tuple[str, int]:
+        return str(self.server_address[0]), self.port
 
     def server_close(self) -> None:
         super().server_close()
@@ -377,10 +373,10 @@ class ProxyServer(ServerBase):
 
 def _busy_response(name: str) -> bytes:
     body = b"fwdproxy: too many client connections; retry shortly\n"
-    return (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-            b'Proxy-Status: %s; error=proxy_internal_error; details="too many client connections"\r\n'
-            b"Content-Length: %d\r\n\r\n%s" % (name.encode(), len(body), body))
+    busy = ProxyError("too many client connections", status=503)
+    return responses.head(503, [("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8"),
+                                ("Connection", "close"), ("Proxy-Status", responses.proxy_status(name, busy)),
+                                ("Content-Length", str(len(body)))]) + body
 
 
 def _open_spare() -> int | None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .rules import Rule
+from .rules import Exchange, Rule
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Replay(Rule):
     strict: bool = True  # a request with no recording left gets a 502 and counts as unplanned
     _played: set[int] = field(default_factory=set, init=False)
     name: ClassVar[str] = "replay"
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)  # a blind CONNECT is refused
 
     def take(self, method: str, url: str, body: bytes | None) -> Recorded | None:
         """The first unplayed recording for this request (call with the registry's lock held)."""

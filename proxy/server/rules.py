@@ -154,6 +154,15 @@ class DnsError(Rule):
 
 
 @dataclass(eq=False, repr=False)
+class TlsFailure(Rule):
+    """A CONNECT answered 200, then the client's TLS handshake refused with a fatal alert."""
+
+    name: ClassVar[str] = "tls_failure"
+    answers: ClassVar[bool] = True
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset({Exchange.TUNNEL})
+
+
+@dataclass(eq=False, repr=False)
 class RefuseConnect(Rule):
     status: int = 403
     name: ClassVar[str] = "refuse_connect"
@@ -165,6 +174,14 @@ class RefuseConnect(Rule):
 
 
 # -- rules that change how the exchange goes ---------------------------------------
+
+
+@dataclass(eq=False, repr=False)
+class Passthrough(Rule):
+    """Changes nothing, but plans the request: strict mode lets it reach its origin."""
+
+    name: ClassVar[str] = "passthrough"
+    acts_on: ClassVar[frozenset[Exchange]] = frozenset(Exchange)
 
 
 @dataclass(eq=False, repr=False)

@@ -16,7 +16,7 @@ import socket
 import struct
 import time
 
-from ..http1.errors import Abort
+from ..http1.errors import Abort, BadRequest
 from .downstream import Downstream
 from .faults import Shape
 
@@ -178,3 +178,25 @@ class _PacedReader(io.BufferedReader):
 
     def peek(self, size: int = 0) -> bytes:
         return self.inner.peek(size)
+
+
+# RFC 8446 section 6 (and 5246 section 7.2): an alert record, TLS 1.2 on the wire, fatal handshake_failure.
+_HANDSHAKE_FAILURE = bytes([21, 3, 3, 0, 2, 2, 40])
+
+
+def fail_handshake(client: Downstream, established: bytes) -> None:
+    """Open the tunnel (200), read the client's first TLS record, answer it with a fatal alert, close.
+
+    No origin is dialled: the client sees its handshake refused, as from a
+    server or an interception it does not accept.
+    """
+    client.send(established)
+    try:
+        header = client.read_exact(5)  # the record header of the ClientHello
+        if header[0] == 22:  # a handshake record: read it whole, so the close is not a reset
+            client.read_exact(int.from_bytes(header[3:5], "big"))
+    except BadRequest as exc:  # the client went away or sent less than a record: the alert is all it gets
+        client.send(_HANDSHAKE_FAILURE)
+        raise Abort("TLS handshake failed by a fault rule (the client sent no ClientHello)") from exc
+    client.send(_HANDSHAKE_FAILURE)
+    raise Abort("TLS handshake failed by a fault rule")

@@ -15,9 +15,11 @@ from typing import Any, Protocol
 from ..config import Config
 from ..http1.headers import Limits
 from ..record.flows import Flow, FlowLog
+from ..record.metrics import Metrics
 from .dialler import Dialler
 from .faults import Faults
 from .intercept import Interception
+from .live import Live
 from .policy import HostRules
 from .pool import Pool
 from .rewrite import Rule
@@ -37,19 +39,39 @@ class Client(Protocol):
 class ServerBase(ThreadingHTTPServer):
     """The state every connection of one server shares, and the calls a handler makes on it."""
 
-    config: Config
-    limits: Limits
-    host_rules: HostRules
+    live: Live  # what exchanges read: one reference, swapped whole by a reload
+    metrics: Metrics
     via_name: str
     watchdog: Watchdog
     faults: Faults
-    connect: Dialler  # the routed dialler: direct, or a CONNECT through the parent
-    router: Router
-    rules: tuple[Rule, ...]
     interception: Interception | None  # TLS interception, when on (the plugin turns it on per test)
     pool: Pool
     flows: FlowLog
     stopping: bool
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    @property
+    def host_rules(self) -> HostRules:
+        return self.live.host_rules
+
+    @property
+    def limits(self) -> Limits:
+        return self.live.limits
+
+    @property
+    def connect(self) -> Dialler:
+        return self.live.connect
+
+    @property
+    def router(self) -> Router:
+        return self.live.router
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.live.rules
 
     def track(self, client: Client) -> None:
         raise NotImplementedError

@@ -19,14 +19,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..record.flows import Flow
+from ..record.flows import REDACTED, SECRET_FIELDS, Flow
 from ..record.har import har_log
 from ..server.replay import Recorded
 
 MODES = ("none", "once", "new", "all")
-# Header fields whose values never reach a cassette unless asked for.
-REDACT = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token")
-REDACTED = "[redacted]"
+# Header fields whose values never reach a cassette unless asked for: the recordings' secrets, and API keys.
+REDACT = (*sorted(SECRET_FIELDS), "x-api-key", "x-auth-token")
 # Framing and hop-by-hop fields a replayed answer does not repeat: the proxy frames it anew.
 _NOT_REPLAYED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "via",
                            "proxy-connection", "trailer", "upgrade"})

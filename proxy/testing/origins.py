@@ -11,9 +11,11 @@ fwdproxy's own test suite uses them too; this module knows nothing of pytest.
 
 from __future__ import annotations
 
+import logging
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
+log = logging.getLogger("fwdproxy.origin")
 DEFAULT_CERT_NAMES = ("localhost", "127.0.0.1", "::1")
 Fields = Mapping[str, str] | list[tuple[str, str]]
 
@@ -92,7 +95,12 @@ class OriginConnection(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():  # answers a malformed head itself (and Expect: 100-continue)
                 return
-            request = OriginRequest(self.command, self.path, list(self.headers.items()), self._body(),
+            try:
+                body = self._body()
+            except ValueError:  # a chunk size that is not hex: a broken body, not a request
+                self.close_connection = True
+                return
+            request = OriginRequest(self.command, self.path, list(self.headers.items()), body,
                                     self.client_address[:2], self.request_version, self.number)
             self.server.record(request)
             route = self.server.route_for(request.path)
@@ -101,7 +109,7 @@ class OriginConnection(BaseHTTPRequestHandler):
             else:
                 route(self, request)
             self.wfile.flush()
-        except (OSError, ValueError):  # the peer hung up, failed TLS, or sent a broken body
+        except OSError:  # the peer hung up or failed TLS: the test's business, not the origin's
             self.close_connection = True
 
     def _reply(self, handler: OriginHandler, request: OriginRequest) -> None:
@@ -267,7 +275,10 @@ class Origin(ThreadingHTTPServer):
             self.requests.append(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that hangs up or rejects the certificate is the test's business, not stderr's
+        """A route or handler that failed: logged (pytest shows it with a failing test), never printed."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):  # a client that hangs up or rejects the certificate is no error
+            log.error("origin %s failed serving %s", self.url(), client_address, exc_info=exc)
 
     def start(self) -> Self:
         # A short poll: stop() waits for the serving loop to notice, once per test.

@@ -59,8 +59,8 @@ def pytest_configure(config: pytest.Config) -> None:
 _MARKERS = (
     "fwdproxy_strict: fwdproxy refuses requests no rule answers; the test fails at teardown naming them",
     "fwdproxy_all_rules_used: the test fails at teardown if a fwdproxy fault rule fired less than planned",
-    "fwdproxy_cassette(name, match_body=True, redact=...): replay (or with --fwdproxy-record, record) "
-    "the test's exchanges from the HAR file name, next to the test",
+    "fwdproxy_cassette(name, record=None, match_body=True, redact=...): replay (or with --fwdproxy-record "
+    "or record=, record) the test's exchanges from the HAR file name, next to the test",
 )
 
 
@@ -124,7 +124,7 @@ def _use_cassette(proxy: FwdProxy, request: pytest.FixtureRequest) -> Callable[[
     if marker is None:
         return None
     if len(marker.args) != 1:
-        raise pytest.UsageError("@pytest.mark.fwdproxy_cassette takes one file name, e.g. (\"api.har\")")
+        raise cassette.CassetteError("@pytest.mark.fwdproxy_cassette takes one file name, e.g. (\"api.har\")")
     path = proxy.test_dir / str(marker.args[0])
     mode = cassette.check_mode(str(marker.kwargs.get("record", request.config.getoption("fwdproxy_record",
                                                                                          "none"))))
@@ -138,7 +138,7 @@ def _use_cassette(proxy: FwdProxy, request: pytest.FixtureRequest) -> Callable[[
 
     def write() -> None:
         flows = proxy.flows.all()
-        tunnels = [flow.url for flow in flows if flow.kind == "tunnel"]
+        tunnels = [flow.url for flow in flows if flow.kind == "tunnel" and not flow.intercepted]
         if tunnels:
             raise AssertionError(f"cannot record into {path}: HTTPS went through blind CONNECT tunnels to "
                                  f"{', '.join(tunnels)}, whose contents the proxy cannot see")

@@ -28,6 +28,7 @@ from ..server.rules import (
     FirstByteDelay,
     Fragment,
     Match,
+    Passthrough,
     PathMatcher,
     RefuseConnect,
     RequireAuth,
@@ -36,6 +37,7 @@ from ..server.rules import (
     Rule,
     Stall,
     Throttle,
+    TlsFailure,
     Truncate,
 )
 from .origins import Fields, fields_list
@@ -81,10 +83,19 @@ class RuleBook:
         """Answer as if ``host`` (a glob) did not resolve: 502 with ``Proxy-Status: ...; error=dns_error``."""
         return self._add(DnsError(_match(method, host, path), times))
 
+    def tls_failure(self, host: str = "*", *, times: int | None = None) -> TlsFailure:
+        """Open the tunnel to ``host`` (a glob), then fail the client's TLS handshake with a fatal alert."""
+        return self._add(TlsFailure(_match("CONNECT", host, None), times))
+
     def refuse_connect(self, host: str = "*", status: int = 403, *,
                        times: int | None = None) -> RefuseConnect:
         """Answer CONNECT to ``host`` (a glob) with ``status`` instead of a tunnel."""
         return self._add(RefuseConnect(_match("CONNECT", host, None), times, status=status))
+
+    def passthrough(self, *, times: int | None = None, method: str | None = None, host: str | None = None,
+                    path: PathMatcher = None) -> Passthrough:
+        """Let matching requests (and CONNECTs) reach their origin in strict mode, as planned."""
+        return self._add(Passthrough(_match(method, host, path), times))
 
     # -- changes to the exchange --------------------------------------------------
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .ca import CAError, LocalCA, default_ca_dir
 
-TRUST_HINT = "trust it with `eval \"$(fwdproxy ca env)\"`; other clients: docs/interception.md"
+TRUST_HINT = ("trust it with `eval \"$(fwdproxy ca env)\"` (`python3 -m proxy ca env` in a checkout); "
+              "other clients: docs/interception.md")
 
 
 def ca_dir(value: str | None) -> Path:

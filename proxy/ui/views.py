@@ -81,7 +81,8 @@ def flow_json(stored: StoredFlow) -> Json:
             "http_version": f.http_version, "host": f.host, "port": f.port, "path": f.path,
             "status": f.status, "reason": f.reason, "started": f.started,
             "duration_ms": round(f.duration_ms, 2), "timings": _timings(f),
-            "upstream_reused": f.upstream_reused, "faults": list(f.faults), "error": f.error,
+            "upstream_reused": f.upstream_reused, "intercepted": f.intercepted,
+            "upstream_tls": f.upstream_tls, "faults": list(f.faults), "error": f.error,
             "error_kind": f.error_kind,
             "request": _message(stored, "request"), "response": _message(stored, "response"),
             "curl": curl_command(f)}
@@ -99,7 +100,9 @@ def _message(stored: StoredFlow, part: str) -> Json:
     headers = f.request_headers if part == "request" else f.response_headers
     body = f.request_body if part == "request" else f.response_body
     size = f.bytes_up if part == "request" else f.bytes_down
+    trailers = f.response_trailers if part == "response" else []
     return {"headers": [[name, value] for name, value in headers],
+            "trailers": [[name, value] for name, value in trailers],
             "body": body_view(body, size, headers, dropped=stored.bodies_dropped, tunnel=f.kind == "tunnel")}
 
 
@@ -158,7 +161,8 @@ def raw_body(stored: StoredFlow, part: str) -> tuple[bytes, str]:
     fields = f.request_headers if part == "request" else f.response_headers
     body = f.request_body if part == "request" else f.response_body
     content_type = short_type(header(fields, "content-type"))
-    return body, content_type if content_type in IMAGE_TYPES else "application/octet-stream"
+    image = content_type in IMAGE_TYPES and not header(fields, "content-encoding")
+    return body, content_type if image else "application/octet-stream"
 
 
 def har_pairs(flows: Any) -> Any:

@@ -312,6 +312,8 @@ function renderFlow(flow) {
     ["client", flow.client],
     ["kind", flow.kind + (flow.upstream_reused === null ? "" : flow.upstream_reused ? ", upstream reused" : ", new upstream connection")],
   ];
+  if (flow.intercepted) summary.push(["TLS", "intercepted by the proxy"]);
+  if (flow.upstream_tls) summary.push(["origin TLS", "certificate " + flow.upstream_tls]);
   parts.push(keyValues(summary));
   if (flow.error) {
     parts.push(el("div", "error-box", flow.error + (flow.error_kind ? "  (Proxy-Status " + flow.error_kind + ")" : "")));
@@ -329,6 +331,9 @@ function renderFlow(flow) {
   if (flow.status) {
     parts.push(el("h3", "", "response headers"), keyValues(flow.response.headers, "response-headers"));
     parts.push(...renderBody("response body", flow.response.body, flow.id, "response"));
+    if (flow.response.trailers.length) {
+      parts.push(el("h3", "", "response trailers"), keyValues(flow.response.trailers, "response-trailers"));
+    }
   }
   parts.push(el("h3", "", "as curl"));
   const curl = el("pre", "curl", flow.curl);
