@@ -37,9 +37,10 @@ Schema (version ``SCHEMA_VERSION`` in ``PRAGMA user_version``, and
 ``APPLICATION_ID`` in ``PRAGMA application_id``): see ``SCHEMA`` below, and
 ``COLUMNS`` for the order of a flows row. An older store is read with the
 defaults of the columns it lacks, and upgraded (``MIGRATIONS``) when a
-recorder opens it; a newer one is refused. Headers are stored as "Name: value" lines in order, duplicates kept; each
-body in ``bodies`` holds at most what the proxy captured (``--capture-bodies``)
-while ``bytes_up``/``bytes_down`` hold the true sizes.
+recorder opens it; a newer one is refused. Headers are stored as "Name: value"
+lines in order, duplicates kept; each body in ``bodies`` holds at most what the
+proxy captured (``--capture-bodies``) while ``bytes_up``/``bytes_down`` hold the
+true sizes.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Fields the proxy sets itself on the way up (Host comes from the target).
 _REPLACED_UP = ("host", "content-length")
 _REPLACED_DOWN = ("content-length",)
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CONTINUE = responses.head(100, [])
 
 
 @dataclass
