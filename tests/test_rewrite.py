@@ -239,3 +239,22 @@ def test_a_reload_swaps_the_rules_and_the_parent(ruled: Ruled, origin: OriginSer
     server.apply_config(server.config.replace(rewrite_rules=(), upstream_proxy=dead))
     resp = requests.get(origin.url("/echo"), proxies=via(proxy), timeout=10)
     assert resp.status_code == 502 and dead.removeprefix("http://") in resp.text
+
+
+def test_sighup_reloads_rules_and_routes_from_the_file(ruled: Ruled, origin: OriginServer, tmp_path: Path) -> None:
+    from proxy import cli
+    from proxy.server.reload import Reloader
+
+    path = tmp_path / "fwdproxy.toml"
+    path.write_text('block = ["*/old"]\n')
+    load = lambda: cli.load_config(["--config", str(path), "--port", "0"]).config  # noqa: E731
+    proxy = ruled(("block", "*/old"))
+    reloader = Reloader(proxy.server, load, str(path))
+    path.write_text('block = ["*/new=451"]\nupstream-route = ["127.0.0.1:1=direct"]\n')
+    assert reloader.reload()
+    assert requests.get(origin.url("/new"), proxies=via(proxy), timeout=10).status_code == 451
+    assert requests.get(origin.url("/old"), proxies=via(proxy), timeout=10).status_code == 200
+    assert proxy.server.config.upstream_routes == ("127.0.0.1:1=direct",)
+    path.write_text('block = ["*=99"]\n')  # a bad rule: refused, the running rules stay
+    assert not reloader.reload()
+    assert requests.get(origin.url("/new"), proxies=via(proxy), timeout=10).status_code == 451
