@@ -110,12 +110,17 @@ class Table:
     fold: Callable[[str, str], str] = lambda name, value: f"{name}:{value}"
 
 
-# Routing (per-host upstreams) and interception (host lists) add their tables here.
+# Routing (per-host upstreams) adds its table here. A table's name must not be a flag's
+# key: TOML cannot have both ``intercept = true`` and ``[intercept]``.
 TABLES: dict[str, Table] = {
     "users": Table("proxy credentials, user = \"password\" (like --auth user:password)",
                    mapping_into="auth"),
     "hosts": Table("where clients may go: allow = [...], deny = [...] (like --allow-host/--deny-host)",
                    fields={"allow": "allow-host", "deny": "deny-host"}),
+    "interception": Table("TLS interception: enabled = true, hosts = [...], skip = [...] (like "
+                          "--intercept, --intercept-host, --no-intercept-host)",
+                          fields={"enabled": "intercept", "hosts": "intercept-host",
+                                  "skip": "no-intercept-host"}),
 }
 
 
@@ -303,7 +308,9 @@ def convert(key: Key, value: Any) -> Any:
     if key.kind == "bool":
         if not isinstance(value, bool):
             raise TypeError("")
-        return action.const if value and action.const is not None else value
+        if action.const is None:  # BooleanOptionalAction: the key is the positive spelling
+            return value
+        return action.const if value else not action.const  # store_true, or store_false ("no-x")
     if key.kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError("")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +133,21 @@ def proxy_factory() -> Iterator[Callable[..., RunningProxy]]:
 @pytest.fixture
 def proxy(proxy_factory: Callable[..., RunningProxy]) -> RunningProxy:
     return proxy_factory()
+
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+@pytest.fixture(scope="session")
+def node_packages() -> Path:
+    """tests/node/node_modules (ws, http-proxy-agent, https-proxy-agent), from the lockfile.
+
+    ./scripts/test installs them; this covers a plain ``pytest`` run after a lockfile change.
+    """
+    stamp = NODE_DIR / "node_modules" / ".fwdproxy-installed"
+    want = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
+    if not stamp.is_file() or stamp.read_text().strip() != want:
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True,
+                       timeout=300, capture_output=True)
+        stamp.write_text(want + "\n")
+    return NODE_DIR / "node_modules"

@@ -87,6 +87,9 @@ def test_the_key_table_follows_the_flags() -> None:
     """Keys are derived from the parser: the flags users know are there, --config itself is not."""
     assert {"port", "connect-timeout", "allow-from", "auth", "deny-private", "log-level"} <= set(KEYS)
     assert "config" not in KEYS and "version" not in KEYS and "help" not in KEYS
+    assert not set(config_file.TABLES) & set(KEYS), "TOML cannot hold a key and a table of one name"
+    for table in config_file.TABLES.values():  # every table folds into keys that exist
+        assert set(table.fields.values()) | {table.mapping_into} - {""} <= set(KEYS)
 
 
 def test_tables_fold_into_their_flags(tmp_path: Path) -> None:
@@ -96,6 +99,13 @@ def test_tables_fold_into_their_flags(tmp_path: Path) -> None:
     assert config.auth == (("alice", "s3cret"), ("bob", "pa:ss"))
     assert config.allow_hosts == ("*.example.com", "127.0.0.1")
     assert config.deny_hosts == ("bad.example.com",)
+
+
+def test_the_interception_table(tmp_path: Path) -> None:
+    path = write(tmp_path, '[interception]\nenabled = true\nhosts = ["*.example.com"]\nskip = ["pinned.example.com"]\n')
+    config = load("--config", path).config
+    assert (config.intercept, config.intercept_hosts, config.no_intercept_hosts) == (
+        True, ("*.example.com",), ("pinned.example.com",))
 
 
 def test_precedence_flag_then_env_then_file_then_default(tmp_path: Path,
@@ -159,6 +169,14 @@ def test_config_show_output_is_a_config_file(tmp_path: Path) -> None:
     out = run_cli("config", "show", "--config", path)
     again = write(tmp_path, out.stdout, "again.toml")
     assert load("--config", again).config == load("--config", path).config
+
+
+def test_a_negative_flag_reads_as_its_own_name() -> None:
+    """A store_false flag such as --no-pool is the key no-pool: true turns the thing off."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-pool", dest="pool", action="store_false")
+    key = config_file.flag_keys(parser)["no-pool"]
+    assert (config_file.convert(key, True), config_file.convert(key, False)) == (False, True)
 
 
 def test_redaction_covers_urls_with_userinfo() -> None:

@@ -37,15 +37,6 @@ def api(fwdproxy: FwdProxy, origin_https: Origin) -> Origin:
     return origin_https
 
 
-@pytest.fixture(scope="session")
-def node_packages() -> Path:
-    """tests/node/node_modules, installed from the lockfile if scripts/test has not done it yet."""
-    if not (NODE / "node_modules" / "https-proxy-agent").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE, check=True,
-                       timeout=300, capture_output=True)
-    return NODE / "node_modules"
-
-
 def node(proxy: FwdProxy, url: str, *, ca_file: str | None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "NODE_EXTRA_CA_CERTS"}
     if ca_file:

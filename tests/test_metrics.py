@@ -171,3 +171,13 @@ def test_dropped_flows_hook_and_worker_label() -> None:
     assert value(got, "fwdproxy_exchange_duration_seconds_bucket", kind="http", le="0.001", worker="2") == 0
     assert value(got, "fwdproxy_info", version=__version__, name="fwdproxy-abc", worker="2") == 1
     assert all(("worker", "2") in labels for _, labels in got)
+
+
+def test_recorders_dropped_flows_come_from_the_status() -> None:
+    """The recording sinks count their own drops; a scrape reads them from the server's status."""
+    status = {"record": {"store": {"written": 9, "dropped_flows": 2, "dropped_bodies": 3},
+                         "jsonl": {"written": 11, "dropped_flows": 0, "dropped_bodies": 0}}}
+    got = samples(Metrics().render(status))
+    assert value(got, "fwdproxy_flows_dropped_total", sink="store") == 2
+    assert value(got, "fwdproxy_flow_bodies_dropped_total", sink="store") == 3
+    assert ("fwdproxy_flows_dropped_total", frozenset({("sink", "jsonl")})) in got

@@ -273,3 +273,22 @@ def test_passthrough_plans_requests_and_tunnels_in_strict_mode(fwdproxy: FwdProx
     assert get(fwdproxy, origin_http.url("/closed")).status_code == 502  # negative control
     assert [flow.path for flow in fwdproxy.unplanned] == ["/closed"]
     fwdproxy.unplanned.clear()
+
+
+def test_assert_called_waits_for_a_client_still_running(fwdproxy: FwdProxy, origin_http: Origin) -> None:
+    import threading
+
+    go = threading.Event()
+
+    def client() -> None:
+        go.wait(5)
+        for _ in range(2):
+            get(fwdproxy, origin_http.url("/later"))
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    with pytest.raises(AssertionError, match=r"found 0; .* saw no flows"):
+        fwdproxy.flows.assert_called(path="/later")  # no timeout: what has happened so far
+    go.set()
+    assert len(fwdproxy.flows.assert_called(path="/later", times=2, timeout=5)) == 2
+    worker.join()

@@ -20,7 +20,10 @@ from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_pla
 from ui_setup import ITEMS, XSS_HEADER, Capture
 
 from proxy.config import Config
+from proxy.record.flows import Flow
+from proxy.record.store import Recorder
 from proxy.server.listener import ProxyServer
+from proxy.ui.app import UiServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DIALOGS: list[str] = []  # alert() and friends the page opened during the current test
@@ -210,5 +213,29 @@ def test_a_rebinding_name_is_refused(browser: Browser, capture: Capture) -> None
         # The control: the same browser and token through a loopback name get the page.
         response = page.goto(f"http://localhost:{capture.ui.port}/?token={capture.ui.token}")
         assert response is not None and response.status == 200
+    finally:
+        context.close()
+
+
+def test_a_long_capture_loads_a_page_at_a_time_as_the_list_scrolls_back(browser: Browser, tmp_path: Path) -> None:
+    store = tmp_path / "long.sqlite"
+    with Recorder(store) as recorder:
+        for n in range(1, 451):
+            recorder(Flow(kind="http", client="127.0.0.1:1", method="GET", url=f"http://api.test/items/{n}",
+                          status=200, host="api.test", port=80, path=f"/items/{n}", started=1_700_000_000 + n))
+        assert recorder.flush()
+    context = browser.new_context(viewport={"width": 1200, "height": 700})
+    try:
+        with UiServer(store, port=0, live=False) as ui:
+            page = context.new_page()
+            page.goto(ui.url)
+            expect(page.locator("#count")).to_have_text("450 flows")
+            expect(rows(page)).to_have_count(200)  # the newest page only
+            expect(rows(page).last.locator(".c-path")).to_have_text("/items/450")
+            page.locator("#list").evaluate("list => { list.scrollTop = 0; }")
+            expect(rows(page)).to_have_count(400)  # one more page, fetched by id cursor
+            page.locator("#list").evaluate("list => { list.scrollTop = 0; }")
+            expect(rows(page)).to_have_count(450)
+            expect(rows(page).first.locator(".c-path")).to_have_text("/items/1")
     finally:
         context.close()

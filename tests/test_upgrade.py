@@ -31,9 +31,7 @@ if TYPE_CHECKING:
     from servers import OriginServer, RawOrigin
 
 
-NODE_DIR = Path(__file__).resolve().parent / ".node"
 NODE_SCRIPT = Path(__file__).resolve().parent / "node" / "ws_through_proxy.js"
-NODE_PACKAGES = ("ws@8", "http-proxy-agent@7")
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +49,15 @@ def ws_origin() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def node_ws() -> Path:
-    """Node with ws and http-proxy-agent, installed once into tests/.node (ignored by git)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are not installed")
-    if not (NODE_DIR / "node_modules" / "http-proxy-agent").is_dir():
-        NODE_DIR.mkdir(exist_ok=True)
-        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(NODE_DIR),
-                        *NODE_PACKAGES], check=True, timeout=300, capture_output=True)
+def node_ws(node_packages: Path) -> Path:
+    """Node, with ws and http-proxy-agent from tests/node."""
+    node = shutil.which("node")
+    assert node is not None, "node is installed by ./scripts/test"
     return Path(node)
 
 
 def run_node(node: Path, url: str, proxy_url: str, message: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, NODE_PATH=str(NODE_DIR / "node_modules"))
+    env = dict(os.environ, NODE_PATH=str(NODE_SCRIPT.parent / "node_modules"))
     return subprocess.run([str(node), str(NODE_SCRIPT), url, proxy_url, message], env=env,
                           capture_output=True, text=True, timeout=30)
 

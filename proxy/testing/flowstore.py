@@ -174,10 +174,17 @@ class FlowStore:
 
     def assert_called(self, *, method: str | None = None, url: str | None = None, host: str | None = None,
                       path: PathMatcher = None, times: int | None = None, body: bytes | str | None = None,
-                      json: Any = MISSING, headers: Fields | None = None) -> list[Flow]:
+                      json: Any = MISSING, headers: Fields | None = None, timeout: float = 0.0) -> list[Flow]:
         """The flows matching every expectation given; fails unless there are ``times`` of them
-        (or at least one), listing the flows that came closest and how each differs."""
+        (or at least one), listing the flows that came closest and how each differs.
+
+        ``timeout`` waits that long for enough matching flows (for clients still running).
+        """
         expected = Expected(method, url, host, path, body, json, headers)
+        if timeout > 0:
+            with self._changed:
+                self._changed.wait_for(lambda: sum(not expected.differences(flow) for flow in
+                                                   self._select(FlowQuery(), None)) >= (times or 1), timeout)
         flows = self.all()
         found = [flow for flow in flows if not expected.differences(flow)]
         if (times is None and found) or len(found) == times:

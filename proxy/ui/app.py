@@ -24,7 +24,6 @@ Content-Security-Policy, and the page has no inline script.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -36,12 +35,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
-from ..record.har import write_har
 from ..record.store import Filters, Reader, StoreError
-from . import guard, views
+from . import guard, streams, views
 
 log = logging.getLogger("fwdproxy.ui")
 
@@ -60,9 +58,6 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/static/style.css": ("style.css", "text/css; charset=utf-8")}
 PAGE = 200  # rows a list request returns at most
-EVENT_ROWS = 500  # rows one live event carries at most; more follow at once
-HEARTBEAT = 15.0  # seconds between comments on an idle event stream (keeps proxies from closing it)
-POLL = 0.25  # seconds between looks for new flows: new flows appear well within a second
 _FLOW = re.compile(r"^/api/flows/(\d{1,18})$")
 _BODY = re.compile(r"^/api/flows/(\d{1,18})/body/(request|response)$")
 
@@ -140,6 +135,9 @@ class UiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fwdproxy-ui"
     sys_version = ""
+    # Every read and write on a connection is bounded: a client that stops reading an event
+    # stream, or goes quiet mid-request, frees its thread after this many seconds.
+    timeout = 30.0
 
     # -- entry points -----------------------------------------------------------
 
@@ -254,66 +252,34 @@ class UiHandler(BaseHTTPRequestHandler):
 
     def _har(self, query: str) -> None:
         filters = self._filters(query)
-        # Streamed, and delimited by closing the connection: the store reads flows in batches,
-        # so a large capture never sits in memory.
-        self.send_response(HTTPStatus.OK)
-        self._security_headers()
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Disposition", 'attachment; filename="fwdproxy.har"')
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        with Reader(self.server.store) as reader:
-            out = io.TextIOWrapper(cast(Any, self.wfile), encoding="utf-8")
-            write_har(views.har_pairs(reader.flows(filters)), out,
-                      comment=f"exported by fwdproxy from {self.server.store.name}")
-            out.flush()
-            out.detach()
+        # Delimited by closing the connection: streamed from the store, never held whole.
+        self._stream_head("application/json", disposition='attachment; filename="fwdproxy.har"')
+        streams.har(cast(BinaryIO, self.wfile), self.server.store, filters)
 
     def _events(self, query: str) -> None:
-        """Server-Sent Events: rows past the cursor as they are recorded (see the module docstring)."""
         filters = self._filters(query)
         cursor = views.int_param(query, "after", 0)
         last_event = self.headers.get("Last-Event-ID", "")
         if last_event.isdigit():
             cursor = int(last_event)
-        self.send_response(HTTPStatus.OK)
-        self._security_headers()
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        # A reader of its own: its polling must not wait behind the page's queries.
-        with Reader(self.server.store) as reader:
-            self._stream(reader, filters, cursor)
-
-    def _stream(self, reader: Reader, filters: Filters, cursor: int) -> None:
-        idle = 0.0
-        self.wfile.write(b"retry: 1000\n\n")
-        self.wfile.flush()
-        while not self.server.stopping.is_set():
-            if not reader.wait_for_new(cursor, timeout=1.0, poll=POLL):
-                idle += 1.0
-                if idle >= HEARTBEAT:
-                    self.wfile.write(b": idle\n\n")
-                    self.wfile.flush()
-                    idle = 0.0
-                continue
-            idle = 0.0
-            newest = reader.last_id()
-            rows = [r for r in reader.list(filters, after_id=cursor, limit=EVENT_ROWS) if r.id <= newest]
-            cursor = rows[-1].id if len(rows) == EVENT_ROWS else newest
-            if not rows:
-                continue  # new flows, none of which match: the cursor moves on quietly
-            event = {"rows": [views.row_json(row) for row in rows], "total": reader.count(filters)}
-            self.wfile.write(f"id: {cursor}\ndata: {json.dumps(event)}\n\n".encode())
-            self.wfile.flush()
+        self._stream_head("text/event-stream")
+        streams.events(cast(BinaryIO, self.wfile), self.server.store, filters, cursor, self.server.stopping)
 
     # -- responses --------------------------------------------------------------
 
     def _security_headers(self) -> None:
         for name, value in SECURITY_HEADERS:
             self.send_header(name, value)
+
+    def _stream_head(self, content_type: str, *, disposition: str | None = None) -> None:
+        self.send_response(HTTPStatus.OK)
+        self._security_headers()
+        self.send_header("Content-Type", content_type)
+        if disposition:
+            self.send_header("Content-Disposition", disposition)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, *, disposition: str | None = None,
               extra: tuple[tuple[str, str], ...] = ()) -> None:
