@@ -164,3 +164,22 @@ def test_rfc9112_9_6_a_client_still_uploading_after_an_early_refusal_is_not_rese
     # Negative control: the next client is served.
     assert raw(proxy, f"GET http://{origin.authority}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                .encode()).startswith(b"HTTP/1.1 413")
+
+
+# -- RFC 9110 section 10.1.1: Expect: 100-continue is the origin's to answer --------------------
+
+@pytest.mark.parametrize("refusal", [b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n",
+                                     b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nwho?"])
+def test_rfc9110_10_1_1_an_origin_refusing_before_the_body_is_heard_first(
+        proxy: RunningProxy, raw_origin: Callable[..., RawOrigin], refusal: bytes) -> None:
+    # The proxy passes Expect on and lets the origin speak first: its refusal reaches the
+    # client instead of a 100 of the proxy's own that would have the client send the body
+    # (a big upload, for nothing) to an origin that already said no.
+    origin = raw_origin(refusal, then="hang")
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(f"PUT http://{origin.authority}/up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     "Expect: 100-continue\r\n\r\n".encode())
+        resp, body = read_response(sock)
+    assert (resp.status, body) == (int(refusal[9:12]), refusal.partition(b"\r\n\r\n")[2])
+    assert b"expect: 100-continue" in origin.received[0].lower()
+    assert proxy.wait_flows(1)[0].bytes_up == 0
