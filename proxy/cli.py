@@ -35,6 +35,8 @@ from .record import command as flows_command
 from .record.store import StoreError
 from .server import descriptors, health, memory, reload
 from .server.listener import ProxyServer
+from .server.rewrite import parse_rules
+from .server.routing import Router
 from .tls import command as ca_cmd
 from .ui import command as ui_command
 from .ui.app import UiServer
@@ -65,6 +67,41 @@ def _credentials(pairs: list[str], path: str | None) -> tuple[tuple[str, str], .
             raise ConfigError(f"credentials must be user:password, got {user[:20]!r}...")
         creds.append((user, password))
     return tuple(creds)
+
+
+def _add_routing(serve: argparse.ArgumentParser) -> None:
+    routing = serve.add_argument_group(
+        "routing and rewrite rules (URL_GLOB: [SCHEME://]HOST[:PORT][/PATH], globs allowed)")
+    routing.add_argument("--upstream-proxy", default=_env("upstream-proxy", None),
+                         metavar="http://[USER:PASSWORD@]HOST:PORT",
+                         help="send everything through this parent proxy (never read from HTTP_PROXY)")
+    routing.add_argument("--upstream-bypass", action="append", metavar="LIST",
+                         default=_env_list("upstream-bypass"),
+                         help="targets that go direct: NO_PROXY syntax plus CIDRs, e.g. "
+                              "localhost,.corp.example,10.0.0.0/8 (repeatable)")
+    routing.add_argument("--upstream-route", action="append",
+                         metavar="HOSTS=http://[USER:PASSWORD@]HOST:PORT|direct",
+                         default=[v.strip() for v in _env("upstream-route", "").split(";") if v.strip()],
+                         help="per-host routing, first match first: HOSTS (NO_PROXY syntax, comma-"
+                              "separated) through the parent URL, or direct (repeatable)")
+    for flag, metavar, text in (
+            ("map-remote", "[keep-host:]URL_GLOB=URL", "forward matching requests to another origin "
+             "and path prefix; Host follows unless keep-host:"),
+            ("map-local", "URL_GLOB=DIR_OR_FILE", "answer matching requests from local files"),
+            ("set-header", "[response:]URL_GLOB=NAME: VALUE", "set a request (or response) field"),
+            ("remove-header", "[response:]URL_GLOB=NAME", "remove a request (or response) field"),
+            ("block", "URL_GLOB[=STATUS]", "refuse matching requests (default 403)")):
+        routing.add_argument(f"--{flag}", action="append", default=[], metavar=metavar,
+                             help=text + " (repeatable)")
+
+
+# Rule flags are tried kind by kind in this order, and in the order given within a kind.
+_RULE_ORDER = ("block", "map-local", "map-remote", "set-header", "remove-header")
+
+
+def _rewrite_rules(ns: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """Every rule flag as (kind, text), for Config.rewrite_rules."""
+    return tuple((kind, text) for kind in _RULE_ORDER for text in getattr(ns, kind.replace("-", "_")))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=_env("deny-private", "") not in ("", "0", "false"),
                         help="refuse targets resolving to loopback, private, link-local or "
                              "metadata addresses (checked on the address connected to)")
+    _add_routing(serve)
     tls = serve.add_argument_group("TLS interception (off by default; see docs/interception.md)")
     tls.add_argument("--intercept", action="store_true",
                      default=_env("intercept", "") not in ("", "0", "false"),
@@ -255,31 +293,38 @@ def config_from_args(ns: argparse.Namespace) -> Config:
             # Credentials are the gate on a shared network: with --auth and no
             # --allow-from, anyone who can reach the port may try them.
             allow_from = parse_networks("0.0.0.0/0,::/0") if auth else LOOPBACK_NETWORKS
-        return Config(host=ns.host, port=int(ns.port), timeout=float(ns.timeout),
-                      connect_timeout=float(ns.connect_timeout),
-                      client_idle_timeout=float(ns.client_idle_timeout),
-                      tunnel_idle_timeout=float(ns.tunnel_idle_timeout),
-                      log_level=ns.log_level, log_format=ns.log_format,
-                      allow_from=allow_from, auth=auth,
-                      allow_hosts=tuple(ns.allow_host), deny_hosts=tuple(ns.deny_host),
-                      connect_ports=parse_ports(ns.connect_ports) if ns.connect_ports else None,
-                      deny_private=ns.deny_private,
-                      max_request_line=int(ns.max_request_line),
-                      max_header_bytes=int(ns.max_header_bytes),
-                      max_header_count=int(ns.max_headers),
-                      max_body=None if ns.max_body is None else int(ns.max_body),
-                      max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                      workers=int(ns.workers), metrics=ns.metrics,
-                      metrics_allow_from=parse_networks(ns.metrics_allow_from)
-                      if ns.metrics_allow_from else LOOPBACK_NETWORKS,
-                      intercept=ns.intercept,
-                      intercept_hosts=tuple(ns.intercept_host),
-                      no_intercept_hosts=tuple(ns.no_intercept_host),
-                      ca_dir=str(ca_cmd.ca_dir(ns.ca_dir)), upstream_ca=tuple(ns.upstream_ca),
-                      upstream_insecure=ns.upstream_insecure,
-                      upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
-                                              if p.strip()),
-                      **_record_settings(ns))
+        config = Config(host=ns.host, port=int(ns.port), timeout=float(ns.timeout),
+                        connect_timeout=float(ns.connect_timeout),
+                        client_idle_timeout=float(ns.client_idle_timeout),
+                        tunnel_idle_timeout=float(ns.tunnel_idle_timeout),
+                        log_level=ns.log_level, log_format=ns.log_format,
+                        allow_from=allow_from, auth=auth,
+                        allow_hosts=tuple(ns.allow_host), deny_hosts=tuple(ns.deny_host),
+                        connect_ports=parse_ports(ns.connect_ports) if ns.connect_ports else None,
+                        deny_private=ns.deny_private,
+                        max_request_line=int(ns.max_request_line),
+                        max_header_bytes=int(ns.max_header_bytes),
+                        max_header_count=int(ns.max_headers),
+                        max_body=None if ns.max_body is None else int(ns.max_body),
+                        max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
+                        workers=int(ns.workers), metrics=ns.metrics,
+                        metrics_allow_from=parse_networks(ns.metrics_allow_from)
+                        if ns.metrics_allow_from else LOOPBACK_NETWORKS,
+                        intercept=ns.intercept,
+                        intercept_hosts=tuple(ns.intercept_host),
+                        no_intercept_hosts=tuple(ns.no_intercept_host),
+                        ca_dir=str(ca_cmd.ca_dir(ns.ca_dir)), upstream_ca=tuple(ns.upstream_ca),
+                        upstream_insecure=ns.upstream_insecure,
+                        upgrade_protocols=tuple(p.strip().lower() for p in ns.upgrade_protocols.split(",")
+                                                if p.strip()),
+                        **_record_settings(ns),
+                        upstream_proxy=ns.upstream_proxy or None,
+                        upstream_bypass=tuple(ns.upstream_bypass), upstream_routes=tuple(ns.upstream_route),
+                        rewrite_rules=_rewrite_rules(ns))
+        # Parsed here too, so a bad parent URL, bypass entry or rule stops the start with one line.
+        Router.from_settings(config.upstream_proxy, config.upstream_bypass, config.upstream_routes)
+        parse_rules(config.rewrite_rules)
+        return config
     except OSError as exc:
         raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
 

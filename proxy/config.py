@@ -75,6 +75,13 @@ class Config:
     ui_port: int = 8081
     # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
     workers: int = 1
+    # Routing (routing.py): a parent proxy URL, and targets that go direct anyway.
+    upstream_proxy: str | None = None
+    upstream_bypass: tuple[str, ...] = ()
+    # Per-host routes, first match wins: "HOSTS=http://parent:port" or "HOSTS=direct".
+    upstream_routes: tuple[str, ...] = ()
+    # Rewrite rules (rewrite.py) as (kind, text) pairs, e.g. ("block", "*.tracker.test").
+    rewrite_rules: tuple[tuple[str, str], ...] = ()
     # GET /metrics (Prometheus): counted from finished flows; readable by these
     # networks without credentials, and by any client with valid --auth ones.
     metrics: bool = True

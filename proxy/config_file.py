@@ -482,4 +482,13 @@ def show(loaded: Loaded) -> str:
         else:
             line = f"{setting.key.name} = {toml_value(value)}"
         out.append(f"{line:<44} # {setting.source}")
-    return "\n".join(out) + "\n"
+    return "\n".join([*out, *_in_effect(loaded.config)]) + "\n"
+
+
+def _in_effect(config: Config) -> list[str]:
+    """What the settings add up to where a default depends on others (allow-from, connect-ports)."""
+    ports = config.allowed_connect_ports
+    reach = ("any port" if ports is None else ", ".join(map(str, sorted(ports))) if len(ports) <= 8
+             else f"{len(ports)} ports")
+    return [f"# in effect: clients from {', '.join(map(str, config.allow_from))}"
+            f"{' with credentials' if config.auth else ''}; CONNECT to {reach}"]

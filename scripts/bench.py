@@ -6,6 +6,7 @@ One command on a fresh Debian/Ubuntu machine::
     python3 scripts/bench.py --quick            # under 3 minutes once installed
     python3 scripts/bench.py                    # full: 3 rounds, 1/16/64/256 connections
     python3 scripts/bench.py --peers squid --rounds 5 --profile
+    python3 scripts/bench.py --chain            # fwdproxy chained to a parent vs the parent alone
     python3 scripts/bench.py --record --peers '' --only ka,dl_plain   # what --record costs
 
 What it does:
@@ -116,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also profile fwdproxy with py-spy under keep-alive load (64 clients)")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="results directory")
     p.add_argument("--no-install", action="store_true", help="never run apt-get or pip")
+    p.add_argument("--chain", action="store_true",
+                   help="only keep-alive GET /1k through fwdproxy chained to a parent (fwdproxy, "
+                        "tinyproxy) against each parent alone, same run (default clients 1,16)")
     args = p.parse_args(argv)
     return _apply_defaults(args, p)
 
@@ -1310,7 +1314,87 @@ def keep_logs(tmp: Path, out: Path) -> None:
             shutil.copyfile(path, logs / path.name)
 
 
+def chain_targets(children: Children, tmp: Path, origin: Origin,
+                  args: argparse.Namespace) -> list[tuple[Target, Target | None]]:
+    """(target, its parent) pairs: each parent alone, then fwdproxy in front of it."""
+    extra = args.fwdproxy_args.split()
+    pairs: list[tuple[Target, Target | None]] = [(Target("direct", origin.http_port), None)]
+    parents = [start_fwdproxy(children, tmp, extra, log_name="fwdproxy-parent.log")]
+    if "tinyproxy" in args.peer_list:
+        try:
+            parents.append(start_tinyproxy(children, tmp))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            say(f"skipping tinyproxy: {exc}")
+    for parent in parents:
+        front = start_fwdproxy(children, tmp, [*extra, "--upstream-proxy", f"http://{HOST}:{parent.port}"],
+                               log_name=f"fwdproxy-front-{parent.name}.log")
+        front.name = f"fwdproxy>{parent.name}"
+        pairs += [(parent, None), (front, parent)]
+    for target, _ in pairs:
+        check_target(target, origin)
+        say(f"target {target.name} on {HOST}:{target.port}")
+    return pairs
+
+
+def _rps(name: str, r: dict[str, Any], key: str) -> float:
+    return float(r[key][name]["rps"])
+
+
+def chain_bench(args: argparse.Namespace, children: Children, tmp: Path) -> Path:
+    """Keep-alive GET /1k: the cost of the extra hop through fwdproxy in front of a parent.
+
+    Each chained throughput is divided by its parent's alone (same round), and set
+    beside fwdproxy's own throughput divided by direct: the extra hop should cost
+    no more than a plain fwdproxy hop does.
+    """
+    origin = start_origin(children, tmp)
+    pairs = chain_targets(children, tmp, origin, args)
+    conns = [int(c) for c in args.connections.split(",")] if args.connections else [1, 16]
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        results: dict[str, dict[str, Any]] = {}
+        order = pairs[r % len(pairs):] + pairs[:r % len(pairs)]
+        for c in conns:
+            for target, _ in order:
+                fn = partial(wrk_run, origin=origin, conns=c, close=False, args=args)
+                res = results.setdefault(f"ka{c}", {})[target.name] = measure(target, fn)
+                say(f"round {r + 1}/{args.rounds} ka{c:<5} {target.name:20} {brief(res)}")
+                time.sleep(0.3)
+        rounds.append(results)
+    rows = []
+    for c in conns:
+        for target, parent in pairs:
+            if parent is None:
+                continue
+            rps = partial(_rps, key=f"ka{c}")
+            ok = [r for r in rounds if all(_ok(r, f"ka{c}", n) for n in
+                                           (target.name, parent.name, "fwdproxy", "direct"))]
+            if not ok:
+                rows.append([f"{c}", target.name, "error", "", ""])
+                continue
+            chained = statistics.median(rps(target.name, r) for r in ok)
+            alone = statistics.median(rps(parent.name, r) for r in ok)
+            hop = statistics.median(rps(target.name, r) / rps(parent.name, r) for r in ok)
+            plain = statistics.median(rps("fwdproxy", r) / rps("direct", r) for r in ok)
+            rows.append([f"{c}", f"{target.name} vs {parent.name}", f"{chained:,.0f}/s vs {alone:,.0f}/s",
+                         f"{hop:.2f}", f"{plain:.2f}"])
+    text = "\n".join([
+        f"# fwdproxy chained to a parent: keep-alive GET /1k ({args.rounds} rounds of "
+        f"{args.duration:g} s, medians)", "",
+        "`hop` is chained throughput over the parent alone; `fwdproxy hop` is fwdproxy alone over "
+        "direct access to nginx, same rounds. The extra hop should cost no more than a plain "
+        "fwdproxy hop does: `hop` >= `fwdproxy hop`.", "",
+        table(["clients", "chain", "throughput", "hop", "fwdproxy hop"], rows), ""])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path: Path = args.out / f"chain-{stamp}.md"
+    path.write_text(text)
+    (args.out / f"chain-{stamp}.json").write_text(json.dumps(rounds, indent=1))
+    return path
+
+
 def bench(args: argparse.Namespace, children: Children, tmp: Path) -> Path:
+    if args.chain:
+        return chain_bench(args, children, tmp)
     started = time.monotonic()
     origin = start_origin(children, tmp)
     targets = start_targets(children, tmp, origin, args)

@@ -23,6 +23,10 @@ SAMPLES: dict[str, Any] = {
     "allow-from": ["10.0.0.0/8", "::1"], "metrics-allow-from": "192.0.2.0/24",
     "auth": ["alice:s3cret"], "allow-host": ["*.example.com"], "deny-host": ["10.0.0.0/8"],
     "connect-ports": [443, "9000-9100"], "upgrade-protocols": [],
+    "upstream-proxy": "http://user:s3cret@127.0.0.1:3128", "upstream-bypass": ["localhost", "10.0.0.0/8"],
+    "upstream-route": [".partner.test=http://127.0.0.1:8081", "10.0.0.0/8=direct"],
+    "map-remote": ["https://api.test/v1/*=http://127.0.0.1:3000/"], "map-local": ["http://app.test/*=."],
+    "set-header": ["response:*=X-Debug: 1"], "remove-header": ["*=Cookie"], "block": ["*.tracker.test=451"],
 }
 
 
@@ -160,6 +164,8 @@ def test_config_show_names_each_source_and_redacts_secrets(tmp_path: Path) -> No
     shown = run_cli("config", "show", "--config", path)
     assert 'auth = ["alice:<redacted>"]' in shown.stdout and "file-secret" not in shown.stdout
     assert f"# file {path}:3 ([users])" in shown.stdout
+    # Credentials and no allow-from: any address may present them, and show says so.
+    assert shown.stdout.endswith("# in effect: clients from 0.0.0.0/0, ::/0 with credentials; CONNECT to 443\n")
 
 
 def test_config_show_output_is_a_config_file(tmp_path: Path) -> None:
@@ -208,7 +214,9 @@ BAD = [
     ("deny-private = \"yes\"\n", 1, "deny-private: expected true or false"),
     ("workers = 0\n", 1, "workers: workers must be at least 1"),
     ("users = 3\n", 1, "[users] is a table"),
-    ("[hosts]\nallow = []\nblock = [\"x\"]\n", 3, "unknown key 'hosts.block'; [hosts] takes allow, deny"),
+    ("[hosts]\nallow = []\nrefuse = [\"x\"]\n", 3, "unknown key 'hosts.refuse'; [hosts] takes allow, deny"),
+    # A top-level key written under a table is named as one (block is a rewrite rule's key).
+    ("[hosts]\nallow = []\nblock = [\"x\"]\n", 3, "unknown key 'hosts.block'; block is a top-level key"),
     ("connect-ports = [443, \"x\"]\n", 1, "connect-ports: invalid port or range 'x'"),
     ("host = \"0.0.0.0\"\n", 1, "host: refusing to listen on 0.0.0.0 as an open proxy"),
     ("auth = [\"no-colon\"]\n", 1, "auth: credentials must be user:password"),

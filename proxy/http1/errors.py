@@ -20,10 +20,11 @@ class ProxyError(Exception):
     kind = "proxy_internal_error"
 
     def __init__(self, reason: str, *, status: int | None = None, kind: str | None = None,
-                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+                 headers: tuple[tuple[str, str], ...] = (), next_hop: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.headers = headers  # extra response fields, e.g. Proxy-Authenticate or Retry-After
+        self.next_hop = next_hop  # RFC 9209 next-hop: the parent proxy a failure happened at
         if status is not None:
             self.status = status
         if kind is not None:

@@ -36,7 +36,8 @@ def head(status: int, fields: Fields, reason: str | None = None) -> bytes:
 def proxy_status(name: str, exc: ProxyError) -> str:
     """The RFC 9209 Proxy-Status value naming this proxy, the error type and the reason."""
     details = " ".join(exc.reason.split()).replace("\\", "\\\\").replace('"', '\\"')
-    return f'{name}; error={exc.kind}; details="{details}"'
+    hop = f'; next-hop="{exc.next_hop}"' if exc.next_hop else ""  # the parent proxy that failed
+    return f'{name}; error={exc.kind}{hop}; details="{details}"'
 
 
 def own(status: int, body: bytes, content_type: str, *, head_only: bool, close: bool,

@@ -56,6 +56,8 @@ class Flow:
     send_ms: float = -1.0
     wait_ms: float = -1.0
     receive_ms: float = -1.0
+    rules: list[str] = field(default_factory=list)  # rewrite rules that fired ("block *.ads.test")
+    parent: str = ""  # the parent proxy it went through ("127.0.0.1:3128"); "" when direct
 
     @property
     def target(self) -> tuple[str, int]:
@@ -77,6 +79,10 @@ class Flow:
             text += " intercepted"
         if self.upstream_tls == "unverified":
             text += " upstream-tls=unverified"
+        if self.parent:
+            text += f" parent={self.parent}"
+        if self.rules:
+            text += f" rules={'; '.join(self.rules)!r}"
         return f"{text} error={self.error!r}" if self.error else text
 
     def as_json(self) -> str:

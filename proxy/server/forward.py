@@ -19,13 +19,15 @@ from io import BufferedReader
 
 from ..http1 import responses, upgrade
 from ..http1.chunked import LAST_CHUNK, encode_chunk, read_chunked
-from ..http1.errors import Abort, BadRequest
+from ..http1.errors import Abort, BadRequest, UpstreamError, UpstreamTimeout
 from ..http1.headers import HOP_BY_HOP, Headers, content_length, end_to_end, http_date, persistent_client
 from ..http1.target import Origin
 from ..record.flows import Flow, elapsed_ms
 from .downstream import Downstream
 from .failures import Closed, Step, switch_failure, upstream_failure
 from .pool import Pool, UpstreamConnection, UpstreamResponse
+from .rewrite import HeaderEdit, edit_fields
+from .routing import Parent
 
 # Bodies up to this size are read whole and sent with their head in one write;
 # larger ones stream in pieces of up to STREAM_BUFFER bytes.
@@ -52,11 +54,26 @@ class Request:
     via: str  # this proxy's Via entry, e.g. "1.1 fwdproxy-1a2b3c"
     max_body: int | None = None
     capture: int = 0  # body bytes each way to keep in the flow record
+    parent: Parent | None = None  # sent in absolute-form through this parent proxy
+    host_header: str | None = None  # kept from before a map-remote rule; None: the origin's
+    response_edits: tuple[HeaderEdit, ...] = ()  # header rules for the response
     upgrade: str | None = None  # protocols offered in Upgrade, when the policy lets them through
 
     @property
     def url(self) -> str:
         return f"{self.origin}{self.path if self.path != '*' else ''}"
+
+    @property
+    def hop(self) -> Origin:
+        """The pool key: connections go to the parent when there is one (shared by all its origins)."""
+        if self.parent is None:
+            return self.origin
+        return Origin("http", self.parent.host, self.parent.port)
+
+    @property
+    def where(self) -> str:
+        """The next hop, as error messages name it."""
+        return self.origin.authority if self.parent is None else str(self.parent)
 
 
 @dataclass
@@ -72,6 +89,15 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool | 
 
     After a 101 to an Upgrade the policy allowed, returns the upstream socket to relay instead.
     """
+    try:
+        return _forward(req, client, pool, flow)
+    except (UpstreamError, UpstreamTimeout) as exc:
+        if req.parent is not None:
+            exc.next_hop = req.parent.authority  # RFC 9209 section 2.1.3
+        raise
+
+
+def _forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool | Upgraded:
     expects_continue = req.version == "HTTP/1.1" and "100-continue" in req.headers.tokens("expect")
     body: bytes | None = b""
     if req.body_length is None or req.body_length > SMALL_BODY or (expects_continue and req.body_length):
@@ -86,7 +112,7 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool | 
     retry = body is not None and req.method in IDEMPOTENT
     # Monotonic stamps for the flow's timings (a vDSO call each, no system call).
     asked = time.monotonic()
-    conn, reused = _acquire(pool, req.origin, fresh=False)
+    conn, reused = _acquire(pool, req, fresh=False)
     while True:
         connected = time.monotonic()
         try:
@@ -95,8 +121,8 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool | 
         except Closed as stale:
             conn.close()
             if not (reused and retry):
-                raise upstream_failure(Step.RESPONSE, req.origin.authority, stale) from stale.__cause__
-            conn, reused = _acquire(pool, req.origin, fresh=True)
+                raise upstream_failure(Step.RESPONSE, req.where, stale) from stale.__cause__
+            conn, reused = _acquire(pool, req, fresh=True)
             retry = False
         except BaseException:
             conn.close()
@@ -107,6 +133,8 @@ def forward(req: Request, client: Downstream, pool: Pool, flow: Flow) -> bool | 
     flow.wait_ms = elapsed_ms(sent, first_byte)
     lease = _Lease(pool, conn, resp, clean_upload)
     try:
+        if req.parent is not None and resp.status == 407:
+            raise _parent_refused(req.parent)
         if resp.status == 101 and req.upgrade:
             return _switch(resp, req, client, flow, lease)
         keep = _relay_response(resp, req, client, flow, lease)
@@ -159,11 +187,17 @@ class _Lease:
             self.conn.close()
 
 
-def _acquire(pool: Pool, origin: Origin, *, fresh: bool) -> tuple[UpstreamConnection, bool]:
-    conn, reused = pool.acquire(origin, fresh=fresh)
+def _acquire(pool: Pool, req: Request, *, fresh: bool) -> tuple[UpstreamConnection, bool]:
+    conn, reused = pool.acquire(req.hop, fresh=fresh)
     if not reused:
         conn.connect()  # raises the error to answer with
     return conn, reused
+
+
+def _parent_refused(parent: Parent) -> UpstreamError:
+    """A parent's 407 is about our credentials, not the client's: never relayed as ours."""
+    what = "rejected our credentials" if parent.user else "requires credentials (see --upstream-proxy)"
+    return UpstreamError(f"{parent} {what} (407)", kind="http_request_denied")
 
 
 def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: bytes | None,
@@ -174,10 +208,14 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
     """
     conn.progress()
     try:
-        conn.putrequest(req.method, req.path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", req.origin.authority)
+        # RFC 9112 section 3.2.2: absolute-form to a proxy, origin-form to an origin.
+        target = req.path if req.parent is None else req.url
+        conn.putrequest(req.method, target, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", req.host_header or req.origin.authority)
         for name, value in end_to_end(req.headers, _REPLACED_UP):
             conn.putheader(name, value)
+        if req.parent is not None and req.parent.authorization:
+            conn.putheader("Proxy-Authorization", req.parent.authorization)
         conn.putheader("Via", req.via)
         if req.upgrade:
             conn.putheader("Connection", "Upgrade")
@@ -190,7 +228,7 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
     except (BrokenPipeError, ConnectionResetError) as exc:
         raise Closed() from exc  # a reused connection the origin had closed: retried if safe
     except (http.client.HTTPException, ValueError, OSError) as exc:
-        raise upstream_failure(Step.SEND, req.origin.authority, exc) from exc
+        raise upstream_failure(Step.SEND, req.where, exc) from exc
     clean_upload = True
     if body is None:
         if expects_continue:
@@ -228,7 +266,7 @@ def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow:
         client.rest()
     except OSError as exc:
         if conn.timed_out():
-            raise upstream_failure(Step.UPLOAD, req.origin.authority, exc, timed_out=True) from exc
+            raise upstream_failure(Step.UPLOAD, req.where, exc, timed_out=True) from exc
         return False
     return True
 
@@ -264,7 +302,7 @@ def _read_head(conn: UpstreamConnection, req: Request, *, retry_safe: bool) -> U
         if retry_safe and not timed_out and isinstance(exc, (http.client.RemoteDisconnected,
                                                               ConnectionResetError)):
             raise Closed() from exc
-        raise upstream_failure(Step.RESPONSE, req.origin.authority, exc, timed_out=timed_out,
+        raise upstream_failure(Step.RESPONSE, req.where, exc, timed_out=timed_out,
                                waited=conn.read_timeout) from exc
     assert isinstance(resp, UpstreamResponse)
     return resp
@@ -344,7 +382,7 @@ def _switch(resp: UpstreamResponse, req: Request, client: Downstream, flow: Flow
     assert req.upgrade is not None
     protocol = upgrade.accepted(fields, req.upgrade)
     if protocol is None:
-        raise switch_failure(req.origin.authority, offered=True)
+        raise switch_failure(req.where, offered=True)
     flow.status = 101
     framing = [("Connection", "Upgrade"), ("Upgrade", protocol), ("Via", _via(resp, req))]
     headers = end_to_end(fields, _REPLACED_DOWN)
@@ -367,9 +405,11 @@ def _response_framing(resp: UpstreamResponse, req: Request) -> tuple[list[tuple[
     """End-to-end response fields, and the body length if known (framing was checked in begin())."""
     if resp.status == 101:
         # Upgrade is hop-by-hop and was not forwarded, so a switch is a protocol error.
-        raise switch_failure(req.origin.authority, offered=False)
+        raise switch_failure(req.where, offered=False)
     headers: Headers = resp.headers  # type: ignore[assignment]
     fields = end_to_end(headers, _REPLACED_DOWN)
+    if req.response_edits:
+        fields = edit_fields(fields, req.response_edits)
     if not _has_body(resp, req):
         length = content_length(headers)
         if length is not None and resp.status != 204:
@@ -388,9 +428,9 @@ def _read_upstream(resp: UpstreamResponse, n: int, req: Request, conn: UpstreamC
     try:
         data = resp.read(n)
     except (http.client.HTTPException, OSError) as exc:
-        raise upstream_failure(Step.BODY, req.origin.authority, exc, timed_out=conn.timed_out()) from exc
+        raise upstream_failure(Step.BODY, req.where, exc, timed_out=conn.timed_out()) from exc
     if len(data) != n:
-        raise upstream_failure(Step.BODY, req.origin.authority, timed_out=conn.timed_out(),
+        raise upstream_failure(Step.BODY, req.where, timed_out=conn.timed_out(),
                                short=(len(data), n))
     return data
 
@@ -410,11 +450,11 @@ def _stream_down(resp: UpstreamResponse, req: Request, client: Downstream, flow:
         try:
             data = resp.read1(STREAM_BUFFER)
         except (TimeoutError, http.client.HTTPException, OSError) as exc:
-            raise Abort(f"{req.origin.authority} broke off the response body") from exc
+            raise Abort(f"{req.where} broke off the response body") from exc
         if not data:
             break
         flow.bytes_down += len(data)
         flow.keep("response_body", data, req.capture)
         client.send(encode_chunk(data) if chunked else data)
     if expected is not None and resp.length:
-        raise Abort(f"{req.origin.authority} closed after {flow.bytes_down} of {expected} bytes")
+        raise Abort(f"{req.where} closed after {flow.bytes_down} of {expected} bytes")

@@ -14,6 +14,7 @@ wrong for a proxy.
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import json
 import logging
@@ -40,13 +41,14 @@ from ..http1.target import Origin, parse_absolute, parse_authority
 from ..record import metrics
 from ..record.flows import Flow, elapsed_ms
 from ..tls.stream import TLSStream
-from . import intercept
+from . import intercept, pac, rewriting
 from .connect import dial
 from .downstream import Downstream
 from .faults import Exchange
 from .faults import Request as FaultRequest
 from .forward import SMALL_BODY, Request, Upgraded, forward
 from .policy import check_connect_port, check_credentials, client_allowed
+from .rewrite import tunnel_block
 from .shaping import ShapedDownstream, fail_handshake
 from .shared import ServerBase
 
@@ -54,7 +56,8 @@ log = logging.getLogger("fwdproxy")
 
 _ESTABLISHED = responses.head(200, [], "Connection Established")
 _HINT = ("this is a forward proxy: send absolute-form requests (GET http://host/path) "
-         "or CONNECT host:port; GET /healthz reports status, GET /metrics counts traffic")
+         "or CONNECT host:port; GET /healthz reports status, GET /metrics counts traffic, "
+         "GET /proxy.pac is a PAC file")
 # RFC 9112 section 2.2: empty lines before a request line are ignored (a few).
 _MAX_EMPTY_LINES = 4
 _USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
@@ -231,6 +234,15 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if shaped is None:
                 return False  # answered by a fault rule
             downstream = shaped
+        if self.server.rules:
+            answered = rewriting.carry_out(self.server.rules, req, downstream, flow)
+            if answered is not None:
+                return answered
+        parent = self.server.connect.parent_for(req.origin.host, req.origin.port)
+        flow.parent = parent.authority if parent else ""
+        # Plain HTTP goes to the parent in absolute-form; an https:// origin (TLS with the
+        # origin itself) is reached through a CONNECT to the parent, by the pool's dialler.
+        req.parent = parent if req.origin.scheme == "http" else None
         result = forward(req, downstream, self.server.pool, flow)
         if isinstance(result, Upgraded):
             self._relay(result.upstream, result.early, flow)
@@ -284,12 +296,20 @@ class ProxyHandler(BaseHTTPRequestHandler):
         intercepting = interception is not None and interception.wants(host)
         if self.server.faults:
             self._apply_faults("CONNECT", host, "", headers, flow, None, intercepting=intercepting)
+        blocked = tunnel_block(self.server.rules, host, port) if self.server.rules else None
+        if blocked is not None:
+            flow.rules.append(str(blocked))
+            raise rewriting.block(blocked)
+        parent = self.server.connect.parent_for(host, port)
+        flow.parent = parent.authority if parent else ""
         if interception is not None and intercepting:
             self._tunnel_auth = headers.get("proxy-authorization")  # it covers the requests inside
             return self._intercept(interception, host, port, flow)
+        # The client's Via goes on in our CONNECT to a parent, so a loop through parents is seen.
+        connect = functools.partial(self.server.connect, via=headers.get_all("via"))
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         asked = time.monotonic()
-        upstream = dial(self.server.connect, host, port, self.server.config.connect_timeout, where)
+        upstream = dial(connect, host, port, self.server.config.connect_timeout, where)
         flow.connect_ms = elapsed_ms(asked, time.monotonic())
         try:
             self.downstream.send(_ESTABLISHED)
@@ -413,6 +433,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
         """Requests addressed to the proxy itself: health (open to all), metrics, otherwise a hint."""
         flow.kind = "local"
         path = line.target.split("?")[0]
+        if path == "/proxy.pac" and line.method in ("GET", "HEAD"):
+            return self._pac(line, headers, flow)
         if path not in ("/healthz", "/metrics") or line.method not in ("GET", "HEAD"):
             raise BadRequest(_HINT)
         if request_body_length(headers):
@@ -423,6 +445,22 @@ class ProxyHandler(BaseHTTPRequestHandler):
             body, content_type = (json.dumps(self.server.status()) + "\n").encode(), "application/json"
         keep = persistent_client(line.version, headers)
         self._send(responses.own(200, body, content_type, head_only=line.method == "HEAD", close=not keep))
+        flow.status, flow.bytes_down = 200, len(body)
+        return keep
+
+    def _pac(self, line: RequestLine, headers: Headers, flow: Flow) -> bool:
+        """The proxy auto-config file, naming this proxy as the client reached it (its Host)."""
+        if not self.server.live.admits(self.client_ip):
+            raise Forbidden(f"client {self.client_ip} is not allowed to use this proxy")
+        if request_body_length(headers):
+            raise BadRequest("/proxy.pac takes no body")
+        authority = pac.proxy_authority(headers.get("host"), self.server.config.host,
+                                        int(self.server.server_address[1]))
+        router = self.server.router
+        body = pac.pac_file(authority, router.bypass, router.rules).encode()
+        keep = persistent_client(line.version, headers)
+        self._send(responses.own(200, body, pac.CONTENT_TYPE, head_only=line.method == "HEAD",
+                                 close=not keep))
         flow.status, flow.bytes_down = 200, len(body)
         return keep
 

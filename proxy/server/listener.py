@@ -57,10 +57,10 @@ class ProxyServer(ServerBase):
     def __init__(self, config: Config | None = None, *, connect: ConnectFn = socket.create_connection,
                  sinks: list[Sink] | None = None) -> None:
         self._connect_fn = connect
-        self.live = Live.build(config or Config(), connect, self._own_address)
-        config = self.config
         # A per-instance name in Via, so a request that comes back through us is recognised.
         self.via_name = f"fwdproxy-{secrets.token_hex(3)}"
+        self.live = Live.build(config or Config(), connect, self._own_address, self.via_name)
+        config = self.config
         self.faults = Faults()
         self.interception = configured_interception(config) if config.intercept else None
         self._origin_tls: OriginTLS | None = None
@@ -107,7 +107,7 @@ class ProxyServer(ServerBase):
 
     def apply_config(self, config: Config) -> None:
         """Use ``config`` for new exchanges (established connections stay; see reload.py)."""
-        self.live = Live.build(config, self._connect_fn, self._own_address)
+        self.live = Live.build(config, self._connect_fn, self._own_address, self.via_name)
 
     def _own_address(self) -> tuple[str, int]:
         return str(self.server_address[0]), self.port
@@ -124,12 +124,16 @@ class ProxyServer(ServerBase):
         self.server_name, self.server_port = self.config.host, self.server_address[1]
 
     def _new_connection(self, origin: Origin) -> UpstreamConnection:
+        # The parent's own connections (plain HTTP in absolute-form, keyed by its address) dial
+        # it directly; every other origin goes through the routed dialler.
+        to_parent = self.router.parent_at(origin.host, origin.port) is not None
+        connect = self.connect.parent_dial if to_parent else self.connect
         if origin.scheme == "https":
             return UpstreamTLSConnection(origin, self.origin_tls, connect_timeout=self.config.connect_timeout,
                                          read_timeout=self.config.timeout, connect=self.connect,
                                          watchdog=self.watchdog)
         return UpstreamConnection(origin, connect_timeout=self.config.connect_timeout,
-                                  read_timeout=self.config.timeout, connect=self.connect,
+                                  read_timeout=self.config.timeout, connect=connect,
                                   watchdog=self.watchdog)
 
     @property

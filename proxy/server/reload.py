@@ -31,6 +31,8 @@ LIVE = frozenset({
     "timeout", "connect_timeout", "client_idle_timeout", "header_timeout",
     "max_request_line", "max_header_bytes", "max_header_count", "max_body", "max_clients",
     "capture_bodies", "log_level", "metrics_allow_from",
+    # Routing and rewrite rules: Live rebuilds the router, the dialler and the rules.
+    "upstream_proxy", "upstream_bypass", "upstream_routes", "rewrite_rules",
 })
 
 

@@ -16,12 +16,14 @@ from ..config import Config
 from ..http1.headers import Limits
 from ..record.flows import Flow, FlowLog
 from ..record.metrics import Metrics
-from .connect import Connector
+from .dialler import Dialler
 from .faults import Faults
 from .intercept import Interception
 from .live import Live
 from .policy import HostRules
 from .pool import Pool
+from .rewrite import Rule
+from .routing import Router
 from .watchdog import Watchdog
 
 
@@ -60,8 +62,16 @@ class ServerBase(ThreadingHTTPServer):
         return self.live.limits
 
     @property
-    def connect(self) -> Connector:
+    def connect(self) -> Dialler:
         return self.live.connect
+
+    @property
+    def router(self) -> Router:
+        return self.live.router
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.live.rules
 
     def track(self, client: Client) -> None:
         raise NotImplementedError
