@@ -90,6 +90,7 @@ def mixed_exchanges(address: tuple[str, int], origin: OriginServer, truncating: 
     ]
 
 
+@pytest.mark.xdist_group("stress")  # one churn at a time, beside the lighter tests
 @pytest.mark.slow
 def test_no_descriptor_or_thread_leaks(proxy_pid_address: tuple[int, tuple[str, int]]) -> None:
     pid, address = proxy_pid_address
