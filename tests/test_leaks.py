@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -37,6 +38,16 @@ def proxy_pid_address() -> Iterator[tuple[int, tuple[str, int]]]:
 
 def talk(address: tuple[str, int], data: bytes, *, read: bool = True, half_close: bool = False) -> bytes:
     return exchange(address, data, half_close=half_close, read=read)
+
+
+def keep_alive(address: tuple[str, int], url: str) -> bytes:
+    """One request on a persistent connection, which the proxy parks until the client closes it."""
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        conn.request("GET", url)
+        return conn.getresponse().read()
+    finally:
+        conn.close()
 
 
 def health(address: tuple[str, int]) -> dict[str, int]:
@@ -86,6 +97,7 @@ def mixed_exchanges(address: tuple[str, int], origin: OriginServer, truncating: 
         lambda: talk(address, f"GET {o}/bytes/300000 HTTP/1.1\r\nHost: x\r\n\r\n".encode(), read=False),  # gone mid-body
         lambda: talk(address, f"POST {o}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc".encode(),
                      half_close=True),                                                                # gone mid-upload
+        lambda: keep_alive(address, f"{o}/bytes/10"),                                              # parked, then gone
         lambda: talk(address, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 10, half_close=True),  # TLS at a plain port
     ]
 

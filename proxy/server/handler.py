@@ -92,6 +92,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.downstream = Downstream(self.rfile, self.connection, self.deadline,
                                      self.server.config.timeout)
         self.phase = Phase.IDLE
+        self.parked = False  # handed to the server's parker between requests
         self._start = 0.0
         # Set once a CONNECT is intercepted: requests then come over TLS, all for this origin.
         self.intercepted: Origin | None = None
@@ -105,13 +106,56 @@ class ProxyHandler(BaseHTTPRequestHandler):
         return self.phase is Phase.HEAD or self.phase is Phase.EXCHANGE
 
     def handle(self) -> None:
+        """Serve requests until the connection closes, or park it while it waits for the next one."""
         self.server.track(self)
+        self.parked = False
         try:
-            super().handle()
+            self.close_connection = True
+            self.handle_one_request()
+            while not self.close_connection:
+                if self._park():
+                    return  # the server's parker holds it now; a worker calls resume()
+                self.handle_one_request()
         finally:
-            self.server.untrack(self)
+            if not self.parked:
+                self.server.untrack(self)
+
+    def resume(self) -> None:
+        """Continue a parked connection on this thread (its socket is readable, or cut)."""
+        try:
+            self.handle()
+        finally:
+            self.finish()
+
+    def fileno(self) -> int:
+        return int(self.connection.fileno())
+
+    def _park(self) -> bool:
+        """Between requests: hand the connection to the parker if nothing is waiting to be read.
+
+        Only with an empty read buffer, so no byte of the next request is held
+        by this handler: a readable socket then means a request is arriving (or
+        the client left, or the watchdog cut the read side at the idle timeout).
+        """
+        if self.tls is not None or self.server.stopping:
+            return False  # an intercepted tunnel's TLS layer may hold decrypted bytes
+        sock = self.connection
+        sock.setblocking(False)
+        try:
+            waiting = self.downstream.rfile.peek(1)  # the buffer, else one non-blocking read into it
+        except OSError:
+            waiting = b"x"  # let the blocking path see the error and close
+        finally:
+            sock.settimeout(None)
+        if waiting:
+            return False
+        self.deadline.arm_read(self.server.config.client_idle_timeout)  # a parked client's idle timeout
+        self.parked = self.server.park(self)
+        return self.parked
 
     def finish(self) -> None:
+        if self.parked:
+            return  # the connection lives on in the parker
         if self.tls is not None and self._tunnel_flow is not None:  # an intercepted tunnel ends
             self.tls.close_notify()
             flow = self._tunnel_flow

@@ -10,6 +10,7 @@ threads are never joined and its sockets never closed.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import queue
@@ -18,6 +19,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -37,6 +39,7 @@ from .handler import ProxyHandler
 from .intercept import UpstreamTLSConnection, configured_interception
 from .linger import half_close
 from .live import Live
+from .parker import Parked, Parker
 from .pool import Pool, UpstreamConnection
 from .shared import Client, ServerBase
 from .tunnel import Relay, Tunnel
@@ -98,7 +101,9 @@ class ProxyServer(ServerBase):
         self.stopping = False
         self._clients: set[Client] = set()
         self._active = 0  # connections accepted and not yet closed, threads included
-        self._idle_slots: list[queue.SimpleQueue[tuple[Any, Any] | None]] = []  # idle worker threads
+        self._idle_slots: list[queue.SimpleQueue[Callable[[], None] | None]] = []  # idle worker threads
+        self.parker = Parker(self._unpark)
+        self._parking: dict[Any, ProxyHandler] = {}  # sockets whose thread is letting go of them
         self._refused: queue.Queue[socket.socket] = queue.Queue(256)
         self._refuser: threading.Thread | None = None
         self.relay = Relay(self.config.tunnel_idle_timeout)
@@ -165,24 +170,28 @@ class ProxyServer(ServerBase):
         if full:
             self._refuse_busy(request)
             return
+        self._dispatch(functools.partial(self.process_request_thread, request, client_address))
+
+    def _dispatch(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on an idle worker thread, or on a new one."""
         with self._lock:
             slot = self._idle_slots.pop() if self._idle_slots else None
         if slot is not None:
-            slot.put((request, client_address))
+            slot.put(work)
             return
-        threading.Thread(target=self._work, args=(request, client_address), daemon=True,
+        threading.Thread(target=self._work, args=(work,), daemon=True,
                          name=f"fwdproxy-{self.port}-worker").start()
 
-    def _work(self, request: Any, client_address: Any) -> None:
+    def _work(self, work: Callable[[], None]) -> None:
         """Serve connections one after another; wait a while for the next one when idle.
 
         Reusing threads saves creating one (and its start-up handshake with the
         accept loop) for every new client connection.
         """
-        slot: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
-        item: tuple[Any, Any] | None = (request, client_address)
+        slot: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        item: Callable[[], None] | None = work
         while item is not None:
-            self.process_request_thread(*item)  # handles errors, then shutdown_request
+            item()  # handles errors, then shutdown_request
             with self._lock:
                 if len(self._idle_slots) >= _MAX_IDLE_WORKERS or self.stopping:
                     return
@@ -196,7 +205,41 @@ class ProxyServer(ServerBase):
                         return
                 item = slot.get()  # taken off the stack just now: its connection is on the way
 
+    def park(self, handler: Any) -> bool:
+        """Called by a handler between requests; its socket goes to the parker once its thread lets go."""
+        with self._lock:
+            if self.stopping:
+                return False
+            self._parking[handler.request] = handler
+        return True
+
+    def _unpark(self, parked: Parked) -> None:
+        """The parker's thread: a parked connection is readable; serve it on a worker."""
+        assert isinstance(parked, ProxyHandler)
+        self._dispatch(functools.partial(self._resume, parked))
+
+    def _resume(self, handler: ProxyHandler) -> None:
+        try:
+            handler.resume()
+        except Exception:
+            self.handle_error(handler.request, handler.client_address)
+        finally:
+            self.shutdown_request(handler.request)
+
+    def _close_parked(self, handler: ProxyHandler) -> None:
+        handler.parked = False
+        try:
+            handler.finish()
+        finally:
+            self.untrack(handler)
+
     def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            handler = self._parking.pop(request, None)
+        if handler is not None:
+            if self.parker.park(handler):
+                return  # counted in _active still: a parked client is a client
+            self._close_parked(handler)  # stopping: close it as if it had ended here
         with self._lock:
             if request in self._detached:
                 return  # a tunnel: the relay closes it, and counts it out, when it ends
@@ -316,6 +359,7 @@ class ProxyServer(ServerBase):
                 "client_connections": clients, "tunnels": tunnels,
                 "upstream_idle": self.pool.idle_count(), "upstream_opened": self.pool.opened,
                 "upstream_reused": self.pool.reused, "idle_workers": len(self._idle_slots),
+                "parked_clients": self.parker.count(),
                 **({"record": recorded} if (recorded := self.recording.stats()) else {})}
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -342,6 +386,10 @@ class ProxyServer(ServerBase):
         """After serve_forever has returned: finish in-flight work, then close everything."""
         self.stopping = True
         self.server_close()
+        for parked in self.parker.stop():  # idle keep-alive connections: nothing to wait for
+            assert isinstance(parked, ProxyHandler)
+            self._close_parked(parked)
+            self.shutdown_request(parked.request)
         deadline = time.monotonic() + grace
         while True:
             with self._lock:

@@ -83,5 +83,9 @@ class ServerBase(ThreadingHTTPServer):
                      flow: Flow, start: float, *, early_down: bytes = b"") -> None:
         raise NotImplementedError
 
+    def park(self, handler: Any) -> bool:
+        """Hold an idle keep-alive connection without a thread; False to keep serving it here."""
+        return False
+
     def status(self) -> dict[str, Any]:
         raise NotImplementedError
