@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import re
+import select
 import socket
 import time
 from collections.abc import Iterable
@@ -60,6 +61,8 @@ _HINT = ("this is a forward proxy: send absolute-form requests (GET http://host/
          "GET /proxy.pac is a PAC file")
 # RFC 9112 section 2.2: empty lines before a request line are ignored (a few).
 _MAX_EMPTY_LINES = 4
+# A keep-alive connection with nothing to read this long after a response is parked (see parker.py).
+_PARK_AFTER_MS = 50
 _USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
 
 
@@ -131,7 +134,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         return int(self.connection.fileno())
 
     def _park(self) -> bool:
-        """Between requests: hand the connection to the parker if nothing is waiting to be read.
+        """Between requests: hand the connection to the parker if nothing comes within _PARK_AFTER_MS.
 
         Only with an empty read buffer, so no byte of the next request is held
         by this handler: a readable socket then means a request is arriving (or
@@ -149,6 +152,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
             sock.settimeout(None)
         if waiting:
             return False
+        # A busy client's next request usually follows within a few milliseconds: handing the
+        # connection to the parker and back for it would cost more than the short wait.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if poller.poll(_PARK_AFTER_MS):
+            return False  # a request (or a close) is here: read it on this thread
         self.deadline.arm_read(self.server.config.client_idle_timeout)  # a parked client's idle timeout
         self.parked = self.server.park(self)
         return self.parked
