@@ -145,7 +145,7 @@ def test_allow_host_admits_only_matches(proxy_factory: Callable[..., RunningProx
 def test_connect_ports(proxy_factory: Callable[..., RunningProxy], origin: OriginServer) -> None:
     proxy = proxy_factory(connect_ports=parse_ports("443,8000-8100"))
     response = tunnel(proxy, origin.authority)
-    assert status_of(response) == 403 and f"port {origin.port} is not allowed".encode() in response
+    assert status_of(response) == 403 and f"port {origin.port} is not allowed (--connect-ports)".encode() in response
 
 
 def test_connect_ports_default_to_443_when_others_may_connect(proxy_factory: Callable[..., RunningProxy], origin: OriginServer) -> None:
