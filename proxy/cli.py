@@ -351,8 +351,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "ca": ca_cmd.run, "ui": ui_command.run}[args[0]]
         return int(runner(ns))
     loaded = load_config(args)
-    with _ui_store(loaded.config) as config:
+    with _stop_signals_held(), _ui_store(loaded.config) as config:
         return _run(config, args, loaded)
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (pending, not lost) until ``_serve`` has its handler.
+
+    The default action would end the process at once: a SIGTERM that came while
+    the proxy starts (the traffic page already announced) left the --ui scratch
+    store behind and exited -15. Threads started meanwhile keep them blocked,
+    so a held signal reaches the main thread once ``_serve`` lets it through.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 @contextmanager
@@ -522,6 +541,7 @@ def _serve(server: ProxyServer, config: Config, *, announce: bool, workers: Sequ
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # any held since the start run now
     if announce:
         extra = f" ({config.workers} worker processes)" if config.workers > 1 else ""
         _announce(config, f"fwdproxy {__version__} listening on {server.url}{extra}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from conftest import one_worker_at_a_time
 from servers import OriginServer, Received
 
 from proxy.testing.origins import OriginConnection
@@ -179,8 +180,9 @@ def _install_tinyproxy() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def tinyproxy_binary() -> str:
-    binary = _install_tinyproxy()
+def tinyproxy_binary(tmp_path_factory: pytest.TempPathFactory) -> str:
+    with one_worker_at_a_time(tmp_path_factory, "apt-get"):  # dpkg takes one installer at a time
+        binary = _install_tinyproxy()
     if binary is None:
         pytest.skip("tinyproxy is not installed and could not be installed with apt-get")
     return binary

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trustme
+from filelock import FileLock
 from servers import OriginServer, RawOrigin
 
 from proxy import Config, Flow, ProxyServer
@@ -138,16 +139,27 @@ def proxy(proxy_factory: Callable[..., RunningProxy]) -> RunningProxy:
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
 
+def one_worker_at_a_time(tmp_path_factory: pytest.TempPathFactory, name: str) -> FileLock:
+    """A lock shared by the xdist workers of one run (and a plain run), for set-up that must not overlap.
+
+    Every worker's base temp sits in the run's common folder (xdist's documented recipe).
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if base.name.startswith("popen-gw") else base
+    return FileLock(shared / f"{name}.lock", timeout=600)
+
+
 @pytest.fixture(scope="session")
-def node_packages() -> Path:
+def node_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/node/node_modules (ws, http-proxy-agent, https-proxy-agent), from the lockfile.
 
     ./scripts/test installs them; this covers a plain ``pytest`` run after a lockfile change.
     """
     stamp = NODE_DIR / "node_modules" / ".fwdproxy-installed"
     want = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
-    if not stamp.is_file() or stamp.read_text().strip() != want:
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True,
-                       timeout=300, capture_output=True)
-        stamp.write_text(want + "\n")
+    with one_worker_at_a_time(tmp_path_factory, "npm-ci"):  # npm ci empties node_modules first
+        if not stamp.is_file() or stamp.read_text().strip() != want:
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR,
+                           check=True, timeout=300, capture_output=True)
+            stamp.write_text(want + "\n")
     return NODE_DIR / "node_modules"

@@ -288,5 +288,5 @@ def test_the_kubernetes_configmap_starts_the_image(tmp_path: Path, monkeypatch: 
     """The manifest's file, with the image's FWDPROXY_HOST=0.0.0.0, is a configuration that starts."""
     monkeypatch.setenv("FWDPROXY_HOST", "0.0.0.0")
     config = load("--config", write(tmp_path, manifest_config())).config
-    assert config.host == "0.0.0.0" and config.metrics_allow_from == parse_networks("10.0.0.0/8")
+    assert config.host == "0.0.0.0" and config.metrics_allow_from == parse_networks("127.0.0.0/8,::1,10.0.0.0/8")
     assert config.deny_hosts and config.log_format == "json" and config.connect_ports == frozenset({443})

@@ -26,6 +26,7 @@ import pytest
 import requests
 import trustme
 from servers import RawOrigin
+from waiting import wait_until
 
 from proxy.testing.origins import OriginCA
 from proxy.testing.pytest_plugin import FwdProxy, Origin
@@ -65,10 +66,7 @@ def still_serves(proxy: FwdProxy, name: str = "api.test") -> None:
 
 def settle(proxy: FwdProxy) -> None:
     """Wait (bounded) until every client connection is closed, and say so."""
-    deadline = time.monotonic() + 5
-    while proxy.server.status()["client_connections"] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proxy.server.status()["client_connections"] == 0
+    assert wait_until(lambda: proxy.server.status()["client_connections"] == 0, 10)
 
 
 @pytest.fixture
@@ -258,19 +256,21 @@ class Subprocess:
         this waits (up to 10 s) until the figures reach ``at_most``, or for a baseline,
         until two readings agree.
         """
-        deadline, last = time.monotonic() + 10, None
-        while True:
+        seen: list[tuple[int, int]] = []
+
+        def settled() -> bool:
             status = self.status()
             threads = re.search(r"Threads:\s+(\d+)", Path(f"/proc/{self.proc.pid}/status").read_text())
             assert threads
             now = (len(os.listdir(f"/proc/{self.proc.pid}/fd")) - status["upstream_idle"],
                    int(threads.group(1)) - status["idle_workers"])
+            last = seen[-1] if seen else None
+            seen.append(now)
             quiet = status["client_connections"] <= 1
-            reached = now == last if at_most is None else now[0] <= at_most[0] and now[1] <= at_most[1]
-            if (quiet and reached) or time.monotonic() > deadline:
-                return now
-            last = now
-            time.sleep(0.05)
+            return quiet and (now == last if at_most is None else now[0] <= at_most[0] and now[1] <= at_most[1])
+
+        wait_until(settled, 10, interval=0.05)
+        return seen[-1]
 
 
 @pytest.fixture(scope="module")
@@ -402,8 +402,8 @@ def test_shutdown_ends_idle_intercepted_sessions(fwdproxy_factory: Factory, orig
         tls.sendall(b"GET /one HTTP/1.1\r\nHost: api.test\r\n\r\n")
         assert tls.recv(65536).startswith(b"HTTP/1.1 200 OK")
         started = time.monotonic()
-        proxy.server.stop(grace=5)  # an idle kept-alive session is not waited for
-        assert time.monotonic() - started < 3
+        proxy.server.stop(grace=30)  # an idle kept-alive session is not waited for
+        assert time.monotonic() - started < 10  # far from the grace, whatever the machine's load
         assert tls.recv(65536) == b""  # the proxy's close_notify, then the end of the stream
     tunnel = proxy.flows.wait_for(kind="tunnel", finished=True)
     assert tunnel.intercepted and tunnel.bytes_up > 0 and tunnel.bytes_down > 0

@@ -9,12 +9,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from servers import OriginServer, RawOrigin
+from waiting import wait_until
 from wire import exchange
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,19 +56,18 @@ def settled(pid: int, address: tuple[str, int], at_most: tuple[int, int] | None 
     """Usage once every client has gone. A handler thread closes its socket just after it
     reports done, so this waits (up to 15 s) until the figures reach ``at_most``, or, for a
     baseline, until two readings 0.1 s apart agree."""
-    deadline = time.monotonic() + 15
-    last = None
-    while True:
+    seen: list[tuple[int, int]] = []
+
+    def reached() -> bool:
         now = usage(pid, address)
-        quiet = health(address)["client_connections"] <= 1
-        if quiet and at_most is not None and now[0] <= at_most[0] and now[1] <= at_most[1]:
-            return now
-        if quiet and at_most is None and now == last:
-            return now
-        if time.monotonic() > deadline:
-            return now
-        last = now
-        time.sleep(0.1)
+        last = seen[-1] if seen else None
+        seen.append(now)
+        if health(address)["client_connections"] > 1:
+            return False
+        return now == last if at_most is None else now[0] <= at_most[0] and now[1] <= at_most[1]
+
+    wait_until(reached, 15, interval=0.1)
+    return seen[-1]
 
 
 def mixed_exchanges(address: tuple[str, int], origin: OriginServer, truncating: RawOrigin,
@@ -91,6 +90,7 @@ def mixed_exchanges(address: tuple[str, int], origin: OriginServer, truncating: 
     ]
 
 
+@pytest.mark.xdist_group("stress")  # one churn at a time, beside the lighter tests
 @pytest.mark.slow
 def test_no_descriptor_or_thread_leaks(proxy_pid_address: tuple[int, tuple[str, int]]) -> None:
     pid, address = proxy_pid_address

@@ -44,6 +44,7 @@ def rss_mib(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
+@pytest.mark.xdist_group("stress")  # one churn at a time, beside the lighter tests
 @pytest.mark.slow
 def test_resident_memory_plateaus_under_churn(churned_proxy: tuple[int, tuple[str, int]]) -> None:
     pid, address = churned_proxy

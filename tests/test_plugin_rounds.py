@@ -141,7 +141,9 @@ def test_a_chaos_seed_is_printed_and_replays_the_same_faults(pytester: pytest.Py
     run(pytester, f"--fwdproxy-seed={seed + 1}").assert_outcomes(failed=1)
     runs = out.read_text().splitlines()
     assert runs[0] == runs[1] == runs[2] and runs[3] != runs[0]
-    assert {"200", "503", "reset", "truncated"} <= set(runs[0].split())
+    # Every kind of fault happens. One random seed's 40 draws miss a kind about once in 3,700 runs
+    # (0.8**40 for resets alone); two seeds' 80 draws, about once in 30 million.
+    assert {"200", "503", "reset", "truncated"} <= set(runs[0].split()) | set(runs[3].split())
 
 
 RECORD_TEST = """

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 from conftest import RunningProxy
+from waiting import wait_until
 from wire import exchange
 
 if TYPE_CHECKING:
@@ -103,10 +103,8 @@ def test_upstream_connection_the_origin_closed_is_not_left_in_close_wait(proxy_f
     origin = keepalive_origin(close_after_reply=True)
     # The origin closes right after its response, which says nothing of closing: the proxy pools it.
     get(proxy, origin.url)
-    deadline = time.monotonic() + 3
-    while proxy.server.pool.idle_count() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proxy.server.pool.idle_count() == 0, "the pool kept a connection its origin had closed"
+    assert wait_until(lambda: proxy.server.pool.idle_count() == 0, 10), \
+        "the pool kept a connection its origin had closed"
 
 
 def test_pool_is_bounded_in_total_and_lets_the_oldest_go(proxy_factory: Callable[..., RunningProxy], keepalive_origin: Callable[..., KeepAliveOrigin]) -> None:

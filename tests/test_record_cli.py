@@ -296,9 +296,9 @@ def test_a_disk_filling_up_mid_run_costs_flows_not_traffic(tmp_path: Path, origi
     proc = subprocess.Popen([*wrap, sys.executable, "-m", "proxy", "--port", "0", "--record",
                              f"{mnt}/flows.sqlite", "--log-level", "warning"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    log = StderrLines(proc)
     try:
-        assert proc.stderr is not None
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", proc.stderr.readline())
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.wait_for("listening on"))
         assert match
         address = ("127.0.0.1", int(match.group(1)))
         filled = subprocess.run(["nsenter", "--target", str(proc.pid), "--mount", "dd", "if=/dev/zero",
@@ -307,20 +307,53 @@ def test_a_disk_filling_up_mid_run_costs_flows_not_traffic(tmp_path: Path, origi
         statuses = [through(address, "POST", origin.url("/echo"), body=b"z" * 65536)[0].status
                     for _ in range(20)]
         assert statuses == [200] * 20
-        logged = [proc.stderr.readline()]  # the writer says so (once a minute at most)
-        while "flows lost" not in logged[-1] and len(logged) < 20:  # past any other warning
-            logged.append(proc.stderr.readline())
-        assert "flows lost" in logged[-1] and "full" in logged[-1], logged
+        lost = log.wait_for("flows lost")  # the writer says so (once a minute at most)
+        assert "full" in lost, log.lines
         _, body = through(address, "GET", "/healthz")
         store = json.loads(body)["record"]["store"]
         assert store["failed"] > 0 and store["dropped_flows"] == 0, store
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=15)
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0
+            proc.wait()
+        log.reader.join(10)
+    assert proc.returncode == 0, log.lines
+
+
+class StderrLines:
+    """A process's stderr read on a thread as it comes (its pipe never fills), waited on line by line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self.lines: list[str] = []
+        self._stream = proc.stderr
+        self._changed = threading.Condition()
+        self._ended = False
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        with self._stream:
+            for line in self._stream:
+                with self._changed:
+                    self.lines.append(line)
+                    self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+        """The first line holding ``text``; fails, showing every line, after ``timeout`` s or at EOF."""
+        def found() -> str | None:
+            return next((line for line in self.lines if text in line), None)
+
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None or self._ended, timeout)
+            line = found()
+        assert line is not None, f"no {text!r} on stderr within {timeout}s: {self.lines}"
+        return line
 
 
 def test_a_tunnel_is_shown_as_bytes_relayed_unread(proxy_factory: Callable[..., RunningProxy],

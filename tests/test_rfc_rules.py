@@ -9,6 +9,7 @@ loopback origin, with a control that shows the rule is what made the difference.
 from __future__ import annotations
 
 import socket
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -131,3 +132,54 @@ def test_rfc9112_7_1_2_an_http10_client_gets_the_body_without_trailers(proxy: Ru
     response = raw(proxy, f"GET {origin.url('/chunked/3000')} HTTP/1.0\r\n\r\n".encode())
     body = response.partition(b"\r\n\r\n")[2]
     assert len(body) == 3000 and b"X-Sum" not in response
+
+
+# -- RFC 9112 section 9.6: a lingering close after an early response ---------------------------
+
+def test_rfc9112_9_6_a_client_still_uploading_after_an_early_refusal_is_not_reset(
+        proxy: RunningProxy, raw_origin: Callable[..., RawOrigin]) -> None:
+    # The origin refuses the upload at its head; the proxy relays the 413 and closes while
+    # the client is still sending. Closing with its bytes unread answers the client's next
+    # write with a reset (curl: "Send failure: Broken pipe", and no status shown).
+    origin = raw_origin(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    size = 12 << 20  # more than socket buffers hold, less than the proxy drains
+    errors: list[OSError] = []
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        def upload() -> None:
+            try:
+                sock.sendall(f"PUT http://{origin.authority}/up HTTP/1.1\r\nHost: x\r\n"
+                             f"Content-Length: {size}\r\n\r\n".encode())
+                for _ in range(size // 65536):
+                    sock.sendall(b"x" * 65536)
+            except OSError as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=upload)
+        sender.start()
+        response = b""
+        while piece := sock.recv(65536):  # the whole response, then the proxy's FIN
+            response += piece
+        sender.join(10)
+    assert response.startswith(b"HTTP/1.1 413 ") and errors == []
+    # Negative control: the next client is served.
+    assert raw(proxy, f"GET http://{origin.authority}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+               .encode()).startswith(b"HTTP/1.1 413")
+
+
+# -- RFC 9110 section 10.1.1: Expect: 100-continue is the origin's to answer --------------------
+
+@pytest.mark.parametrize("refusal", [b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n",
+                                     b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nwho?"])
+def test_rfc9110_10_1_1_an_origin_refusing_before_the_body_is_heard_first(
+        proxy: RunningProxy, raw_origin: Callable[..., RawOrigin], refusal: bytes) -> None:
+    # The proxy passes Expect on and lets the origin speak first: its refusal reaches the
+    # client instead of a 100 of the proxy's own that would have the client send the body
+    # (a big upload, for nothing) to an origin that already said no.
+    origin = raw_origin(refusal, then="hang")
+    with socket.create_connection(proxy.address, timeout=10) as sock:
+        sock.sendall(f"PUT http://{origin.authority}/up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     "Expect: 100-continue\r\n\r\n".encode())
+        resp, body = read_response(sock)
+    assert (resp.status, body) == (int(refusal[9:12]), refusal.partition(b"\r\n\r\n")[2])
+    assert b"expect: 100-continue" in origin.received[0].lower()
+    assert proxy.wait_flows(1)[0].bytes_up == 0

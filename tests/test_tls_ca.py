@@ -207,6 +207,33 @@ def test_ca_init_show_env(tmp_path: Path) -> None:
     assert fwdproxy("ca", "show", "--dir", str(tmp_path / "none")).returncode == 2
 
 
+# A python3 without trustme: what a checkout's `python3 -m proxy ca env` meets after ./scripts/serve
+# put trustme into .venv for --intercept. None in sys.modules makes each import fail.
+WITHOUT_TRUSTME = ("import runpy, sys; sys.modules.update(trustme=None, cryptography=None); "
+                   "sys.argv = ['fwdproxy', *sys.argv[1:]]; runpy.run_module('proxy', run_name='__main__')")
+
+
+def without_trustme(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", WITHOUT_TRUSTME, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_ca_env_needs_no_trustme_once_the_ca_exists(tmp_path: Path) -> None:
+    folder = tmp_path / "ca"
+    assert fwdproxy("ca", "init", "--dir", str(folder)).returncode == 0
+    env = without_trustme("ca", "env", "--dir", str(folder))
+    assert env.returncode == 0, env.stderr
+    assert env.stdout == fwdproxy("ca", "env", "--dir", str(folder)).stdout
+    assert (folder / "ca-bundle.pem").read_bytes().endswith((folder / "ca.pem").read_bytes())
+    # What it cannot do without trustme, it refuses with the way out; a bad folder is still refused.
+    shown = without_trustme("ca", "show", "--dir", str(folder))
+    assert shown.returncode == 2 and "pip install trustme" in shown.stderr and "./scripts/serve" in shown.stderr
+    assert "no CA in" in without_trustme("ca", "env", "--dir", str(tmp_path / "none")).stderr
+    (folder / "ca.pem").write_text("not a certificate\n")
+    broken = without_trustme("ca", "env", "--dir", str(folder))
+    assert broken.returncode == 2 and "is not a valid PEM certificate" in broken.stderr
+
+
 def read_startup(proc: subprocess.Popen[str]) -> list[str]:
     """stderr lines up to the listening line."""
     assert proc.stderr is not None

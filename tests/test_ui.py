@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from har_check import assert_valid_har
 from ui_setup import ITEMS, Capture
+from waiting import wait_until
 
 from proxy.config import Config
 from proxy.record.flows import Flow
@@ -291,6 +292,25 @@ def test_serve_with_ui_records_to_a_temporary_store_removed_at_exit(capture: Cap
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
     assert proc.returncode == 0
+    assert list(tmp_path.glob("fwdproxy-ui-*")) == []
+
+
+@pytest.mark.parametrize("when", ["as soon as the scratch store exists", "as soon as the page is announced"])
+def test_a_sigterm_while_starting_still_ends_cleanly_and_removes_the_scratch_store(tmp_path: Path, when: str) -> None:
+    """Before the proxy's handler is in place, a stop signal is held, not fatal (it used to exit -15,
+    leaving the temporary store behind)."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--ui", "--ui-port", "0"], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        if when.endswith("exists"):  # the widest window: the store, the proxy and the page still to start
+            assert wait_until(lambda: list(tmp_path.glob("fwdproxy-ui-*")), 30, interval=0.001)
+        else:
+            _url_from(proc, r"traffic page at (http://127\.0\.0\.1:\d+/\?token=\S+)")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
     assert list(tmp_path.glob("fwdproxy-ui-*")) == []
 
 

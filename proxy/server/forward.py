@@ -24,6 +24,7 @@ from ..http1.headers import HOP_BY_HOP, Headers, content_length, end_to_end, htt
 from ..http1.target import Origin
 from ..record.flows import Flow, elapsed_ms
 from .downstream import Downstream
+from .expect import origin_answered_first
 from .failures import Closed, Step, switch_failure, upstream_failure
 from .pool import Pool, UpstreamConnection, UpstreamResponse
 from .rewrite import HeaderEdit, edit_fields
@@ -230,7 +231,9 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
     except (http.client.HTTPException, ValueError, OSError) as exc:
         raise upstream_failure(Step.SEND, req.where, exc) from exc
     clean_upload = True
-    if body is None:
+    if body is None and expects_continue and origin_answered_first(conn.sock):
+        clean_upload = False  # refused before the body: it is neither read nor sent
+    elif body is None:
         if expects_continue:
             client.send(_CONTINUE)
         clean_upload = _stream_up(conn, req, client, flow)

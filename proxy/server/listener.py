@@ -35,6 +35,7 @@ from .descriptors import Budget, soft_limit
 from .faults import Faults
 from .handler import ProxyHandler
 from .intercept import UpstreamTLSConnection, configured_interception
+from .linger import half_close
 from .live import Live
 from .pool import Pool, UpstreamConnection
 from .shared import Client, ServerBase
@@ -200,6 +201,7 @@ class ProxyServer(ServerBase):
             if request in self._detached:
                 return  # a tunnel: the relay closes it, and counts it out, when it ends
             self._active -= 1
+        half_close(request)  # so a response sent while the client was still uploading is read
         super().shutdown_request(request)
 
     def relay_tunnel(self, client: socket.socket, upstream: socket.socket, early: bytes,

@@ -53,7 +53,60 @@ def _trustme() -> None:
     try:
         import trustme  # noqa: F401
     except ImportError as exc:
-        raise CAError("TLS interception needs trustme: pip install trustme") from exc
+        raise CAError("TLS interception needs trustme: pip install trustme "
+                      "(./scripts/serve installs it into .venv in a checkout)") from exc
+
+
+def env_lines(directory: Path) -> list[str]:
+    """What ``fwdproxy ca env`` prints for the CA saved in directory, after writing its bundle.
+
+    Trusting a CA is only reading files, so a python3 without trustme (a checkout run as
+    ``python3 -m proxy ca env`` after ``./scripts/serve --intercept`` made the CA in .venv)
+    still gets the lines; it checks what the standard library can, and --intercept checks the rest.
+    """
+    try:
+        _trustme()
+    except CAError:
+        cert_file = _saved_files(directory)[0]
+        try:
+            ssl.PEM_cert_to_DER_cert(cert_file.read_text("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            raise CAError(f"{cert_file} is not a valid PEM certificate: restore it, or delete it and "
+                          f"{directory / KEY_NAME} and run `fwdproxy ca init`") from None
+        _write_bundle(directory / BUNDLE_NAME, cert_file.read_bytes())
+        return _exports(directory / BUNDLE_NAME, cert_file)
+    ca = LocalCA.load(directory)
+    ca.write_bundle()
+    return ca.env_lines()
+
+
+def _saved_files(directory: Path) -> tuple[Path, Path]:
+    """ca.pem and ca-key.pem in directory, after checking both are there and the key is private."""
+    cert_file, key_file = directory / CERT_NAME, directory / KEY_NAME
+    if not cert_file.exists() and not key_file.exists():
+        raise CAError(f"no CA in {directory}: create one with `fwdproxy ca init --dir {directory}`")
+    for path, other in ((cert_file, key_file), (key_file, cert_file)):
+        if not path.exists():
+            raise CAError(f"{path} is missing but {other} exists: restore it, or delete {other} "
+                          "and run `fwdproxy ca init` (clients must then trust the new CA)")
+    _check_private(key_file)
+    return cert_file, key_file
+
+
+def _write_bundle(bundle_file: Path, cert_pem: bytes) -> None:
+    """The system's roots plus a CA as one PEM bundle."""
+    roots = b""
+    system = system_roots_file()
+    if system is not None:
+        roots = Path(system).read_bytes().rstrip(b"\n") + b"\n"
+    bundle_file.write_bytes(roots + cert_pem)
+
+
+def _exports(bundle_file: Path, cert_file: Path) -> list[str]:
+    """``export`` lines that make common clients trust a CA."""
+    bundle, cert = shlex.quote(str(bundle_file)), shlex.quote(str(cert_file))
+    return ([f"export {name}={bundle}" for name in BUNDLE_VARIABLES]
+            + [f"export {name}={cert}" for name in EXTRA_CA_VARIABLES])
 
 
 @dataclass
@@ -100,14 +153,7 @@ class LocalCA:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
-        cert_file, key_file = directory / CERT_NAME, directory / KEY_NAME
-        if not cert_file.exists() and not key_file.exists():
-            raise CAError(f"no CA in {directory}: create one with `fwdproxy ca init --dir {directory}`")
-        for path, other in ((cert_file, key_file), (key_file, cert_file)):
-            if not path.exists():
-                raise CAError(f"{path} is missing but {other} exists: restore it, or delete {other} "
-                              "and run `fwdproxy ca init` (clients must then trust the new CA)")
-        _check_private(key_file)
+        cert_file, key_file = _saved_files(directory)
         cert_pem, key_pem = cert_file.read_bytes(), key_file.read_bytes()
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
@@ -160,18 +206,12 @@ class LocalCA:
 
     def write_bundle(self) -> Path:
         """Write the system's roots plus this CA as one PEM bundle; its path."""
-        roots = b""
-        system = system_roots_file()
-        if system is not None:
-            roots = Path(system).read_bytes().rstrip(b"\n") + b"\n"
-        self.bundle_file.write_bytes(roots + self.ca.cert_pem.bytes())
+        _write_bundle(self.bundle_file, self.ca.cert_pem.bytes())
         return self.bundle_file
 
     def env_lines(self) -> list[str]:
         """``export`` lines that make common clients trust this CA (after write_bundle)."""
-        bundle, cert = shlex.quote(str(self.bundle_file)), shlex.quote(str(self.cert_file))
-        return ([f"export {name}={bundle}" for name in BUNDLE_VARIABLES]
-                + [f"export {name}={cert}" for name in EXTRA_CA_VARIABLES])
+        return _exports(self.bundle_file, self.cert_file)
 
 
 def not_after(cert: x509.Certificate) -> datetime.datetime:

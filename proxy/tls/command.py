@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .ca import CAError, LocalCA, default_ca_dir
+from .ca import CAError, LocalCA, default_ca_dir, env_lines
 
 TRUST_HINT = ("trust it with `eval \"$(fwdproxy ca env)\"` (`python3 -m proxy ca env` in a checkout); "
               "other clients: docs/interception.md")
@@ -48,9 +48,7 @@ def run(ns: argparse.Namespace) -> int:
         elif ns.ca_command == "show":
             print("\n".join(LocalCA.load(directory).describe()))
         else:
-            ca = LocalCA.load(directory)
-            ca.write_bundle()
-            print("\n".join(ca.env_lines()))
+            print("\n".join(env_lines(directory)))
     except CAError as exc:
         print(f"fwdproxy: {exc}", file=sys.stderr)
         return 2
