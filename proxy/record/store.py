@@ -129,8 +129,8 @@ _DEFAULTS = {"intercepted": "0", "upstream_tls": "''", "response_trailers": "''"
 _WRITE_COLUMNS = ("id", "started", "kind", "client", "method", "url", "http_version", "host", "port", "path",
                   "status", "reason", "bytes_up", "bytes_down", "duration_ms", "connect_ms", "send_ms",
                   "wait_ms", "receive_ms", "upstream_reused", "error", "error_kind", "intercepted",
-                  "upstream_tls", "parent", "request_body_stored", "response_body_stored", "bodies_dropped",
-                  "request_headers", "response_headers", "response_trailers", "faults", "rules")
+                  "upstream_tls", "parent", "request_headers", "response_headers", "response_trailers",
+                  "faults", "rules", "request_body_stored", "response_body_stored", "bodies_dropped")
 assert sorted(_WRITE_COLUMNS) == sorted(COLUMNS)
 # Rows per INSERT statement. sqlite3 releases the GIL around every step of a statement, and
 # with request threads waiting for it each release costs a thread switch: one multi-row
@@ -272,7 +272,7 @@ class Recorder:
             raise
         self._next_id = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM flows").fetchone()[0]
         self._spool = Spool(self._write, name=f"flow store {self.path}", max_flows=max_flows,
-                            max_body_bytes=max_body_bytes)
+                            max_body_bytes=max_body_bytes, prepare=self._prepare)
         self._closed = False
 
     def __call__(self, flow: Flow) -> None:
@@ -307,10 +307,27 @@ class Recorder:
     def __repr__(self) -> str:
         return f"<Recorder {self.path} {self._spool.stats()}>"
 
+    def _prepare(self, f: Flow) -> tuple[tuple[Any, ...], bytes, bytes]:
+        """A flow as the values of its row (no id, no body sizes yet) and its bodies (request thread).
+
+        Strings and numbers only: the queue then holds no lists for the garbage collector.
+        """
+        redacting = not self.secrets
+        # bool binds as 0/1 and None as NULL: upstream_reused and intercepted go in as they are.
+        row = (f.started, f.kind, f.client, f.method, f.url, f.http_version, f.host, f.port,
+               f.path, f.status, f.reason, f.bytes_up, f.bytes_down, f.duration_ms, f.connect_ms,
+               f.send_ms, f.wait_ms, f.receive_ms, f.upstream_reused, f.error, f.error_kind,
+               f.intercepted, f.upstream_tls, f.parent,
+               _lines(f.request_headers, redacting), _lines(f.response_headers, redacting),
+               _lines(f.response_trailers, False) if f.response_trailers else "",
+               ",".join(f.faults) if f.faults else "",
+               "\n".join([r.replace("\n", " ") for r in f.rules]) if f.rules else "")
+        return row, f.request_body, f.response_body
+
     def _write(self, batch: list[Queued]) -> None:
         """One transaction for a batch (writer thread only)."""
         first = self._next_id
-        flows, bodies = _rows(batch, first, redacting=not self.secrets)
+        flows, bodies = _rows(batch, first)
         self._db.execute("BEGIN")
         try:
             _insert_all(self._db, "flows", _WRITE_COLUMNS, flows)
@@ -323,29 +340,22 @@ class Recorder:
         self._next_id = first + len(batch)
 
 
-def _rows(batch: list[Queued], first: int, *, redacting: bool) -> tuple[list[Any], list[Any]]:
+def _rows(batch: list[Queued], first: int) -> tuple[list[Any], list[Any]]:
     """The values of a batch's flows rows (``_WRITE_COLUMNS`` order) and bodies rows, each
     flattened into one list, with ids from ``first``: the writer's hot loop."""
     flows: list[Any] = []
     bodies: list[Any] = []
-    lines = _lines
-    for flow_id, (f, kept) in enumerate(batch, first):
-        up, down = f.request_body, f.response_body
+    for flow_id, ((row, up, down), kept, _size) in enumerate(batch, first):
+        flows.append(flow_id)
+        flows += row
         if kept:
+            flows += (len(up), len(down), 0)
             if up:
                 bodies += (flow_id, 0, up)
             if down:
                 bodies += (flow_id, 1, down)
-        # bool binds as 0/1 and None as NULL: upstream_reused and intercepted go in as they are.
-        flows += (flow_id, f.started, f.kind, f.client, f.method, f.url, f.http_version, f.host, f.port,
-                  f.path, f.status, f.reason, f.bytes_up, f.bytes_down, f.duration_ms, f.connect_ms,
-                  f.send_ms, f.wait_ms, f.receive_ms, f.upstream_reused, f.error, f.error_kind,
-                  f.intercepted, f.upstream_tls, f.parent,
-                  len(up) if kept else 0, len(down) if kept else 0, 0 if kept or not (up or down) else 1,
-                  lines(f.request_headers, redacting), lines(f.response_headers, redacting),
-                  lines(f.response_trailers, False) if f.response_trailers else "",
-                  ",".join(f.faults) if f.faults else "",
-                  "\n".join([r.replace("\n", " ") for r in f.rules]) if f.rules else "")
+        else:
+            flows += (0, 0, 1 if up or down else 0)
     return flows, bodies
 
 
