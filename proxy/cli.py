@@ -180,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="LIST",
                         help="Upgrade protocols a plain (ws://) request may switch to; '' for none "
                              "(default %(default)s). CONNECT tunnels are not affected")
-    serve.add_argument("--workers", type=int, default=_env("workers", _DEFAULTS.workers),
-                       help="processes sharing the port with SO_REUSEPORT (default %(default)s); "
-                            "more than one uses more cores for many small requests")
+    serve.add_argument("--workers", type=int, default=_env("workers", 0),
+                       help="processes sharing the port with SO_REUSEPORT; 0 (the default) is one per CPU, "
+                            "or 1 with --record, --har, --flows-jsonl or --ui (one writer per file)")
     limits = serve.add_argument_group("limits")
     limits.add_argument("--max-request-line", type=int,
                         default=_env("max-request-line", _DEFAULTS.max_request_line),
@@ -307,7 +307,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
                         max_header_count=int(ns.max_headers),
                         max_body=None if ns.max_body is None else int(ns.max_body),
                         max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                        workers=int(ns.workers), metrics=ns.metrics,
+                        workers=_worker_count(ns), metrics=ns.metrics,
                         metrics_allow_from=parse_networks(ns.metrics_allow_from)
                         if ns.metrics_allow_from else LOOPBACK_NETWORKS,
                         intercept=ns.intercept,
@@ -327,6 +327,22 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         return config
     except OSError as exc:
         raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
+
+
+def _worker_count(ns: argparse.Namespace) -> int:
+    """The worker processes to run: as asked, or for 0 one per CPU this process may use.
+
+    A recording, a flows file or the traffic page has one writer (or reader),
+    so 0 means one process with any of them.
+    """
+    if int(ns.workers) != 0:
+        return int(ns.workers)
+    if ns.record or ns.har or ns.flows_jsonl or ns.ui:
+        return 1
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _record_settings(ns: argparse.Namespace) -> dict[str, Any]:

@@ -459,7 +459,7 @@ def start_fwdproxy(children: Children, tmp: Path, extra: list[str],
         text = log.read_text(errors="replace")
         if "listening on http://" in text:
             line = next(ln for ln in text.splitlines() if "listening on http://" in ln)
-            port = int(line.rsplit(":", 1)[1])
+            port = int(line.split("listening on http://", 1)[1].split()[0].rsplit(":", 1)[1])
             return Target(name, port, proc, line.split(" listening")[0].strip())
         if proc.poll() is not None:
             break

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 import base64
 import http.client
+import re
 import socket
 import subprocess
 import sys
@@ -319,7 +320,7 @@ def test_auth_file(tmp_path: Path, origin: OriginServer) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--auth-file", str(creds)],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    port = int(proc.stderr.readline().rsplit(":", 1)[1])
+    port = int(re.search(r":(\d+)", proc.stderr.readline().rsplit("/", 1)[1]).group(1))  # type: ignore[union-attr]
     try:
         ok = exchange(("127.0.0.1", port), f"GET {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                       f"Proxy-Authorization: {basic('carol', 'pa:ss')}\r\n\r\n".encode())

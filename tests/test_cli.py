@@ -18,7 +18,8 @@ import pytest
 from servers import OriginServer, Received
 from wire import through
 
-from proxy.config import LOOPBACK_NETWORKS, parse_networks
+from proxy.cli import parse_config
+from proxy.config import LOOPBACK_NETWORKS, Config, parse_networks
 from proxy.testing.origins import OriginConnection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,17 +178,21 @@ def test_invalid_flag_values_are_refused() -> None:
 def test_workers_share_the_port(running: type[Running], origin: OriginServer) -> None:
     proxy = running("--port", "0", "--workers", "2")
     assert "(2 worker processes)" in proxy.banner
-    pids = set()
+    pids, workers = set(), {}
     for _ in range(40):  # the kernel spreads new connections over the workers' sockets
         with socket.create_connection(proxy.address, timeout=10) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
             data = b""
             while piece := sock.recv(4096):
                 data += piece
-        pids.add(json.loads(data.partition(b"\r\n\r\n")[2])["pid"])
+        status = json.loads(data.partition(b"\r\n\r\n")[2])
+        pids.add(status["pid"])
+        workers[status["worker"]] = status["pid"]  # /healthz says which worker answered
+        assert status["workers"] == 2
         if len(pids) == 2:
             break
     assert len(pids) == 2 and proxy.proc.pid in pids
+    assert workers["0"] == proxy.proc.pid and set(workers) == {"0", "1"}
     _resp, body = through(proxy.address, "GET", origin.url("/bytes/3"))
     assert body == b"012"
     code, _ = proxy.stop()
@@ -213,3 +218,14 @@ def test_loading_the_pytest_plugin_does_not_import_the_client() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_workers_default_to_one_per_cpu_on_the_command_line(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert parse_config([]).workers == cpus
+    assert parse_config(["--workers", "3"]).workers == 3
+    # One writer per file: a recording, a flows file or the page means one process.
+    for flags in (["--record", str(tmp_path / "r.sqlite")], ["--flows-jsonl", str(tmp_path / "f.jsonl")],
+                  ["--ui"]):
+        assert parse_config(flags).workers == 1, flags
+    assert Config().workers == 1  # the in-process API (and the pytest plugin) stay single-process

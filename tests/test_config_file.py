@@ -19,7 +19,8 @@ KEYS = config_file.flag_keys(config_file.serve_parser(cli.build_parser()))
 
 # Values that pass a flag's own checks where a generic one of its kind would not.
 SAMPLES: dict[str, Any] = {
-    "host": "::1", "port": 3128, "workers": 2, "ui-host": "::1",
+    # workers: not the default's one per CPU.
+    "host": "::1", "port": 3128, "workers": len(os.sched_getaffinity(0)) + 1, "ui-host": "::1",
     "allow-from": ["10.0.0.0/8", "::1"], "metrics-allow-from": "192.0.2.0/24",
     "auth": ["alice:s3cret"], "allow-host": ["*.example.com"], "deny-host": ["10.0.0.0/8"],
     "connect-ports": [443, "9000-9100"], "upgrade-protocols": [],
@@ -212,7 +213,7 @@ BAD = [
     ("[users]\nc = 5\n", 2, "[users] 'c': expected a string, got an integer 5"),
     ("log-level = \"loud\"\n", 1, "log-level: expected one of \"debug\""),
     ("deny-private = \"yes\"\n", 1, "deny-private: expected true or false"),
-    ("workers = 0\n", 1, "workers: workers must be at least 1"),
+    ("workers = -1\n", 1, "workers: workers must be at least 1"),
     ("users = 3\n", 1, "[users] is a table"),
     ("[hosts]\nallow = []\nrefuse = [\"x\"]\n", 3, "unknown key 'hosts.refuse'; [hosts] takes allow, deny"),
     # A top-level key written under a table is named as one (block is a rewrite rule's key).

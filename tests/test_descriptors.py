@@ -66,7 +66,7 @@ def _limit_descriptors() -> None:
 
 @pytest.fixture
 def small_proxy() -> Iterator[tuple[subprocess.Popen[str], tuple[str, int], str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--log-level", "warning",
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning",
                              "--timeout", "30"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_limit_descriptors)
     assert proc.stderr is not None

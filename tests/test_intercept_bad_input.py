@@ -233,7 +233,7 @@ class Subprocess:
     """``fwdproxy --intercept`` in its own process, so its descriptors and threads can be counted."""
 
     def __init__(self, tmp: Path, upstream_ca: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--log-level", "warning",
+        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning",
                                       "--intercept", "--ca-dir", str(tmp), "--upstream-ca", upstream_ca],
                                      cwd=ROOT, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None

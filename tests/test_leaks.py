@@ -24,7 +24,7 @@ WORKERS = 8
 
 @pytest.fixture(scope="module")
 def proxy_pid_address() -> Iterator[tuple[int, tuple[str, int]]]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--log-level", "warning",
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning",
                              "--timeout", "2", "--header-timeout", "2"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None

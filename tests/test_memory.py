@@ -28,7 +28,7 @@ SLACK_MIB = 4.0
 
 @pytest.fixture
 def churned_proxy() -> Iterator[tuple[int, tuple[str, int]]]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--log-level", "warning",
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning",
                              "--timeout", "2", "--header-timeout", "2"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None

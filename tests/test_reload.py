@@ -29,6 +29,8 @@ class ProxyProcess:
 
     def __init__(self, config: Path, *flags: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FWDPROXY_")}
+        if "--workers" not in flags:
+            flags = ("--workers", "1", *flags)  # one process, one log to follow (the default is one per CPU)
         self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--config", str(config),
                                       *flags], cwd=ROOT, env=env, text=True, stderr=subprocess.PIPE)
         assert self.proc.stderr is not None
@@ -180,9 +182,9 @@ def test_sighup_changes_rules_under_load_without_dropping_anyone(config: Path, s
         assert get(proxy.address, by_name, CREDENTIALS) == 403  # the old rules still hold
         load.wait_for_more(20)
 
-        config.write_text('workers = 2\n[users]\nalice = "pw"\n')
+        config.write_text('tunnel-idle-timeout = 7\n[users]\nalice = "pw"\n')
         proxy.hup()
-        assert "workers changed" in proxy.wait_log("needs a restart")
+        assert "tunnel-idle-timeout changed" in proxy.wait_log("needs a restart")
         assert "changed deny-hosts" in proxy.wait_log("config reloaded")
         assert get(proxy.address, by_name, CREDENTIALS) == 200  # the deny rule is gone
         load.wait_for_more(20)

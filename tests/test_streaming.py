@@ -30,7 +30,7 @@ RSS_LIMIT_KIB = 48 * 1024
 
 @pytest.fixture(scope="module")
 def proxy_process() -> Iterator[tuple[subprocess.Popen[str], tuple[str, int]]]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     line = proc.stderr.readline()

@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import BadRequest
 
@@ -29,6 +30,14 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 3986: a request target is visible ASCII only.
 _BAD_TARGET = re.compile(rb"[^\x21-\x7e]")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+# A whole field section that read_fields would take as it is: every line a
+# token, a colon and a clean value, then the empty line. Anything else (obs-fold,
+# bare CR, a space before the colon, controls) is left to read_fields, which
+# says what is wrong with it.
+# One field of a section already known clean (decoded as latin-1): the value
+# without the whitespace around it (RFC 9112 section 5.1: OWS is not part of it).
+_CLEAN_FIELD = re.compile(r"([^:]+):[ \t]*([^\r]*?)[ \t]*\r\n")
+_CLEAN_SECTION = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n")
 
 # RFC 9110 section 7.6.1, plus Proxy-Connection (never standard, still sent by
 # old clients) and the proxy authentication fields, which are for this hop only.
@@ -152,6 +161,38 @@ def read_fields(readline: Callable[[int], bytes], limits: Limits = Limits()) -> 
         fields.append((name.lower(), name, value))
         if len(fields) > limits.header_count:
             raise BadRequest(f"more than {limits.header_count} header fields", status=431)
+
+
+class Buffered(Protocol):
+    """A buffered reader (io.BufferedReader, or a TLS stream's): what read_section needs."""
+
+    def peek(self, size: int = 0, /) -> bytes: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+def read_section(reader: Buffered, limits: Limits = Limits()) -> Headers:
+    """read_fields, in one pass when the whole section is already buffered (the common case).
+
+    The buffered bytes are checked whole by one expression and split once; a
+    section that is not all there yet, too large, or not plainly clean is read
+    by read_fields instead, from the same place (nothing has been consumed),
+    so both give the same fields or the same error.
+    """
+    buffered = reader.peek(limits.header_bytes)
+    # The section ends at the first empty line: no line holds a CRLF of its own.
+    end = -2 if buffered[:2] == b"\r\n" else buffered.find(b"\r\n\r\n")
+    size = end + 4  # through the empty line
+    if end == -1 or size > limits.header_bytes or not _CLEAN_SECTION.fullmatch(buffered, 0, size):
+        return read_fields(reader.readline, limits)
+    pairs = _CLEAN_FIELD.findall(buffered[:size - 2].decode("latin-1"))
+    if len(pairs) > limits.header_count:
+        return read_fields(reader.readline, limits)
+    fields = [(name.lower(), name, value) for name, value in pairs]
+    reader.read(size)
+    return Headers.from_parsed(fields)
 
 
 def parse_field(line: bytes) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from ..http1 import responses, upgrade
 from ..http1.chunked import LAST_CHUNK, encode_chunk, read_chunked
 from ..http1.errors import Abort, BadRequest, UpstreamError, UpstreamTimeout
 from ..http1.headers import HOP_BY_HOP, Headers, content_length, end_to_end, http_date, persistent_client
+from ..http1.request_head import request_head
 from ..http1.target import Origin
 from ..record.flows import Flow, elapsed_ms
 from .downstream import Downstream
@@ -211,24 +212,13 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
     try:
         # RFC 9112 section 3.2.2: absolute-form to a proxy, origin-form to an origin.
         target = req.path if req.parent is None else req.url
-        conn.putrequest(req.method, target, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", req.host_header or req.origin.authority)
-        for name, value in end_to_end(req.headers, _REPLACED_UP):
-            conn.putheader(name, value)
-        if req.parent is not None and req.parent.authorization:
-            conn.putheader("Proxy-Authorization", req.parent.authorization)
-        conn.putheader("Via", req.via)
-        if req.upgrade:
-            conn.putheader("Connection", "Upgrade")
-            conn.putheader("Upgrade", req.upgrade)
-        if req.body_length is None:
-            conn.putheader("Transfer-Encoding", "chunked")
-        elif req.body_length or "content-length" in req.headers:
-            conn.putheader("Content-Length", str(req.body_length))
-        conn.endheaders(body or None)
+        head = request_head(req.method, target, _upstream_fields(req))
+        sock = conn.sock
+        assert sock is not None  # connected by _acquire, or taken idle from the pool
+        sock.sendall(head + body if body else head)
     except (BrokenPipeError, ConnectionResetError) as exc:
         raise Closed() from exc  # a reused connection the origin had closed: retried if safe
-    except (http.client.HTTPException, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         raise upstream_failure(Step.SEND, req.where, exc) from exc
     clean_upload = True
     if body is None and expects_continue and origin_answered_first(conn.sock):
@@ -239,6 +229,21 @@ def _send(conn: UpstreamConnection, req: Request, client: Downstream, body: byte
         clean_upload = _stream_up(conn, req, client, flow)
     sent = time.monotonic()
     return _read_head(conn, req, retry_safe=body is not None), clean_upload, sent
+
+
+def _upstream_fields(req: Request) -> list[tuple[str, str]]:
+    """The fields sent upstream: Host first, the end-to-end ones as received, then ours and the framing."""
+    fields = [("Host", req.host_header or req.origin.authority), *end_to_end(req.headers, _REPLACED_UP)]
+    if req.parent is not None and req.parent.authorization:
+        fields.append(("Proxy-Authorization", req.parent.authorization))
+    fields.append(("Via", req.via))
+    if req.upgrade:
+        fields += [("Connection", "Upgrade"), ("Upgrade", req.upgrade)]
+    if req.body_length is None:
+        fields.append(("Transfer-Encoding", "chunked"))
+    elif req.body_length or "content-length" in req.headers:
+        fields.append(("Content-Length", str(req.body_length)))
+    return fields
 
 
 def _stream_up(conn: UpstreamConnection, req: Request, client: Downstream, flow: Flow) -> bool:
@@ -298,16 +303,25 @@ def _read_length(rfile: BufferedReader, length: int) -> Iterator[bytes]:
 
 def _read_head(conn: UpstreamConnection, req: Request, *, retry_safe: bool) -> UpstreamResponse:
     conn.progress()
+    sock = conn.sock
+    assert sock is not None
+    # What HTTPConnection.getresponse() does, without its state machine: the head
+    # was written above, not through putrequest(). A response that will close
+    # leaves the connection to be closed when it is settled (see _Lease).
+    resp = UpstreamResponse(sock, method=req.method)
     try:
-        resp = conn.getresponse()
+        resp.begin()
     except (OSError, http.client.HTTPException, ValueError) as exc:
+        resp.close()
         timed_out = conn.timed_out() or isinstance(exc, TimeoutError)
         if retry_safe and not timed_out and isinstance(exc, (http.client.RemoteDisconnected,
                                                               ConnectionResetError)):
             raise Closed() from exc
         raise upstream_failure(Step.RESPONSE, req.where, exc, timed_out=timed_out,
                                waited=conn.read_timeout) from exc
-    assert isinstance(resp, UpstreamResponse)
+    except BaseException:
+        resp.close()
+        raise
     return resp
 
 

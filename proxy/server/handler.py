@@ -34,7 +34,7 @@ from ..http1.headers import (
     content_length,
     parse_request_line,
     persistent_client,
-    read_fields,
+    read_section,
     request_body_length,
 )
 from ..http1.target import Origin, parse_absolute, parse_authority
@@ -180,7 +180,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         line = parse_request_line(raw, limits)
         self.command, self.path, self.request_version = line.method, line.target, line.version
         self.requestline = raw[:-2].decode("ascii")
-        headers = read_fields(self.rfile.readline, limits)
+        headers = read_section(self.downstream.rfile, limits)
         self.phase = Phase.EXCHANGE
         # From here Downstream sets the deadline before each blocking call on the
         # client; while the origin is being waited for, the client owes nothing.

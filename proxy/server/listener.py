@@ -310,6 +310,8 @@ class ProxyServer(ServerBase):
         tunnels = self.relay.count()
         return {"status": "stopping" if self.stopping else "ok", "version": __version__,
                 "name": self.via_name, "pid": os.getpid(),
+                # Which process answered: with --workers N each counts only its own traffic.
+                "worker": self.metrics.worker, "workers": self.config.workers,
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "client_connections": clients, "tunnels": tunnels,
                 "upstream_idle": self.pool.idle_count(), "upstream_opened": self.pool.opened,

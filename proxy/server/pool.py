@@ -23,7 +23,7 @@ from typing import Any
 
 from ..http1.chunked import MAX_SIZE_LINE, parse_chunk_size
 from ..http1.errors import ProxyError
-from ..http1.headers import Headers, Limits, content_length, is_chunked, keep_alive, read_fields
+from ..http1.headers import Headers, Limits, content_length, is_chunked, keep_alive, read_section
 from ..http1.target import Origin
 from .connect import ConnectFn, dial
 from .watchdog import Deadline, Watchdog
@@ -100,7 +100,7 @@ class UpstreamResponse(http.client.HTTPResponse):
 
     def _read_fields(self) -> Headers:
         try:
-            return read_fields(self.fp.readline, RESPONSE_LIMITS)
+            return read_section(self.fp, RESPONSE_LIMITS)
         except ProxyError as exc:
             raise MalformedResponse(exc.reason) from None
 
