@@ -84,8 +84,9 @@ def main() -> int:
             for target in targets if n % 2 == 0 else targets[::-1]:
                 got = measure(target, origin, args)
                 rows[target.name].append(got)
-                print(f"round {n + 1} {target.name:16} {got['rps']:8,.0f} req/s  {got['cpu_us']:6.1f} us CPU/req"
-                      f"  busiest thread {got['busiest_us']:5.1f} us/req", flush=True)
+                print(f"round {n + 1} {target.name:16} {got['rps']:8,.0f} req/s  "
+                      f"{got['cpu_us']:6.1f} us CPU/req  busiest thread {got['busiest_us']:5.1f} us/req",
+                      flush=True)
         med = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                for name, runs in rows.items()}
         off, on = med["fwdproxy"], med["fwdproxy+record"]
