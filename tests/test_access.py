@@ -261,7 +261,7 @@ def test_slowloris_head_is_cut_off_with_408(proxy_factory: Callable[..., Running
 
     def dribble() -> None:  # a header byte every 0.1 s: never idle, never done
         try:
-            while not answered.wait(0.1) and time.monotonic() - start < 5:
+            while not answered.wait(0.1) and time.monotonic() - start < 10:
                 sock.sendall(b"X")
         except OSError:
             pass  # cut off: what the test expects
@@ -278,7 +278,7 @@ def test_slowloris_head_is_cut_off_with_408(proxy_factory: Callable[..., Running
     dribbler.join(10)
     sock.close()
     assert data.startswith(b"HTTP/1.1 408 "), data
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 5  # cut while still dribbling (a loaded machine may be seconds late)
     assert origin.received == []
 
 
