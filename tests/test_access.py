@@ -145,7 +145,7 @@ def test_allow_host_admits_only_matches(proxy_factory: Callable[..., RunningProx
 def test_connect_ports(proxy_factory: Callable[..., RunningProxy], origin: OriginServer) -> None:
     proxy = proxy_factory(connect_ports=parse_ports("443,8000-8100"))
     response = tunnel(proxy, origin.authority)
-    assert status_of(response) == 403 and f"port {origin.port} is not allowed".encode() in response
+    assert status_of(response) == 403 and f"port {origin.port} is not allowed (--connect-ports)".encode() in response
 
 
 def test_connect_ports_default_to_443_when_others_may_connect(proxy_factory: Callable[..., RunningProxy], origin: OriginServer) -> None:
@@ -261,7 +261,7 @@ def test_slowloris_head_is_cut_off_with_408(proxy_factory: Callable[..., Running
 
     def dribble() -> None:  # a header byte every 0.1 s: never idle, never done
         try:
-            while not answered.wait(0.1) and time.monotonic() - start < 5:
+            while not answered.wait(0.1) and time.monotonic() - start < 10:
                 sock.sendall(b"X")
         except OSError:
             pass  # cut off: what the test expects
@@ -278,7 +278,7 @@ def test_slowloris_head_is_cut_off_with_408(proxy_factory: Callable[..., Running
     dribbler.join(10)
     sock.close()
     assert data.startswith(b"HTTP/1.1 408 "), data
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 5  # cut while still dribbling (a loaded machine may be seconds late)
     assert origin.received == []
 
 

@@ -32,7 +32,7 @@ _SECTION = st.lists(st.one_of(_PIECES, st.binary(max_size=4)), max_size=40).map(
 
 
 def outcome(read: object, data: bytes, limits: Limits, buffer_size: int) -> tuple[object, bytes]:
-    reader = io.BufferedReader(io.BytesIO(data), buffer_size)  # type: ignore[arg-type]
+    reader = io.BufferedReader(io.BytesIO(data), buffer_size)  # type: ignore[arg-type, unused-ignore]
     try:
         if read is read_fields:
             result: object = read_fields(reader.readline, limits).fields

@@ -131,7 +131,9 @@ def test_a_flow_round_trips_with_headers_in_order_and_duplicates(tmp_path: Path)
     original = flow(7, method="POST", request_body=b"\xff\x00binary", bytes_up=8, faults=["delay", "throttle"],
                     connect_ms=1.25, send_ms=0.5, wait_ms=3.0, receive_ms=0.25, upstream_reused=False,
                     http_version="HTTP/1.0", error="x", error_kind="destination_unavailable",
-                    intercepted=True, upstream_tls="verified", response_trailers=[("X-Sum", "1")])
+                    intercepted=True, upstream_tls="verified", response_trailers=[("X-Sum", "1")],
+                    rules=["map-remote http://api.test/*=http://127.0.0.1:9/v2", "set-header *=X-A: 1, 2"],
+                    parent="127.0.0.1:3128")
     record(path, [original])
     with Reader(path) as reader:
         stored = reader.get(1)
@@ -300,8 +302,9 @@ def test_a_version_1_store_is_read_and_upgraded_when_recorded_to(tmp_path: Path)
     record(tmp_path / "v2.sqlite", [flow(1)])
     path = tmp_path / "v1.sqlite"
     v1_schema = SCHEMA.replace("error_kind TEXT NOT NULL,", "error_kind TEXT NOT NULL")
-    v1_schema = "\n".join(line for line in v1_schema.splitlines() if "(v2)" not in line)
-    v1_columns = ", ".join(c for c in COLUMNS if c not in ("intercepted", "upstream_tls", "response_trailers"))
+    v1_schema = "\n".join(line for line in v1_schema.splitlines() if "(v2)" not in line and "(v3)" not in line)
+    v1_columns = ", ".join(c for c in COLUMNS if c not in ("intercepted", "upstream_tls", "response_trailers",
+                                                            "rules", "parent"))
     db = sqlite3.connect(path, isolation_level=None)
     db.executescript(f"{v1_schema}\nPRAGMA application_id = {APPLICATION_ID};\nPRAGMA user_version = 1;")
     db.execute("ATTACH DATABASE ? AS v2", [str(tmp_path / "v2.sqlite")])
@@ -318,6 +321,35 @@ def test_a_version_1_store_is_read_and_upgraded_when_recorded_to(tmp_path: Path)
         assert reader.integrity() == "ok"
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+
+
+def test_a_version_2_store_gains_the_rules_and_parent_columns_when_recorded_to(tmp_path: Path) -> None:
+    """Version 2 had no rules or parent: a reader shows none, a recorder adds the columns and fills them."""
+    path = tmp_path / "v2.sqlite"
+    v2_schema = "\n".join(line for line in SCHEMA.splitlines() if "(v3)" not in line)
+    v2_schema = v2_schema.replace("DEFAULT '', -- of a chunked response", "DEFAULT ''  -- of a chunked response")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"{v2_schema}\nPRAGMA application_id = {APPLICATION_ID};\nPRAGMA user_version = 2;")
+    columns = [c for c in COLUMNS if c not in ("rules", "parent")]
+    values = {"id": 1, "started": 1.0, "kind": "http", "client": "c", "method": "GET", "url": "http://a.test/",
+              "http_version": "HTTP/1.1", "host": "a.test", "port": 80, "path": "/", "status": 200,
+              "reason": "OK", "request_headers": "Host: a.test", "response_headers": "", "faults": "",
+              "error": "", "error_kind": "", "upstream_tls": "", "response_trailers": "", "upstream_reused": None}
+    db.execute(f"INSERT INTO flows ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+               [values.get(c, 0) for c in columns])
+    db.close()
+    with Reader(path) as reader:
+        old = reader.get(1)
+        assert old is not None and old.flow.rules == [] and old.flow.parent == ""
+        assert old.flow.url == "http://a.test/"
+    record(path, [flow(2, rules=["block *.ads.test"], parent="127.0.0.1:3128")])
+    with Reader(path) as reader:
+        assert [(s.flow.rules, s.flow.parent) for s in reader.flows()] == [
+            ([], ""), (["block *.ads.test"], "127.0.0.1:3128")]
+        assert reader.integrity() == "ok"
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
 
 

@@ -181,5 +181,6 @@ def test_rfc9110_10_1_1_an_origin_refusing_before_the_body_is_heard_first(
                      "Expect: 100-continue\r\n\r\n".encode())
         resp, body = read_response(sock)
     assert (resp.status, body) == (int(refusal[9:12]), refusal.partition(b"\r\n\r\n")[2])
+    assert resp.getheader("Connection") == "close"  # its body unread, the connection cannot carry another
     assert b"expect: 100-continue" in origin.received[0].lower()
     assert proxy.wait_flows(1)[0].bytes_up == 0

@@ -231,3 +231,18 @@ def test_quiet_tunnel_whose_client_reads_is_not_cut_for_stalling(proxy_factory: 
             received += len(sock.recv(1 << 20))
         assert proxy.server.relay.count() == 1
     assert received > 1 << 20
+
+
+@pytest.mark.parametrize("framing", ["Content-Length: 10\r\n\r\nabc", "Transfer-Encoding: chunked\r\n\r\n5\r\nab"])
+def test_client_whose_body_stops_arriving_gets_408_and_the_origin_is_let_go(
+        proxy_factory: Callable[..., RunningProxy], origin: OriginServer, framing: str) -> None:
+    # Only the read side is cut when the body stalls: the client is told, not just dropped.
+    proxy = proxy_factory(timeout=TIMEOUT)
+    reply = exchange(proxy.address, f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\n{framing}".encode())
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"\r\nProxy-Status: " in head
+    assert body == f"fwdproxy: request body not received within {TIMEOUT:g}s\n".encode()
+    # Negative control: the same proxy serves a whole request at once.
+    whole = exchange(proxy.address, f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                                    "Connection: close\r\n\r\nabc".encode())
+    assert whole.startswith(b"HTTP/1.1 200 ")

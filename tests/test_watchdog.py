@@ -53,9 +53,9 @@ def test_arm_write_wakes_a_send_blocked_on_a_peer_that_never_reads(watchdog: Wat
     deadline.arm_write(0.2)
     start = time.monotonic()
     thread, errors = blocked_send(near)
-    thread.join(5)
+    thread.join(10)
     assert not thread.is_alive() and errors, "the send was not woken"
-    assert deadline.fired and time.monotonic() - start < 3
+    assert deadline.fired and time.monotonic() - start < 8  # 0.2 s, plus room for a loaded machine
 
 
 def test_arm_read_does_not_wake_a_blocked_send(watchdog: Watchdog, deaf_pair: tuple[socket.socket, socket.socket]) -> None:

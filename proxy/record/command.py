@@ -190,6 +190,7 @@ def _show(stored: StoredFlow) -> str:
     else:
         lines.append("(no response)")
     lines += ["", _summary(f)]
+    lines += [printable(f"rule fired: {rule}") for rule in f.rules]
     return "\n".join(lines)
 
 
@@ -223,6 +224,8 @@ def _summary(f: Flow) -> str:
         parts.append("intercepted (TLS terminated by the proxy)")
     if f.upstream_tls:
         parts.append(f"origin certificate {f.upstream_tls}")
+    if f.parent:
+        parts.append(f"via parent proxy {f.parent}")
     if f.faults:
         parts.append(f"faults: {', '.join(f.faults)}")
     if f.error:

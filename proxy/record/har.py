@@ -10,9 +10,12 @@ phases (connect, send, wait, receive), with what the proxy spent before
 them (reading the request, policy) as ``blocked``, so ``time`` is their sum.
 Bodies were decoded from gzip/deflate where they were captured whole, as
 HAR's ``content.text`` is the decoded body; anything that is not UTF-8 is
-base64 with ``encoding``. A CONNECT tunnel becomes one entry with method
-CONNECT, the target as an ``https://host:port`` URL and the bytes relayed as
-its body sizes: what went through it is encrypted and not ours to show.
+base64 with ``encoding``. What HAR has no field for goes in custom fields
+of the entry (``_rules``, ``_parent``, ``_faults``, ``_intercepted``,
+``_upstreamTls``, ``_responseTrailers``), present only where set. A CONNECT
+tunnel becomes one entry with method CONNECT, the target as an
+``https://host:port`` URL and the bytes relayed as its body sizes: what went
+through it is encrypted and not ours to show.
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ def har_entry(flow: Flow, *, note: str = "") -> Json:
         "cache": {},
         "timings": timings,
     }
+    entry.update(_custom(flow))
     notes = [f"fault rules fired: {', '.join(flow.faults)}"] if flow.faults else []
+    notes += [f"rules fired: {'; '.join(flow.rules)}"] if flow.rules else []
+    notes += [f"via parent proxy {flow.parent}"] if flow.parent else []
     if flow.kind == "tunnel":
         notes.insert(0, "CONNECT tunnel: bytes relayed unread, sizes are the bytes each way")
     if flow.error:
@@ -95,6 +101,24 @@ def har_entry(flow: Flow, *, note: str = "") -> Json:
     if notes:
         entry["comment"] = "; ".join(notes)
     return entry
+
+
+def _custom(flow: Flow) -> Json:
+    """What HAR has no field for, as custom fields (HAR 1.2: names starting with "_"), where set."""
+    custom: Json = {}
+    if flow.rules:
+        custom["_rules"] = list(flow.rules)
+    if flow.parent:
+        custom["_parent"] = flow.parent
+    if flow.faults:
+        custom["_faults"] = list(flow.faults)
+    if flow.intercepted:
+        custom["_intercepted"] = True
+    if flow.upstream_tls:
+        custom["_upstreamTls"] = flow.upstream_tls
+    if flow.response_trailers:
+        custom["_responseTrailers"] = _headers(flow.response_trailers)
+    return custom
 
 
 def _timings(flow: Flow) -> Json:

@@ -141,6 +141,7 @@ def flow_json(flow: Flow, *, flow_id: int | None = None, secrets: bool = False) 
         "upstream_reused": flow.upstream_reused, "faults": flow.faults,
         "error": flow.error, "error_kind": flow.error_kind,
         "intercepted": flow.intercepted, "upstream_tls": flow.upstream_tls,
+        "rules": flow.rules, "parent": flow.parent,
     })
     if flow.response_trailers:
         record["response_trailers"] = flow.response_trailers

@@ -46,6 +46,7 @@ true sizes.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -59,7 +60,7 @@ from urllib.parse import quote
 from .flows import REDACTED, SECRET_FIELDS, Flow
 from .spool import MAX_BODY_BYTES, MAX_FLOWS, Queued, Spool
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x66777078  # "fwpx"
 MIN_FREE_BYTES = 8 << 20  # refuse to start recording on a file system with less free space
 
@@ -95,7 +96,9 @@ CREATE TABLE flows (
     error_kind TEXT NOT NULL,         -- RFC 9209 Proxy-Status error type, if one was sent
     intercepted INTEGER NOT NULL DEFAULT 0,     -- 1: TLS terminated by the proxy, requests seen (v2)
     upstream_tls TEXT NOT NULL DEFAULT '',      -- https origin certificate: verified, unverified (v2)
-    response_trailers TEXT NOT NULL DEFAULT ''  -- of a chunked response, as "Name: value" lines (v2)
+    response_trailers TEXT NOT NULL DEFAULT '', -- of a chunked response, as "Name: value" lines (v2)
+    rules TEXT NOT NULL DEFAULT '',             -- routing/rewrite rules that fired, one a line (v3)
+    parent TEXT NOT NULL DEFAULT ''             -- the parent proxy it went through, host:port; '' direct (v3)
 );
 CREATE INDEX flows_started ON flows (started);
 CREATE TABLE bodies (
@@ -110,17 +113,37 @@ COLUMNS = ("id", "started", "kind", "client", "method", "url", "http_version", "
             "status", "reason", "request_headers", "response_headers", "bytes_up", "bytes_down",
             "request_body_stored", "response_body_stored", "bodies_dropped", "duration_ms",
             "connect_ms", "send_ms", "wait_ms", "receive_ms", "upstream_reused", "faults", "error",
-            "error_kind", "intercepted", "upstream_tls", "response_trailers")
+            "error_kind", "intercepted", "upstream_tls", "response_trailers", "rules", "parent")
 # Schema changes that an older store is brought up to when it is opened for recording;
 # a reader fills in the defaults of columns an older store does not have.
 MIGRATIONS = {
     1: ("ALTER TABLE flows ADD COLUMN intercepted INTEGER NOT NULL DEFAULT 0;\n"
         "ALTER TABLE flows ADD COLUMN upstream_tls TEXT NOT NULL DEFAULT '';\n"
         "ALTER TABLE flows ADD COLUMN response_trailers TEXT NOT NULL DEFAULT '';"),
+    2: ("ALTER TABLE flows ADD COLUMN rules TEXT NOT NULL DEFAULT '';\n"
+        "ALTER TABLE flows ADD COLUMN parent TEXT NOT NULL DEFAULT '';"),
 }
-_DEFAULTS = {"intercepted": "0", "upstream_tls": "''", "response_trailers": "''"}
-_INSERT_FLOW = f"INSERT INTO flows ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-_INSERT_BODY = "INSERT INTO bodies (flow_id, part, data) VALUES (?, ?, ?)"
+_DEFAULTS = {"intercepted": "0", "upstream_tls": "''", "response_trailers": "''",
+             "rules": "''", "parent": "''"}
+# The order in which the writer binds a flows row (``_rows``); reading uses COLUMNS.
+_WRITE_COLUMNS = ("id", "started", "kind", "client", "method", "url", "http_version", "host", "port", "path",
+                  "status", "reason", "bytes_up", "bytes_down", "duration_ms", "connect_ms", "send_ms",
+                  "wait_ms", "receive_ms", "upstream_reused", "error", "error_kind", "intercepted",
+                  "upstream_tls", "parent", "request_headers", "response_headers", "response_trailers",
+                  "faults", "rules", "request_body_stored", "response_body_stored", "bodies_dropped")
+assert sorted(_WRITE_COLUMNS) == sorted(COLUMNS)
+# Rows per INSERT statement. sqlite3 releases the GIL around every step of a statement, and
+# with request threads waiting for it each release costs a thread switch: one multi-row
+# statement per ROWS_PER_INSERT flows, rather than one per flow, keeps that to a few per batch.
+ROWS_PER_INSERT = 30  # 30 x 33 values: under SQLite's oldest limit of 999 bound values
+
+
+@functools.lru_cache(maxsize=2 * ROWS_PER_INSERT)
+def _insert(table: str, columns: tuple[str, ...], rows: int) -> str:
+    values = f"({', '.join('?' * len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([values] * rows)}"
+
+
 _ROW_COLUMNS = ("id", "started", "kind", "client", "method", "url", "status", "reason", "bytes_up",
                 "bytes_down", "duration_ms", "error", "bodies_dropped", "host", "path", "content_type")
 # The response's Content-Type value, cut from its header lines (a list shows it, and stays light).
@@ -249,7 +272,7 @@ class Recorder:
             raise
         self._next_id = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM flows").fetchone()[0]
         self._spool = Spool(self._write, name=f"flow store {self.path}", max_flows=max_flows,
-                            max_body_bytes=max_body_bytes)
+                            max_body_bytes=max_body_bytes, prepare=self._prepare)
         self._closed = False
 
     def __call__(self, flow: Flow) -> None:
@@ -284,41 +307,68 @@ class Recorder:
     def __repr__(self) -> str:
         return f"<Recorder {self.path} {self._spool.stats()}>"
 
+    def _prepare(self, f: Flow) -> tuple[tuple[Any, ...], bytes, bytes]:
+        """A flow as the values of its row (no id, no body sizes yet) and its bodies (request thread).
+
+        Strings and numbers only: the queue then holds no lists for the garbage collector.
+        """
+        redacting = not self.secrets
+        # bool binds as 0/1 and None as NULL: upstream_reused and intercepted go in as they are.
+        row = (f.started, f.kind, f.client, f.method, f.url, f.http_version, f.host, f.port,
+               f.path, f.status, f.reason, f.bytes_up, f.bytes_down, f.duration_ms, f.connect_ms,
+               f.send_ms, f.wait_ms, f.receive_ms, f.upstream_reused, f.error, f.error_kind,
+               f.intercepted, f.upstream_tls, f.parent,
+               _lines(f.request_headers, redacting), _lines(f.response_headers, redacting),
+               _lines(f.response_trailers, False) if f.response_trailers else "",
+               ",".join(f.faults) if f.faults else "",
+               "\n".join([r.replace("\n", " ") for r in f.rules]) if f.rules else "")
+        return row, f.request_body, f.response_body
+
     def _write(self, batch: list[Queued]) -> None:
         """One transaction for a batch (writer thread only)."""
-        first = flow_id = self._next_id
-        flows, bodies = [], []
-        for queued in batch:
-            flows.append(self._row(flow_id, queued))
-            if queued.bodies:
-                bodies += [(flow_id, part, data) for part, data in
-                           enumerate((queued.flow.request_body, queued.flow.response_body)) if data]
-            flow_id += 1
+        first = self._next_id
+        flows, bodies = _rows(batch, first)
         self._db.execute("BEGIN")
         try:
-            self._db.executemany(_INSERT_FLOW, flows)
-            self._db.executemany(_INSERT_BODY, bodies)
+            _insert_all(self._db, "flows", _WRITE_COLUMNS, flows)
+            _insert_all(self._db, "bodies", ("flow_id", "part", "data"), bodies)
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:  # SQLite may have rolled back already (a full disk)
                 self._db.execute("ROLLBACK")
             raise
-        self._next_id = flow_id
-        assert self._next_id == first + len(batch)
+        self._next_id = first + len(batch)
 
-    def _row(self, flow_id: int, queued: Queued) -> tuple[Any, ...]:
-        f = queued.flow
-        redacting = not self.secrets
-        kept = queued.bodies
-        return (flow_id, f.started, f.kind, f.client, f.method, f.url, f.http_version, f.host, f.port,
-                f.path, f.status, f.reason, _lines(f.request_headers, redacting),
-                _lines(f.response_headers, redacting),
-                f.bytes_up, f.bytes_down, len(f.request_body) if kept else 0,
-                len(f.response_body) if kept else 0,
-                int(not kept and bool(f.request_body or f.response_body)),
-                f.duration_ms, f.connect_ms, f.send_ms, f.wait_ms, f.receive_ms,
-                None if f.upstream_reused is None else int(f.upstream_reused), ",".join(f.faults),
-                f.error, f.error_kind, int(f.intercepted), f.upstream_tls, _lines(f.response_trailers, False))
+
+def _rows(batch: list[Queued], first: int) -> tuple[list[Any], list[Any]]:
+    """The values of a batch's flows rows (``_WRITE_COLUMNS`` order) and bodies rows, each
+    flattened into one list, with ids from ``first``: the writer's hot loop."""
+    flows: list[Any] = []
+    bodies: list[Any] = []
+    for flow_id, ((row, up, down), kept, _size) in enumerate(batch, first):
+        flows.append(flow_id)
+        flows += row
+        if kept:
+            flows += (len(up), len(down), 0)
+            if up:
+                bodies += (flow_id, 0, up)
+            if down:
+                bodies += (flow_id, 1, down)
+        else:
+            flows += (0, 0, 1 if up or down else 0)
+    return flows, bodies
+
+
+def _insert_all(db: sqlite3.Connection, table: str, columns: tuple[str, ...], values: list[Any]) -> None:
+    """Insert flattened rows, ROWS_PER_INSERT to a statement."""
+    width = len(columns)
+    step = width * ROWS_PER_INSERT
+    whole = len(values) - len(values) % step
+    if whole:
+        db.executemany(_insert(table, columns, ROWS_PER_INSERT),
+                       [values[at:at + step] for at in range(0, whole, step)])
+    if whole < len(values):
+        db.execute(_insert(table, columns, (len(values) - whole) // width), values[whole:])
 
 
 def _claim(path: Path) -> int:
@@ -412,12 +462,14 @@ def _explain(exc: sqlite3.Error) -> str:
 
 def _lines(fields: list[tuple[str, str]], redacting: bool) -> str:
     """Header fields as "Name: value" lines (secret values redacted); the hot spot of the writer."""
+    if not fields:
+        return ""
     if redacting:
         text = "\n".join([f"{n}: {REDACTED}" if n.lower() in SECRET_FIELDS else f"{n}: {v}"
                           for n, v in fields])
     else:
         text = "\n".join([f"{n}: {v}" for n, v in fields])
-    if fields and text.count("\n") >= len(fields):  # a value with a line break (not from the wire)
+    if text.count("\n") >= len(fields):  # a value with a line break (not from the wire)
         return _lines([(n, v.replace("\r", " ").replace("\n", " ")) for n, v in fields], redacting)
     return text
 
@@ -557,5 +609,6 @@ def _stored(row: tuple[Any, ...], bodies: dict[int, bytes]) -> StoredFlow:
                 reason=v["reason"], error_kind=v["error_kind"], connect_ms=v["connect_ms"],
                 send_ms=v["send_ms"], wait_ms=v["wait_ms"], receive_ms=v["receive_ms"],
                 intercepted=bool(v["intercepted"]), upstream_tls=v["upstream_tls"],
-                response_trailers=_split(v["response_trailers"]))
+                response_trailers=_split(v["response_trailers"]),
+                rules=v["rules"].split("\n") if v["rules"] else [], parent=v["parent"])
     return StoredFlow(v["id"], flow, bool(v["bodies_dropped"]))

@@ -330,7 +330,8 @@ def _relay_response(resp: UpstreamResponse, req: Request, client: Downstream, fl
     """Write the response head and stream its body; True if the client connection stays usable."""
     flow.status, flow.reason = resp.status, resp.reason
     headers, length = _response_framing(resp, req)
-    client_keep = persistent_client(req.version, req.headers)
+    # An upload cut short leaves the client's connection unusable: say so (RFC 9112 section 9.6).
+    client_keep = persistent_client(req.version, req.headers) and lease.clean_upload
     for status, reason, fields in resp.informational:
         if req.version == "HTTP/1.1":
             client.send(responses.head(status, fields.items(), reason))

@@ -208,10 +208,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _refuse(self, exc: ProxyError, flow: Flow) -> None:
         """Answer a failed request with its error, unless the watchdog already cut the client off."""
         config = self.server.config
-        if self.deadline.fired and self.phase is not Phase.HEAD:  # the socket is cut: nobody to tell
-            flow.error = f"client made no progress for {config.timeout:g}s"
-            return
-        if self.deadline.fired:  # the watchdog cut the head short: say so, not "malformed"
+        if self.deadline.fired and self.phase is not Phase.HEAD:
+            if not self.deadline.write_side_open or flow.status:  # the socket is cut: nobody to tell
+                flow.error = f"client made no progress for {config.timeout:g}s"
+                return
+            # A body that stopped arriving, before any response: the client can still read why.
+            exc = BadRequest(f"request body not received within {config.timeout:g}s", status=408)
+        elif self.deadline.fired:  # the watchdog cut the head short: say so, not "malformed"
             exc = BadRequest(f"request head not received within {config.header_timeout:g}s", status=408)
         flow.status, flow.error, flow.error_kind = exc.status, exc.reason, exc.kind
         self._send_error(exc, head_only=flow.method == "HEAD")

@@ -85,7 +85,7 @@ def _matches(host: str, patterns: Iterable[str]) -> bool:
 
 def check_connect_port(port: int, allowed: frozenset[int] | None) -> None:
     if allowed is not None and port not in allowed:
-        raise Forbidden(f"CONNECT to port {port} is not allowed")
+        raise Forbidden(f"CONNECT to port {port} is not allowed (--connect-ports)")
 
 
 def is_private(address: Address) -> bool:

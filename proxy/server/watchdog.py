@@ -36,12 +36,13 @@ _NEVER = (math.inf, socket.SHUT_RDWR)
 class Deadline:
     """When a socket's current phase must be over, and which side to cut if it is not."""
 
-    __slots__ = ("_due", "_fired", "key", "sock")
+    __slots__ = ("_cut", "_due", "_fired", "key", "sock")
 
     def __init__(self, key: int, sock: socket.socket) -> None:
         self.key, self.sock = key, sock
         self._due = _NEVER  # (monotonic time, shutdown how): replaced whole, never half-set
         self._fired = False
+        self._cut = socket.SHUT_RDWR
 
     def arm_read(self, seconds: float) -> None:
         """A read phase: if not over within ``seconds``, cut the read side only (a reply can follow)."""
@@ -67,13 +68,18 @@ class Deadline:
         """Whether the watchdog has cut this socket (sticky: a cut socket stays cut)."""
         return self._fired
 
+    @property
+    def write_side_open(self) -> bool:
+        """Whether the watchdog cut only the read side, so a last response can still be written."""
+        return self._fired and self._cut == socket.SHUT_RD
+
     def _expire(self, now: float) -> int | None:
         """Called by the watchdog: the shutdown to apply if due (and disarm), else None."""
         at, how = self._due
         if at > now:
             return None
         self._due = _NEVER
-        self._fired = True
+        self._fired, self._cut = True, how
         return how
 
     def __repr__(self) -> str:

@@ -82,7 +82,8 @@ def flow_json(stored: StoredFlow) -> Json:
             "status": f.status, "reason": f.reason, "started": f.started,
             "duration_ms": round(f.duration_ms, 2), "timings": _timings(f),
             "upstream_reused": f.upstream_reused, "intercepted": f.intercepted,
-            "upstream_tls": f.upstream_tls, "faults": list(f.faults), "error": f.error,
+            "upstream_tls": f.upstream_tls, "faults": list(f.faults), "rules": list(f.rules),
+            "parent": f.parent, "error": f.error,
             "error_kind": f.error_kind,
             "request": _message(stored, "request"), "response": _message(stored, "response"),
             "curl": curl_command(f)}

@@ -314,6 +314,7 @@ function renderFlow(flow) {
   ];
   if (flow.intercepted) summary.push(["TLS", "intercepted by the proxy"]);
   if (flow.upstream_tls) summary.push(["origin TLS", "certificate " + flow.upstream_tls]);
+  if (flow.parent) summary.push(["parent proxy", flow.parent]);
   parts.push(keyValues(summary));
   if (flow.error) {
     parts.push(el("div", "error-box", flow.error + (flow.error_kind ? "  (Proxy-Status " + flow.error_kind + ")" : "")));
@@ -323,6 +324,13 @@ function renderFlow(flow) {
     const box = el("div");
     for (const fault of flow.faults) box.append(el("span", "fault", fault));
     parts.push(box);
+  }
+  if (flow.rules.length) {
+    parts.push(el("h3", "", "rules fired"));
+    const list = el("ul", "rules");
+    list.id = "d-rules";
+    for (const rule of flow.rules) list.append(el("li", "", rule));
+    parts.push(list);
   }
   const waterfall = renderTimings(flow);
   if (waterfall) parts.push(el("h3", "", "timings"), waterfall);
