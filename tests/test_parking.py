@@ -51,6 +51,10 @@ def test_idle_keep_alive_clients_hold_no_thread(proxy: RunningProxy, origin: Ori
             assert status == 200 and len(body) == 10
         wait_until(lambda: parked(proxy) == CLIENTS)
         assert workers(proxy) < CLIENTS // 4
+        with socket.create_connection(proxy.address, timeout=10) as scraper:
+            scraper.sendall(b"GET /metrics HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+            metrics = read_response(scraper)[1].decode()
+        assert f"fwdproxy_parked_client_connections {CLIENTS}" in metrics
     finally:
         for sock in socks:
             sock.close()

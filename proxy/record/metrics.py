@@ -33,6 +33,8 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 _STATUS = (
     ("client_connections", "fwdproxy_client_connections", "gauge",
      "Client connections open now (tunnels excluded)."),
+    ("parked_clients", "fwdproxy_parked_client_connections", "gauge",
+     "Client connections idle between requests, held without a thread (counted in client connections)."),
     ("tunnels", "fwdproxy_tunnels", "gauge", "CONNECT tunnels open now."),
     ("upstream_idle", "fwdproxy_upstream_idle_connections", "gauge",
      "Idle upstream connections in the pool."),
