@@ -50,6 +50,17 @@ def keep_alive(address: tuple[str, int], url: str) -> bytes:
         conn.close()
 
 
+def park_one(address: tuple[str, int], url: str) -> None:
+    """A keep-alive connection held until the proxy has parked it, then closed."""
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        conn.request("GET", url)
+        conn.getresponse().read()
+        wait_until(lambda: health(address)["parked_clients"] >= 1)
+    finally:
+        conn.close()
+
+
 def health(address: tuple[str, int]) -> dict[str, int]:
     raw = talk(address, b"GET /healthz HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
     return json.loads(raw.partition(b"\r\n\r\n")[2])  # type: ignore[no-any-return]
@@ -114,6 +125,7 @@ def test_no_descriptor_or_thread_leaks(proxy_pid_address: tuple[int, tuple[str, 
         kinds = mixed_exchanges(address, origin, truncating, closed_port)
         for kind in kinds:  # warm up: pool, watchdog, lazily created threads
             kind()
+        park_one(address, f"{origin.url('')}/bytes/10")  # the parker's thread and epoll start lazily too
         fds_before, threads_before = settled(pid, address)
         errors: list[BaseException] = []
 
