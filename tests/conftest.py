@@ -14,6 +14,7 @@ import pytest
 import trustme
 from filelock import FileLock
 from servers import OriginServer, RawOrigin
+from subprocs import Running
 
 from proxy import Config, Flow, ProxyServer
 
@@ -129,6 +130,22 @@ def proxy_factory() -> Iterator[Callable[..., RunningProxy]]:
     yield make
     for server in servers:
         server.stop(grace=0)
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[..., Running]]:
+    """``running(*flags, env=...)``: ``python -m proxy`` in a child process; whatever is still alive is killed after."""
+    made: list[Running] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None) -> Running:
+        made.append(Running(*flags, env=env))
+        return made[-1]
+
+    yield start
+    for r in made:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.communicate(timeout=10)
 
 
 @pytest.fixture

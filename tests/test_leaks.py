@@ -6,33 +6,23 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from servers import OriginServer, RawOrigin
+from subprocs import churn_proxy
 from waiting import wait_until
 from wire import exchange
 
-ROOT = Path(__file__).resolve().parent.parent
 EXCHANGES = 10_000
 WORKERS = 8
 
 
 @pytest.fixture(scope="module")
 def proxy_pid_address() -> Iterator[tuple[int, tuple[str, int]]]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning",
-                             "--timeout", "2", "--header-timeout", "2"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    match = re.search(r":(\d+)$", proc.stderr.readline().strip())
-    assert match
-    yield proc.pid, ("127.0.0.1", int(match.group(1)))
-    proc.terminate()
-    proc.communicate(timeout=10)
+    yield from churn_proxy()
 
 
 def talk(address: tuple[str, int], data: bytes, *, read: bool = True, half_close: bool = False) -> bytes:
