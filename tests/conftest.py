@@ -123,7 +123,7 @@ def proxy_factory() -> Iterator[Callable[..., RunningProxy]]:
 
     def make(connect: Any = None, **settings: Any) -> RunningProxy:
         kwargs = {"connect": connect} if connect else {}
-        server = ProxyServer(Config(port=0, **settings), sinks=[], **kwargs).start()
+        server = ProxyServer(Config(**{"port": 0, **settings}), sinks=[], **kwargs).start()
         servers.append(server)
         return RunningProxy(server)
 
