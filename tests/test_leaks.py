@@ -80,6 +80,25 @@ def mixed_exchanges(address: tuple[str, int], origin: OriginServer, truncating: 
     ]
 
 
+def churn(kinds: list[Callable[[], bytes]], exchanges: int, workers: int) -> list[BaseException]:
+    """Run ``exchanges`` of ``kinds`` in turn, spread over ``workers`` threads; what they raised."""
+    errors: list[BaseException] = []
+
+    def worker(start: int) -> None:
+        try:
+            for i in range(start, exchanges, workers):
+                kinds[i % len(kinds)]()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return errors
+
+
 @pytest.mark.xdist_group("stress")  # one churn at a time, beside the lighter tests
 @pytest.mark.slow
 def test_no_descriptor_or_thread_leaks(proxy_pid_address: tuple[int, tuple[str, int]]) -> None:
@@ -93,20 +112,7 @@ def test_no_descriptor_or_thread_leaks(proxy_pid_address: tuple[int, tuple[str, 
         for kind in kinds:  # warm up: pool, watchdog, lazily created threads
             kind()
         fds_before, threads_before = settled(pid, address)
-        errors: list[BaseException] = []
-
-        def worker(start: int) -> None:
-            try:
-                for i in range(start, EXCHANGES, WORKERS):
-                    kinds[i % len(kinds)]()
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        errors = churn(kinds, EXCHANGES, WORKERS)
         assert not errors, errors[:3]
         fds_after, threads_after = settled(pid, address, at_most=(fds_before, threads_before))
     truncating.close()

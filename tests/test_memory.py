@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from servers import OriginServer, RawOrigin
 from subprocs import churn_proxy
-from test_leaks import mixed_exchanges
+from test_leaks import churn, mixed_exchanges
 
 ROUNDS = 4
 EXCHANGES = 2500
@@ -46,20 +45,8 @@ def test_resident_memory_plateaus_under_churn(churned_proxy: tuple[int, tuple[st
     with OriginServer() as origin:
         kinds = mixed_exchanges(address, origin, truncating, closed_port)
         errors: list[BaseException] = []
-
-        def worker(start: int) -> None:
-            try:
-                for i in range(start, EXCHANGES, WORKERS):
-                    kinds[i % len(kinds)]()
-            except BaseException as exc:
-                errors.append(exc)
-
         for _ in range(ROUNDS):
-            threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            errors += churn(kinds, EXCHANGES, WORKERS)
             rss.append(rss_mib(pid))
     truncating.close()
     print(f"\nRSS after each of {ROUNDS} rounds of {EXCHANGES} exchanges: "
