@@ -134,11 +134,11 @@ def proxy_factory() -> Iterator[Callable[..., RunningProxy]]:
 
 @pytest.fixture
 def running() -> Iterator[Callable[..., Running]]:
-    """``running(*flags, env=...)``: ``python -m proxy`` in a child process; whatever is still alive is killed after."""
+    """``running(*flags, env=..., preamble=...)``: see ``subprocs.Running``; whatever is still alive is killed after."""
     made: list[Running] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None) -> Running:
-        made.append(Running(*flags, env=env))
+    def start(*flags: str, env: dict[str, str] | None = None, preamble: bool = False) -> Running:
+        made.append(Running(*flags, env=env, preamble=preamble))
         return made[-1]
 
     yield start

@@ -34,6 +34,9 @@ class Running:
                 break
         self.banner = lines[-1]
         self.head = "".join(lines)
+        if not match:
+            self.proc.kill()
+            self.proc.communicate(timeout=10)
         assert match, self.head
         self.address = (match.group(1), int(match.group(2)))
 
