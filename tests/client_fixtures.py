@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from conftest import one_worker_at_a_time
-from servers import OriginServer, Received
+from servers import OriginServer, Received, accept_forever, spawn
 
 from proxy.testing.origins import OriginConnection
 
@@ -108,17 +108,12 @@ class Scripted:
         self.url = f"http://127.0.0.1:{self.port}"
         self.connections = 0
         self._conns: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        accept_forever(self.listener, self._accepted)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn, self.connections), daemon=True).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        self._conns.append(conn)
+        self.connections += 1
+        spawn(self._answer, conn, self.connections)
 
     def _answer(self, conn: socket.socket, index: int) -> None:
         conn.settimeout(10)

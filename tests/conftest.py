@@ -14,6 +14,7 @@ import pytest
 import trustme
 from filelock import FileLock
 from servers import OriginServer, RawOrigin
+from subprocs import Running
 
 from proxy import Config, Flow, ProxyServer
 
@@ -122,13 +123,29 @@ def proxy_factory() -> Iterator[Callable[..., RunningProxy]]:
 
     def make(connect: Any = None, **settings: Any) -> RunningProxy:
         kwargs = {"connect": connect} if connect else {}
-        server = ProxyServer(Config(port=0, **settings), sinks=[], **kwargs).start()
+        server = ProxyServer(Config(**{"port": 0, **settings}), sinks=[], **kwargs).start()
         servers.append(server)
         return RunningProxy(server)
 
     yield make
     for server in servers:
         server.stop(grace=0)
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[..., Running]]:
+    """``running(*flags, env=..., preamble=...)``: see ``subprocs.Running``; whatever is still alive is killed after."""
+    made: list[Running] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None, preamble: bool = False) -> Running:
+        made.append(Running(*flags, env=env, preamble=preamble))
+        return made[-1]
+
+    yield start
+    for r in made:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.communicate(timeout=10)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import re
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.testing.origins import Origin, OriginConnection, OriginRequest
@@ -165,6 +166,28 @@ class RawOrigin:
                 conn.close()
             except OSError:
                 pass
+
+
+def spawn(target: Callable[..., object], *args: object) -> None:
+    """Run ``target(*args)`` in a daemon thread."""
+    threading.Thread(target=target, args=args, daemon=True).start()
+
+
+def accept_forever(listener: socket.socket, on_accept: Callable[[socket.socket], object]) -> None:
+    """From a daemon thread, hand each connection ``listener`` accepts to ``on_accept`` until the listener closes.
+
+    ``on_accept`` runs in the accepting thread: connections are taken one at a time unless it ``spawn``s.
+    """
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            on_accept(conn)
+
+    spawn(serve)
 
 
 def loopback_only(address: tuple[str, int], timeout: float) -> socket.socket:

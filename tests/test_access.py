@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from servers import OriginServer
+from subprocs import Running
 
 if TYPE_CHECKING:
     from conftest import RunningProxy
 
 import base64
 import http.client
-import re
 import socket
 import subprocess
 import sys
@@ -303,29 +303,21 @@ def test_non_loopback_bind_without_acl_or_auth_refuses_to_start() -> None:
     assert "--allow-from" in out.stderr and "--auth" in out.stderr
 
 
-def test_everyone_allowed_without_auth_starts_with_a_warning() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--host", "0.0.0.0", "--port", "0",
-                             "--allow-from", "0.0.0.0/0"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    warning = proc.stderr.readline()
-    banner = proc.stderr.readline()
-    proc.terminate()
-    proc.communicate(timeout=10)
+def test_everyone_allowed_without_auth_starts_with_a_warning(running: Callable[..., Running]) -> None:
+    proxy = running("--host", "0.0.0.0", "--port", "0", "--allow-from", "0.0.0.0/0", preamble=True)
+    proxy.stop()
+    warning, banner = proxy.head.splitlines()
     assert "open proxy to anyone" in warning and "listening on" in banner
 
 
-def test_auth_file(tmp_path: Path, origin: OriginServer) -> None:
+def test_auth_file(tmp_path: Path, origin: OriginServer, running: Callable[..., Running]) -> None:
     creds = tmp_path / "users"
     creds.write_text("# team\ncarol:pa:ss\n\n")
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--auth-file", str(creds)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    port = int(re.search(r":(\d+)", proc.stderr.readline().rsplit("/", 1)[1]).group(1))  # type: ignore[union-attr]
+    proxy = running("--port", "0", "--auth-file", str(creds))
     try:
-        ok = exchange(("127.0.0.1", port), f"GET {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        ok = exchange(proxy.address, f"GET {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                       f"Proxy-Authorization: {basic('carol', 'pa:ss')}\r\n\r\n".encode())
         assert status_of(ok) == 200
-        assert status_of(exchange(("127.0.0.1", port), f"GET {origin.url('/')} HTTP/1.1\r\n\r\n".encode())) == 407
+        assert status_of(exchange(proxy.address, f"GET {origin.url('/')} HTTP/1.1\r\n\r\n".encode())) == 407
     finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+        proxy.stop()  # SIGTERM: the proxy takes its worker processes down with it

@@ -10,12 +10,12 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from servers import OriginServer, Received
+from subprocs import Running
 from wire import through
 
 from proxy.cli import parse_config
@@ -23,37 +23,6 @@ from proxy.config import LOOPBACK_NETWORKS, Config, parse_networks
 from proxy.testing.origins import OriginConnection
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Running:
-    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", *flags], cwd=ROOT, text=True,
-                                     stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-        assert self.proc.stderr is not None
-        self.banner = self.proc.stderr.readline()
-        match = re.search(r"listening on http://([\d.]+):(\d+)", self.banner)
-        assert match, self.banner
-        self.address = (match.group(1), int(match.group(2)))
-
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=15)
-        return self.proc.returncode, err
-
-
-@pytest.fixture
-def running() -> Iterator[type[Running]]:
-    made: list[Running] = []
-
-    def start(*flags: str, env: dict[str, str] | None = None) -> Running:
-        made.append(Running(*flags, env=env))
-        return made[-1]
-
-    yield start  # type: ignore[misc]
-    for r in made:
-        if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.communicate(timeout=10)
 
 
 def test_help_documents_every_flag() -> None:

@@ -13,15 +13,15 @@ import resource
 import select
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import accept_forever, spawn
+from subprocs import Running
 
-ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 100
 FLOOD = 400
 
@@ -33,19 +33,11 @@ class HeldOrigin:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.release = threading.Event()
         self.waiting = threading.Semaphore(0)
-        threading.Thread(target=self._serve, daemon=True).start()
+        accept_forever(self.listener, lambda conn: spawn(self._answer, conn))
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
@@ -66,18 +58,11 @@ def _limit_descriptors() -> None:
 
 @pytest.fixture
 def small_proxy() -> Iterator[tuple[subprocess.Popen[str], tuple[str, int], str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning",
-                             "--timeout", "30"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_limit_descriptors)
-    assert proc.stderr is not None
-    lines: list[str] = []
-    while not (lines and "listening on" in lines[-1]):
-        lines.append(proc.stderr.readline())
-        assert lines[-1], "".join(lines)
-    port = int(re.search(r":(\d+)\s*$", lines[-1]).group(1))  # type: ignore[union-attr]
-    yield proc, ("127.0.0.1", port), "".join(lines)
-    proc.terminate()
-    proc.communicate(timeout=10)
+    r = Running("--port", "0", "--workers", "1", "--log-level", "warning", "--timeout", "30",
+                preamble=True, preexec_fn=_limit_descriptors)
+    yield r.proc, r.address, r.head
+    r.proc.terminate()
+    r.proc.communicate(timeout=10)
 
 
 def cpu_seconds(pid: int) -> float:

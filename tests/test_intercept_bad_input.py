@@ -15,8 +15,6 @@ import re
 import socket
 import ssl
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,13 +23,13 @@ from pathlib import Path
 import pytest
 import requests
 import trustme
-from servers import RawOrigin
+from servers import RawOrigin, accept_forever
+from subprocs import Running
 from waiting import wait_until
 
 from proxy.testing.origins import OriginCA
 from proxy.testing.pytest_plugin import FwdProxy, Origin
 
-ROOT = Path(__file__).resolve().parent.parent
 Factory = Callable[..., FwdProxy]
 
 
@@ -83,21 +81,16 @@ class TLSOrigin:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.context = context
-        threading.Thread(target=self._serve, daemon=True).start()
+        accept_forever(self.listener, self._answer)  # one connection at a time
 
-    def _serve(self) -> None:
-        while True:
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
             try:
-                conn, _ = self.listener.accept()
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(65536)
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             except OSError:
-                return
-            with conn:
-                try:
-                    with self.context.wrap_socket(conn, server_side=True) as tls:
-                        tls.recv(65536)
-                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                except OSError:
-                    pass  # the proxy refused our certificate
+                pass  # the proxy refused our certificate
 
     def close(self) -> None:
         self.listener.close()
@@ -233,15 +226,11 @@ class Subprocess:
     """``fwdproxy --intercept`` in its own process, so its descriptors and threads can be counted."""
 
     def __init__(self, tmp: Path, upstream_ca: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning",
-                                      "--intercept", "--ca-dir", str(tmp), "--upstream-ca", upstream_ca],
-                                     cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:  # the CA is created first, and says so
-            if match := re.search(r"listening on http://([\d.]+):(\d+)", line):
-                break
-        assert match
-        self.address = (match.group(1), int(match.group(2)))
+        running = Running("--port", "0", "--workers", "1", "--log-level", "warning",
+                          "--intercept", "--ca-dir", str(tmp), "--upstream-ca", upstream_ca,
+                          preamble=True)  # the CA is created first, and says so
+        self.proc = running.proc
+        self.address = running.address
         self.ca_file = str(tmp / "ca.pem")
 
     def status(self) -> dict[str, int]:

@@ -7,33 +7,23 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from servers import OriginServer, RawOrigin
+from subprocs import churn_proxy
 from waiting import wait_until
 from wire import exchange
 
-ROOT = Path(__file__).resolve().parent.parent
 EXCHANGES = 10_000
 WORKERS = 8
 
 
 @pytest.fixture(scope="module")
 def proxy_pid_address() -> Iterator[tuple[int, tuple[str, int]]]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning",
-                             "--timeout", "2", "--header-timeout", "2"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    match = re.search(r":(\d+)$", proc.stderr.readline().strip())
-    assert match
-    yield proc.pid, ("127.0.0.1", int(match.group(1)))
-    proc.terminate()
-    proc.communicate(timeout=10)
+    yield from churn_proxy()
 
 
 def talk(address: tuple[str, int], data: bytes, *, read: bool = True, half_close: bool = False) -> bytes:
@@ -113,6 +103,25 @@ def mixed_exchanges(address: tuple[str, int], origin: OriginServer, truncating: 
     ]
 
 
+def churn(kinds: list[Callable[[], bytes]], exchanges: int, workers: int) -> list[BaseException]:
+    """Run ``exchanges`` of ``kinds`` in turn, spread over ``workers`` threads; what they raised."""
+    errors: list[BaseException] = []
+
+    def worker(start: int) -> None:
+        try:
+            for i in range(start, exchanges, workers):
+                kinds[i % len(kinds)]()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return errors
+
+
 @pytest.mark.xdist_group("stress")  # one churn at a time, beside the lighter tests
 @pytest.mark.slow
 def test_no_descriptor_or_thread_leaks(proxy_pid_address: tuple[int, tuple[str, int]]) -> None:
@@ -127,20 +136,7 @@ def test_no_descriptor_or_thread_leaks(proxy_pid_address: tuple[int, tuple[str, 
             kind()
         park_one(address, f"{origin.url('')}/bytes/10")  # the parker's thread and epoll start lazily too
         fds_before, threads_before = settled(pid, address)
-        errors: list[BaseException] = []
-
-        def worker(start: int) -> None:
-            try:
-                for i in range(start, EXCHANGES, WORKERS):
-                    kinds[i % len(kinds)]()
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        errors = churn(kinds, EXCHANGES, WORKERS)
         assert not errors, errors[:3]
         fds_after, threads_after = settled(pid, address, at_most=(fds_before, threads_before))
     truncating.close()

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from servers import OriginServer, RawOrigin
-from test_leaks import mixed_exchanges
+from subprocs import churn_proxy
+from test_leaks import churn, mixed_exchanges
 
-ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 4
 EXCHANGES = 2500
 WORKERS = 16
@@ -28,15 +25,7 @@ SLACK_MIB = 4.0
 
 @pytest.fixture
 def churned_proxy() -> Iterator[tuple[int, tuple[str, int]]]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning",
-                             "--timeout", "2", "--header-timeout", "2"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    match = re.search(r":(\d+)$", proc.stderr.readline().strip())
-    assert match
-    yield proc.pid, ("127.0.0.1", int(match.group(1)))
-    proc.terminate()
-    proc.communicate(timeout=10)
+    yield from churn_proxy()
 
 
 def rss_mib(pid: int) -> float:
@@ -56,20 +45,8 @@ def test_resident_memory_plateaus_under_churn(churned_proxy: tuple[int, tuple[st
     with OriginServer() as origin:
         kinds = mixed_exchanges(address, origin, truncating, closed_port)
         errors: list[BaseException] = []
-
-        def worker(start: int) -> None:
-            try:
-                for i in range(start, EXCHANGES, WORKERS):
-                    kinds[i % len(kinds)]()
-            except BaseException as exc:
-                errors.append(exc)
-
         for _ in range(ROUNDS):
-            threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            errors += churn(kinds, EXCHANGES, WORKERS)
             rss.append(rss_mib(pid))
     truncating.close()
     print(f"\nRSS after each of {ROUNDS} rounds of {EXCHANGES} exchanges: "

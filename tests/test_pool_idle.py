@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from conftest import RunningProxy
+from servers import accept_forever, spawn
 from waiting import wait_until
 from wire import exchange
 
@@ -28,19 +29,11 @@ class KeepAliveOrigin:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.closed_by_proxy = threading.Semaphore(0)
         self.proxy_closed = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        accept_forever(self.listener, lambda conn: spawn(self._answer, conn))
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
         data = b""

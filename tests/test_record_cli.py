@@ -13,14 +13,14 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from har_check import assert_valid_har
 from servers import OriginServer, Received
-from test_cli import Running
+from subprocs import Running
 from wire import through
 
 from proxy.cli import main
@@ -31,21 +31,6 @@ if TYPE_CHECKING:
     from conftest import RunningProxy
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def running() -> Iterator[type[Running]]:
-    made: list[Running] = []
-
-    def start(*flags: str, env: dict[str, str] | None = None) -> Running:
-        made.append(Running(*flags, env=env))
-        return made[-1]
-
-    yield start  # type: ignore[misc]
-    for r in made:
-        if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.communicate(timeout=10)
 
 
 def serve_fails(*flags: str, wrap: list[str] | None = None) -> str:

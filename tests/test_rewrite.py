@@ -15,26 +15,19 @@ from conftest import RunningProxy
 from servers import OriginServer
 from wire import echoed, exchange
 
-from proxy import Config, ProxyServer
-
 Ruled = Callable[..., RunningProxy]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def ruled() -> Iterator[Callable[..., RunningProxy]]:
+def ruled(proxy_factory: Callable[..., RunningProxy]) -> Ruled:
     """``ruled(("block", "*.ads.test"), ..., port=0)``: a proxy with these rewrite rules."""
-    servers: list[ProxyServer] = []
 
     def make(*rules: tuple[str, str], port: int = 0, **settings: Any) -> RunningProxy:
-        server = ProxyServer(Config(port=port, rewrite_rules=rules, **settings), sinks=[]).start()
-        servers.append(server)
-        return RunningProxy(server)
+        return proxy_factory(port=port, rewrite_rules=rules, **settings)
 
-    yield make
-    for server in servers:
-        server.stop(grace=0)
+    return make
 
 
 @pytest.fixture

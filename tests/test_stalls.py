@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from conftest import RunningProxy
+from servers import accept_forever, spawn
 from waiting import wait_until
 from wire import exchange
 
@@ -48,21 +49,16 @@ class EndlessOrigin:
         self.ended = 0
         self.sent = 0
         self._lock = threading.Condition()
-        threading.Thread(target=self._serve, daemon=True).start()
+        accept_forever(self.listener, self._accepted)
 
     @property
     def authority(self) -> str:
         return f"127.0.0.1:{self.listener.getsockname()[1]}"
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.opened += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.opened += 1
+        spawn(self._answer, conn)
 
     def _answer(self, conn: socket.socket) -> None:
         chunk = b"x" * 65536

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import re
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from servers import OriginServer, Received
+from subprocs import Running
 
 from proxy.testing.origins import OriginConnection
 
@@ -30,16 +30,11 @@ RSS_LIMIT_KIB = 48 * 1024
 
 @pytest.fixture(scope="module")
 def proxy_process() -> Iterator[tuple[subprocess.Popen[str], tuple[str, int]]]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--workers", "1", "--log-level", "warning"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    line = proc.stderr.readline()
-    match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-    assert match, line
-    yield proc, ("127.0.0.1", int(match.group(1)))
-    proc.terminate()
-    proc.wait(10)
-    proc.stderr.close()
+    r = Running("--port", "0", "--workers", "1", "--log-level", "warning")
+    assert r.address[0] == "127.0.0.1", r.banner
+    yield r.proc, r.address
+    r.proc.terminate()
+    r.proc.communicate(timeout=10)
 
 
 def peak_rss_kib(pid: int) -> int:

@@ -15,12 +15,14 @@ import ssl
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from subprocs import Running
 
 from proxy.http1.errors import BadRequest
 from proxy.http1.target import Origin
@@ -234,41 +236,22 @@ def test_ca_env_needs_no_trustme_once_the_ca_exists(tmp_path: Path) -> None:
     assert broken.returncode == 2 and "is not a valid PEM certificate" in broken.stderr
 
 
-def read_startup(proc: subprocess.Popen[str]) -> list[str]:
-    """stderr lines up to the listening line."""
-    assert proc.stderr is not None
-    lines = []
-    for line in proc.stderr:
-        lines.append(line.strip())
-        if "listening on" in line:
-            break
-    return lines
-
-
-def test_intercept_without_a_ca_creates_one_and_says_how_to_trust_it(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--intercept", "--ca-dir", str(tmp_path)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    try:
-        lines = read_startup(proc)
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+def test_intercept_without_a_ca_creates_one_and_says_how_to_trust_it(tmp_path: Path,
+                                                                    running: Callable[..., Running]) -> None:
+    proxy = running("--port", "0", "--intercept", "--ca-dir", str(tmp_path), preamble=True)
+    proxy.stop()
+    lines = proxy.head.splitlines()
     assert f"created a CA for --intercept in {tmp_path / 'ca.pem'}" in lines[0] and "fwdproxy ca env" in lines[0]
     assert "listening on" in lines[-1]
     assert stat.S_IMODE((tmp_path / "ca-key.pem").stat().st_mode) == 0o600
     LocalCA.load(tmp_path)
 
 
-def test_upstream_insecure_warns_at_every_start(tmp_path: Path) -> None:
+def test_upstream_insecure_warns_at_every_start(running: Callable[..., Running]) -> None:
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, "-m", "proxy", "--port", "0", "--upstream-insecure"],
-                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        try:
-            lines = read_startup(proc)
-        finally:
-            proc.terminate()
-            proc.communicate(timeout=10)
-        assert any("--upstream-insecure" in line and "NOT verified" in line for line in lines)
+        proxy = running("--port", "0", "--upstream-insecure", preamble=True)
+        proxy.stop()
+        assert any("--upstream-insecure" in line and "NOT verified" in line for line in proxy.head.splitlines())
 
 
 def test_a_broken_ca_refuses_to_start(tmp_path: Path) -> None:

@@ -318,20 +318,8 @@ class ProxyServer(ServerBase):
                 self._refuser.start()
 
     def _refuse_loop(self) -> None:
-        response = self._busy
         while True:
-            sock = self._refused.get()
-            try:
-                sock.settimeout(0.2)
-                sock.sendall(response)
-                # Closing with the client's request unread would send RST, which can
-                # destroy our 503 before the client reads it: read a little first.
-                sock.shutdown(socket.SHUT_WR)
-                sock.recv(65536)
-            except OSError:
-                pass
-            finally:
-                sock.close()
+            _answer_now(self._refused.get(), self._busy, wait=0.2)
 
     def track(self, client: Client) -> None:
         with self._lock:
@@ -438,12 +426,15 @@ def _open_spare() -> int | None:
         return None
 
 
-def _answer_now(sock: socket.socket, response: bytes) -> None:
-    """Write a short answer without ever blocking, read what the client sent (so the close is
-    a FIN, not a reset that could destroy the answer), and close."""
+def _answer_now(sock: socket.socket, response: bytes, wait: float = 0.0) -> None:
+    """Write a short answer, blocking at most ``wait`` seconds per step (0: never), read what
+    the client sent (so the close is a FIN, not a reset that could destroy the answer), and close."""
     try:
-        sock.setblocking(False)
-        sock.send(response)
+        sock.settimeout(wait)
+        if wait:
+            sock.sendall(response)
+        else:
+            sock.send(response)
         sock.shutdown(socket.SHUT_WR)
         sock.recv(65536)
     except OSError:
