@@ -134,7 +134,7 @@ def proxy_factory() -> Iterator[Callable[..., RunningProxy]]:
 
 @pytest.fixture
 def running() -> Iterator[Callable[..., Running]]:
-    """``running(*flags, env=..., preamble=...)``: see ``subprocs.Running``; whatever is still alive is killed after."""
+    """``running(*flags, env=..., preamble=...)``: see ``subprocs.Running``; whatever is still alive is stopped after."""
     made: list[Running] = []
 
     def start(*flags: str, env: dict[str, str] | None = None, preamble: bool = False) -> Running:
@@ -144,8 +144,12 @@ def running() -> Iterator[Callable[..., Running]]:
     yield start
     for r in made:
         if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.communicate(timeout=10)
+            r.proc.terminate()  # SIGTERM reaches the workers too; SIGKILL would orphan them
+            try:
+                r.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                r.proc.communicate(timeout=10)
 
 
 @pytest.fixture
