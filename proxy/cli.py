@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=_env("workers", 0),
                        help="processes sharing the port with SO_REUSEPORT; 0 (the default) is one per CPU, "
                             "or 1 with --record, --har, --flows-jsonl or --ui (one writer per file)")
+    serve.add_argument("--threads", type=int, default=_env("threads", _DEFAULTS.threads),
+                       help="threads per process running exchanges at once (the GIL lets one compute); "
+                            "an exchange that waits (a slow origin, a large body) gives up its slot after "
+                            "2 ms, and idle keep-alive connections hold no thread (default %(default)s)")
     limits = serve.add_argument_group("limits")
     limits.add_argument("--max-request-line", type=int,
                         default=_env("max-request-line", _DEFAULTS.max_request_line),
@@ -307,7 +311,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
                         max_header_count=int(ns.max_headers),
                         max_body=None if ns.max_body is None else int(ns.max_body),
                         max_clients=int(ns.max_clients), header_timeout=float(ns.header_timeout),
-                        workers=_worker_count(ns), metrics=ns.metrics,
+                        workers=_worker_count(ns), threads=int(ns.threads), metrics=ns.metrics,
                         metrics_allow_from=parse_networks(ns.metrics_allow_from)
                         if ns.metrics_allow_from else LOOPBACK_NETWORKS,
                         intercept=ns.intercept,

@@ -75,6 +75,8 @@ class Config:
     ui_port: int = 8081
     # Processes sharing the listening port (SO_REUSEPORT); the CLI forks them.
     workers: int = 1
+    # Threads per process computing at once (server/scheduler.py); more start for work that waits.
+    threads: int = 1
     # Routing (routing.py): a parent proxy URL, and targets that go direct anyway.
     upstream_proxy: str | None = None
     upstream_bypass: tuple[str, ...] = ()
@@ -112,7 +114,8 @@ class Config:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-        for field in ("max_request_line", "max_header_bytes", "max_header_count", "max_clients", "workers"):
+        for field in ("max_request_line", "max_header_bytes", "max_header_count", "max_clients", "workers",
+                      "threads"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1")
         if self.capture_bodies < 0:

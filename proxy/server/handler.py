@@ -13,13 +13,13 @@ wrong for a proxy.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import io
 import json
 import logging
 import re
-import select
 import socket
 import time
 from collections.abc import Iterable
@@ -61,8 +61,6 @@ _HINT = ("this is a forward proxy: send absolute-form requests (GET http://host/
          "GET /proxy.pac is a PAC file")
 # RFC 9112 section 2.2: empty lines before a request line are ignored (a few).
 _MAX_EMPTY_LINES = 4
-# A keep-alive connection with nothing to read this long after a response is parked (see parker.py).
-_PARK_AFTER_MS = 50
 _USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
 
 
@@ -95,7 +93,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.downstream = Downstream(self.rfile, self.connection, self.deadline,
                                      self.server.config.timeout)
         self.phase = Phase.IDLE
-        self.parked = False  # handed to the server's parker between requests
+        self.parked = False  # handed to the server's scheduler between requests
+        self.requeued = False  # ... with its next request here, to be served in turn
         self._start = 0.0
         # Set once a CONNECT is intercepted: requests then come over TLS, all for this origin.
         self.intercepted: Origin | None = None
@@ -113,12 +112,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.server.track(self)
         self.parked = False
         try:
-            self.close_connection = True
-            self.handle_one_request()
+            self.close_connection = False
+            turn_taken = False  # one request per turn at least: a requeued connection is served first
             while not self.close_connection:
-                if self._park():
-                    return  # the server's parker holds it now; a worker calls resume()
+                if self._park(yield_turn=turn_taken):
+                    return  # the server's scheduler holds it now, and calls resume() when it is readable
                 self.handle_one_request()
+                turn_taken = True
         finally:
             if not self.parked:
                 self.server.untrack(self)
@@ -133,38 +133,48 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def fileno(self) -> int:
         return int(self.connection.fileno())
 
-    def _park(self) -> bool:
-        """Between requests: hand the connection to the parker if nothing comes within _PARK_AFTER_MS.
+    def _park(self, *, yield_turn: bool) -> bool:
+        """Before each request: hand the connection to the scheduler if nothing of it has arrived.
 
         Only with an empty read buffer, so no byte of the next request is held
         by this handler: a readable socket then means a request is arriving (or
         the client left, or the watchdog cut the read side at the idle timeout).
         """
-        if self.tls is not None or self.server.stopping:
-            return False  # an intercepted tunnel's TLS layer may hold decrypted bytes
+        if self.server.stopping:
+            return False
+        self.deadline.arm_read(self.server.config.client_idle_timeout)  # a waiting client's idle timeout
+        if self.tls is not None:  # an intercepted tunnel's TLS layer may hold decrypted bytes: wait here
+            with self.server.detached():  # ... without counting as one of the scheduler's busy threads
+                with contextlib.suppress(OSError, ValueError):
+                    self.downstream.rfile.peek(1)  # errors show again in _await_request
+            return False
         sock = self.connection
         sock.setblocking(False)
         try:
-            waiting = self.downstream.rfile.peek(1)  # the buffer, else one non-blocking read into it
+            if self.downstream.rfile.peek(1):  # the buffer, else one non-blocking read into it
+                return yield_turn and self._take_turn()
+            # Nothing read: either nothing has come yet, or the client has closed.
+            sock.recv(1, socket.MSG_PEEK)
+            return False  # a close (or a byte that came just now): read it here
+        except BlockingIOError:
+            pass  # nothing yet: park
         except OSError:
-            waiting = b"x"  # let the blocking path see the error and close
+            return False  # let the blocking path see the error and close
         finally:
             sock.settimeout(None)
-        if waiting:
-            return False
-        # A busy client's next request usually follows within a few milliseconds: handing the
-        # connection to the parker and back for it would cost more than the short wait.
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        if poller.poll(_PARK_AFTER_MS):
-            return False  # a request (or a close) is here: read it on this thread
-        self.deadline.arm_read(self.server.config.client_idle_timeout)  # a parked client's idle timeout
         self.parked = self.server.park(self)
+        return self.parked
+
+    def _take_turn(self) -> bool:
+        """The next request is here: serve it now, unless other connections wait for a thread."""
+        if not self.server.others_waiting():
+            return False
+        self.requeued = self.parked = self.server.park(self)
         return self.parked
 
     def finish(self) -> None:
         if self.parked:
-            return  # the connection lives on in the parker
+            return  # the connection lives on in the scheduler
         if self.tls is not None and self._tunnel_flow is not None:  # an intercepted tunnel ends
             self.tls.close_notify()
             flow = self._tunnel_flow

@@ -9,6 +9,7 @@ threads are never joined and its sockets never closed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -19,7 +20,6 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -39,15 +39,13 @@ from .handler import ProxyHandler
 from .intercept import UpstreamTLSConnection, configured_interception
 from .linger import half_close
 from .live import Live
-from .parker import Parked, Parker
 from .pool import Pool, UpstreamConnection
+from .scheduler import Parked, Scheduler
 from .shared import Client, ServerBase
 from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
 
 log = logging.getLogger("fwdproxy")
-_MAX_IDLE_WORKERS = 64
-_WORKER_IDLE_SECONDS = 30.0
 
 
 class ProxyServer(ServerBase):
@@ -101,8 +99,8 @@ class ProxyServer(ServerBase):
         self.stopping = False
         self._clients: set[Client] = set()
         self._active = 0  # connections accepted and not yet closed, threads included
-        self._idle_slots: list[queue.SimpleQueue[Callable[[], None] | None]] = []  # idle worker threads
-        self.parker = Parker(self._unpark)
+        # A few threads serve every connection that is ready; idle ones wait in its epoll.
+        self.scheduler = Scheduler(self._resume, target=config.threads, name=f"fwdproxy-{self.port}-worker")
         self._parking: dict[Any, ProxyHandler] = {}  # sockets whose thread is letting go of them
         self._refused: queue.Queue[socket.socket] = queue.Queue(256)
         self._refuser: threading.Thread | None = None
@@ -170,55 +168,19 @@ class ProxyServer(ServerBase):
         if full:
             self._refuse_busy(request)
             return
-        self._dispatch(functools.partial(self.process_request_thread, request, client_address))
-
-    def _dispatch(self, work: Callable[[], None]) -> None:
-        """Run ``work`` on an idle worker thread, or on a new one."""
-        with self._lock:
-            slot = self._idle_slots.pop() if self._idle_slots else None
-        if slot is not None:
-            slot.put(work)
-            return
-        threading.Thread(target=self._work, args=(work,), daemon=True,
-                         name=f"fwdproxy-{self.port}-worker").start()
-
-    def _work(self, work: Callable[[], None]) -> None:
-        """Serve connections one after another; wait a while for the next one when idle.
-
-        Reusing threads saves creating one (and its start-up handshake with the
-        accept loop) for every new client connection.
-        """
-        slot: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        item: Callable[[], None] | None = work
-        while item is not None:
-            item()  # handles errors, then shutdown_request
-            with self._lock:
-                if len(self._idle_slots) >= _MAX_IDLE_WORKERS or self.stopping:
-                    return
-                self._idle_slots.append(slot)
-            try:
-                item = slot.get(timeout=_WORKER_IDLE_SECONDS)
-            except queue.Empty:
-                with self._lock:
-                    if slot in self._idle_slots:
-                        self._idle_slots.remove(slot)
-                        return
-                item = slot.get()  # taken off the stack just now: its connection is on the way
+        self.scheduler.submit(functools.partial(self.process_request_thread, request, client_address))
 
     def park(self, handler: Any) -> bool:
-        """Called by a handler between requests; its socket goes to the parker once its thread lets go."""
+        """Called by a handler between requests; its socket goes to the scheduler once its thread lets go."""
         with self._lock:
             if self.stopping:
                 return False
             self._parking[handler.request] = handler
         return True
 
-    def _unpark(self, parked: Parked) -> None:
-        """The parker's thread: a parked connection is readable; serve it on a worker."""
-        assert isinstance(parked, ProxyHandler)
-        self._dispatch(functools.partial(self._resume, parked))
-
-    def _resume(self, handler: ProxyHandler) -> None:
+    def _resume(self, handler: Parked) -> None:
+        """On a scheduler thread: a parked connection is readable; serve it."""
+        assert isinstance(handler, ProxyHandler)
         try:
             handler.resume()
         except Exception:
@@ -237,7 +199,11 @@ class ProxyServer(ServerBase):
         with self._lock:
             handler = self._parking.pop(request, None)
         if handler is not None:
-            if self.parker.park(handler):
+            if handler.requeued:
+                handler.requeued = False
+                self.scheduler.requeue(handler)  # its next request is here: served in turn
+                return
+            if self.scheduler.park(handler):
                 return  # counted in _active still: a parked client is a client
             self._close_parked(handler)  # stopping: close it as if it had ended here
         with self._lock:
@@ -246,6 +212,12 @@ class ProxyServer(ServerBase):
             self._active -= 1
         half_close(request)  # so a response sent while the client was still uploading is read
         super().shutdown_request(request)
+
+    def others_waiting(self) -> bool:
+        return self.scheduler.others_waiting()
+
+    def detached(self) -> contextlib.AbstractContextManager[None]:
+        return self.scheduler.detached()
 
     def relay_tunnel(self, client: socket.socket, upstream: socket.socket, early: bytes,
                      flow: Flow, start: float, *, early_down: bytes = b"") -> None:
@@ -339,6 +311,7 @@ class ProxyServer(ServerBase):
         with self._lock:
             clients = len(self._clients)
         tunnels = self.relay.count()
+        threads = self.scheduler.stats()
         return {"status": "stopping" if self.stopping else "ok", "version": __version__,
                 "name": self.via_name, "pid": os.getpid(),
                 # Which process answered: with --workers N each counts only its own traffic.
@@ -346,8 +319,8 @@ class ProxyServer(ServerBase):
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "client_connections": clients, "tunnels": tunnels,
                 "upstream_idle": self.pool.idle_count(), "upstream_opened": self.pool.opened,
-                "upstream_reused": self.pool.reused, "idle_workers": len(self._idle_slots),
-                "parked_clients": self.parker.count(),
+                "upstream_reused": self.pool.reused, "threads": threads["threads"],
+                "idle_workers": threads["idle"], "parked_clients": threads["parked"],
                 **({"record": recorded} if (recorded := self.recording.stats()) else {})}
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -374,7 +347,7 @@ class ProxyServer(ServerBase):
         """After serve_forever has returned: finish in-flight work, then close everything."""
         self.stopping = True
         self.server_close()
-        for parked in self.parker.stop():  # idle keep-alive connections: nothing to wait for
+        for parked in self.scheduler.stop():  # idle keep-alive connections: nothing to wait for
             assert isinstance(parked, ProxyHandler)
             self._close_parked(parked)
             self.shutdown_request(parked.request)
@@ -394,10 +367,7 @@ class ProxyServer(ServerBase):
         self.relay.stop()  # closing tunnels emits their flows
         self.pool.close()
         self.recording.close()  # after the last flow: commits the queue, writes the HAR
-        with self._lock:
-            idle, self._idle_slots = self._idle_slots, []
-        for slot in idle:
-            slot.put(None)
+        self.scheduler.close()
         self.watchdog.stop()
 
     def __enter__(self) -> ProxyServer:

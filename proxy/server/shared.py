@@ -8,6 +8,7 @@ importing the listener, which imports the handler.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
@@ -86,6 +87,14 @@ class ServerBase(ThreadingHTTPServer):
     def park(self, handler: Any) -> bool:
         """Hold an idle keep-alive connection without a thread; False to keep serving it here."""
         return False
+
+    def others_waiting(self) -> bool:
+        """Whether other connections wait for a thread (see scheduler.py)."""
+        return False
+
+    def detached(self) -> contextlib.AbstractContextManager[None]:
+        """Around a long wait on a connection's thread that cannot park (see scheduler.py)."""
+        return contextlib.nullcontext()
 
     def status(self) -> dict[str, Any]:
         raise NotImplementedError

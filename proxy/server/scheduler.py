@@ -1,0 +1,364 @@
+"""Scheduler: a few runnable threads serve many connections, leader/followers on one epoll.
+
+A thread per connection makes every busy connection a runnable thread, and
+runnable threads queue for the GIL: at 64 busy clients each request waits for
+dozens of others to take and drop it, and every hand-off is a context switch.
+Here at most ``target`` threads (one by default) run work at a time:
+
+- between two requests a keep-alive connection is *parked*: its socket waits in
+  one epoll, and no thread holds it;
+- one idle thread at a time (the leader) waits in ``epoll.poll``; when sockets
+  turn readable it queues them, wakes followers for the work there are slots
+  for, and serves one itself. At one client the thread that parked a connection
+  is the one that wakes up with its next request: no hand-off at all;
+- new connections from the accept loop join the same queue, and a connection
+  whose next request is already here goes behind the others (``requeue``), so a
+  fast client cannot keep a thread to itself.
+
+Threads still do the blocking work of an exchange (http.server's design): a
+slow origin, a large body, a fault's delay or a TLS handshake holds its
+thread. A work item running longer than ``long`` seconds is taken to be
+waiting rather than computing: the monitor stops counting it against the
+target and lets another thread take the queue's head. So a blocked exchange
+delays the others by at most ``long``, and as many threads run as there are
+exchanges waiting plus ``target``. A handler about to wait a long time on
+purpose (an intercepted TLS connection between requests) calls ``detached()``
+to say so at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+log = logging.getLogger("fwdproxy")
+
+_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP | select.EPOLLONESHOT
+_IDLE_EXIT_SECONDS = 30.0  # an idle thread (beyond one) ends after this long
+_HARVEST_SECONDS = 0.001  # how stale the queue may be while no thread waits in the epoll
+
+
+class Parked(Protocol):
+    """What the scheduler needs of a handler: the descriptor it waits on."""
+
+    def fileno(self) -> int: ...
+
+
+Work = Callable[[], None]
+
+
+class Scheduler:
+    """Run queued work and woken parked connections with at most ``target`` threads computing."""
+
+    def __init__(self, wake: Callable[[Parked], None], *, target: int = 1, name: str = "fwdproxy-worker",
+                 long: float = 0.002) -> None:
+        self._wake = wake  # called on a scheduler thread with a parked connection that turned readable
+        self._target = max(1, target)
+        self._name = name
+        self._long = long
+        self._lock = threading.Lock()
+        self._followers = threading.Condition(self._lock)  # idle threads wait here
+        self._watch = threading.Condition(self._lock)  # the monitor waits here
+        self._ready: deque[Work] = deque()
+        self._parked: dict[int, Parked] = {}
+        self._epoll: select.epoll | None = None
+        self._eventfd = -1
+        self._threads = 0  # alive, or about to start
+        self._idle = 0  # followers waiting for work
+        self._polling = False  # a leader is in epoll.poll
+        self._running: dict[int, float] = {}  # thread id -> when its current work began
+        self._waiting: set[int] = set()  # running threads taken to be waiting (not computing)
+        self._harvested = 0.0  # when the epoll's ready connections were last queued
+        self._monitor: threading.Thread | None = None
+        self._parking = True  # until stop()
+        self._stopped = False  # close(): threads end once the queue is empty
+
+    # -- what the server calls ---------------------------------------------
+
+    def submit(self, work: Work) -> None:
+        """Run ``work`` on a scheduler thread, as soon as a slot is free."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("scheduler closed")
+            self._ready.append(work)
+            spawn = self._dispatch()
+        self._spawn(spawn)
+
+    def requeue(self, handler: Parked) -> None:
+        """Serve ``handler`` (whose input is already here) after the work queued before it."""
+        with self._lock:
+            self._ready.append(_Wake(self._wake, handler))
+            spawn = self._dispatch()
+        self._spawn(spawn)
+
+    def park(self, handler: Parked) -> bool:
+        """Hold ``handler`` until its socket is readable; False once stopped (the caller closes it)."""
+        fd = handler.fileno()
+        with self._lock:
+            if not self._parking:
+                return False
+            epoll = self._start()
+            self._parked[fd] = handler
+            try:
+                epoll.modify(fd, _EVENTS)  # parked before, and disarmed by its one-shot event
+            except FileNotFoundError:
+                epoll.register(fd, _EVENTS)
+            spawn = 0 if self._polling else self._dispatch()
+        self._spawn(spawn)
+        return True
+
+    def others_waiting(self) -> bool:
+        """Whether other connections wait for a thread: then one with input ready takes its turn
+        behind them (``requeue``) rather than keep its thread.
+
+        While every thread is busy nobody waits in the epoll; its ready connections
+        are gathered here, at most once per ``_HARVEST_SECONDS``.
+        """
+        if self._ready:
+            return True
+        if self._polling or self._epoll is None or time.monotonic() - self._harvested < _HARVEST_SECONDS:
+            return False
+        with self._lock:
+            if not self._polling and self._epoll is not None:
+                self._harvested = time.monotonic()
+                try:
+                    events = self._epoll.poll(0)
+                except (OSError, ValueError):
+                    events = []
+                self._queue_events(events)
+            return bool(self._ready)
+
+    @contextlib.contextmanager
+    def detached(self) -> Iterator[None]:
+        """Around a long wait on a scheduler thread: it stops counting against the target at once."""
+        me = threading.get_ident()
+        with self._lock:
+            counted = me in self._running and me not in self._waiting
+            if counted:
+                self._waiting.add(me)
+            spawn = self._dispatch() if counted else 0
+        self._spawn(spawn)
+        try:
+            yield
+        finally:
+            if counted:
+                with self._lock:
+                    self._waiting.discard(me)
+
+    def count(self) -> int:
+        """Connections parked now."""
+        with self._lock:
+            return len(self._parked)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"threads": self._threads, "idle": self._idle + int(self._polling),
+                    "running": len(self._running), "waiting": len(self._waiting),
+                    "queued": len(self._ready), "parked": len(self._parked)}
+
+    def stop(self) -> list[Parked]:
+        """Stop parking; returns the connections still parked, for the caller to close.
+
+        Queued work still runs; threads end when ``close`` is called.
+        """
+        with self._lock:
+            self._parking = False
+            left, self._parked = list(self._parked.values()), {}
+            epoll, self._epoll = self._epoll, None
+            leading = self._polling
+        if epoll is not None:
+            for handler in left:
+                with contextlib.suppress(OSError, ValueError):
+                    epoll.unregister(handler.fileno())
+            if leading:
+                self._poke()  # the leader closes it when its wait returns
+            else:
+                epoll.close()
+        return left
+
+    def close(self) -> None:
+        """End every thread once the queued work is done."""
+        with self._lock:
+            self._stopped = True
+            self._followers.notify_all()
+            self._watch.notify_all()
+        self._poke()
+
+    # -- slots ---------------------------------------------------------------
+
+    def _free_slot(self) -> bool:
+        """Whether one more thread may start work: fewer than target are computing (lock held)."""
+        return len(self._running) - len(self._waiting) < self._target
+
+    def _dispatch(self) -> int:
+        """Queued work (or an unwatched epoll) needs a thread: wake one, or say how many to start
+        (-1: interrupt the leader, who then serves the queue) (lock held)."""
+        if not self._free_slot():
+            if self._ready:
+                self._watch.notify()  # the monitor frees a slot if the work holding it is waiting
+            return 0
+        if self._idle:
+            self._followers.notify()
+            return 0
+        if self._polling:
+            return -1 if self._ready else 0
+        self._threads += 1
+        return 1
+
+    def _spawn(self, count: int) -> None:
+        if count < 0:
+            self._poke()
+            return
+        for _ in range(count):
+            threading.Thread(target=self._run, name=self._name, daemon=True).start()
+        if count and self._monitor is None:
+            with self._lock:
+                if self._monitor is None:
+                    self._monitor = threading.Thread(target=self._monitor_run, name=f"{self._name}-monitor",
+                                                     daemon=True)
+                    self._monitor.start()
+
+    def _poke(self) -> None:
+        """Interrupt the leader's epoll wait."""
+        if self._eventfd >= 0:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._eventfd, 1)
+
+    def _start(self) -> select.epoll:
+        """The epoll, made on first use with an eventfd that interrupts the leader's wait (lock held)."""
+        if self._epoll is None:
+            self._epoll = select.epoll()
+            if self._eventfd < 0:
+                self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._epoll.register(self._eventfd, select.EPOLLIN)
+        return self._epoll
+
+    # -- the threads -------------------------------------------------------
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        while True:
+            with self._lock:
+                work = self._next(me)
+            if work is None:
+                return
+            if work is _POLL:
+                self._poll()
+                continue
+            try:
+                work()
+            except Exception:
+                log.exception("unhandled error in a scheduled task")
+
+    def _next(self, me: int) -> Work | None:
+        """What this thread does next: queued work, leading the epoll, or None to end (lock held)."""
+        if self._running.pop(me, None) is not None:
+            self._waiting.discard(me)
+        idle_since = None
+        while True:
+            if self._ready and self._free_slot():
+                self._running[me] = time.monotonic()
+                work = self._ready.popleft()
+                if self._ready and self._idle and self._free_slot():
+                    self._followers.notify()
+                return work
+            if self._stopped and not self._ready:
+                self._threads -= 1
+                return None
+            if not self._polling and self._epoll is not None:
+                self._polling = True
+                return _POLL
+            now = time.monotonic()
+            if idle_since is None:
+                idle_since = now
+            elif now - idle_since >= _IDLE_EXIT_SECONDS and self._threads > 1:
+                self._threads -= 1
+                return None
+            self._idle += 1
+            self._followers.wait(_IDLE_EXIT_SECONDS)
+            self._idle -= 1
+
+    def _poll(self) -> None:
+        """Lead: wait for parked connections to turn readable, queue them, wake followers for them."""
+        epoll = self._epoll
+        events: list[tuple[int, int]] = []
+        if epoll is not None:
+            try:
+                events = epoll.poll()
+            except (OSError, ValueError):  # closed by stop()
+                events = []
+        spawn = 0
+        with self._lock:
+            self._polling = False
+            if epoll is not None and epoll is not self._epoll:
+                epoll.close()  # stop() let go of it while we waited
+            self._harvested = time.monotonic()
+            self._queue_events(events)
+            # This thread takes one; followers take the rest there are slots for, and one leads next.
+            slots = self._target - (len(self._running) - len(self._waiting))
+            wanted = min(len(self._ready), max(slots, 0))
+            woken = min(wanted, self._idle)
+            if woken:
+                self._followers.notify(woken)
+            if wanted > woken + 1:
+                spawn = wanted - woken - 1
+                self._threads += spawn
+        self._spawn(spawn)
+
+    def _queue_events(self, events: list[tuple[int, int]]) -> None:
+        """Queue the parked connections that turned readable (lock held)."""
+        for fd, _ in events:
+            if fd == self._eventfd:
+                with contextlib.suppress(OSError):
+                    os.eventfd_read(fd)
+                continue
+            handler = self._parked.pop(fd, None)
+            if handler is not None:
+                self._ready.append(_Wake(self._wake, handler))
+
+    def _monitor_run(self) -> None:
+        """While work is queued and every slot is taken, treat work running longer than ``long`` as
+        waiting, and let another thread take the queue's head in its place."""
+        while True:
+            spawn = 0
+            with self._lock:
+                if self._stopped:
+                    return
+                if not self._ready or self._free_slot():
+                    self._watch.wait()  # until _dispatch finds the queue waiting for a slot
+                    continue
+                now = time.monotonic()
+                for ident, began in self._running.items():
+                    if now - began >= self._long:
+                        self._waiting.add(ident)
+                if self._free_slot():
+                    spawn = self._dispatch()
+            if spawn:
+                self._spawn(spawn)
+            time.sleep(self._long / 2)
+
+
+class _Wake:
+    """Queued work: serve a parked connection that turned readable."""
+
+    __slots__ = ("_handler", "_wake")
+
+    def __init__(self, wake: Callable[[Parked], None], handler: Parked) -> None:
+        self._wake, self._handler = wake, handler
+
+    def __call__(self) -> None:
+        self._wake(self._handler)
+
+
+def _poll_marker() -> None:
+    raise AssertionError("the poll marker is never run")
+
+
+_POLL: Work = _poll_marker
