@@ -75,6 +75,7 @@ class Scheduler:
         self._polling = False  # a leader is in epoll.poll
         self._running: dict[int, float] = {}  # thread id -> when its current work began
         self._waiting: set[int] = set()  # running threads taken to be waiting (not computing)
+        self._starting = 0  # threads started that have not yet asked for work
         self._harvested = 0.0  # when the epoll's ready connections were last queued
         self._monitor: threading.Thread | None = None
         self._parking = True  # until stop()
@@ -195,7 +196,7 @@ class Scheduler:
 
     def _free_slot(self) -> bool:
         """Whether one more thread may start work: fewer than target are computing (lock held)."""
-        return len(self._running) - len(self._waiting) < self._target
+        return len(self._running) - len(self._waiting) + self._starting < self._target
 
     def _dispatch(self) -> int:
         """Queued work (or an unwatched epoll) needs a thread: wake one, or say how many to start
@@ -210,6 +211,7 @@ class Scheduler:
         if self._polling:
             return -1 if self._ready else 0
         self._threads += 1
+        self._starting += 1
         return 1
 
     def _spawn(self, count: int) -> None:
@@ -244,6 +246,8 @@ class Scheduler:
 
     def _run(self) -> None:
         me = threading.get_ident()
+        with self._lock:
+            self._starting -= 1
         while True:
             with self._lock:
                 work = self._next(me)
@@ -266,13 +270,18 @@ class Scheduler:
             if self._ready and self._free_slot():
                 self._running[me] = time.monotonic()
                 work = self._ready.popleft()
-                if self._ready and self._idle and self._free_slot():
+                if not self._free_slot():
+                    if self._ready or self._parked:  # nobody may watch them now: the monitor does
+                        self._watch.notify()
+                elif self._ready and self._idle:
                     self._followers.notify()
                 return work
             if self._stopped and not self._ready:
                 self._threads -= 1
                 return None
-            if not self._polling and self._epoll is not None:
+            if not self._polling and self._epoll is not None and self._free_slot():
+                # Only a thread that could take what it finds leads: one that could not would
+                # just wake up to compete with the running one for the GIL.
                 self._polling = True
                 return _POLL
             now = time.monotonic()
@@ -310,6 +319,7 @@ class Scheduler:
             if wanted > woken + 1:
                 spawn = wanted - woken - 1
                 self._threads += spawn
+                self._starting += spawn
         self._spawn(spawn)
 
     def _queue_events(self, events: list[tuple[int, int]]) -> None:
@@ -331,10 +341,15 @@ class Scheduler:
             with self._lock:
                 if self._stopped:
                     return
-                if not self._ready or self._free_slot():
-                    self._watch.wait()  # until _dispatch finds the queue waiting for a slot
-                    continue
                 now = time.monotonic()
+                unwatched = not self._polling and bool(self._parked)
+                if unwatched and not self._ready and self._epoll is not None:
+                    self._harvested = now
+                    with contextlib.suppress(OSError, ValueError):
+                        self._queue_events(self._epoll.poll(0))
+                if not self._ready and not unwatched:
+                    self._watch.wait()  # until work waits with every slot taken (see _next)
+                    continue
                 for ident, began in self._running.items():
                     if now - began >= self._long:
                         self._waiting.add(ident)
