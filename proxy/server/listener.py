@@ -20,6 +20,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +47,7 @@ from .tunnel import Relay, Tunnel
 from .watchdog import Watchdog
 
 log = logging.getLogger("fwdproxy")
+_ACCEPT_BATCH = 64  # connections accepted at once from a readable listening socket
 
 
 class ProxyServer(ServerBase):
@@ -106,6 +108,9 @@ class ProxyServer(ServerBase):
         self._refuser: threading.Thread | None = None
         self.relay = Relay(self.config.tunnel_idle_timeout)
         self._detached: set[socket.socket] = set()  # client sockets the relay now owns
+        self._stop_serving = threading.Event()  # shutdown() was called
+        self._served = threading.Event()  # serve_forever is not running
+        self._served.set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -158,6 +163,49 @@ class ProxyServer(ServerBase):
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     # -- live connections --------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until shutdown(): the scheduler's threads accept, from the epoll they lead.
+
+        socketserver's loop would accept on this thread and hand every connection
+        over; here the thread that will serve a connection accepts it.
+        """
+        self._served.clear()
+        try:
+            if self._stop_serving.is_set():
+                return
+            self.socket.setblocking(False)
+            self.scheduler.listen(self.socket.fileno(), self._accept_ready)
+            try:
+                while not self._stop_serving.wait(poll_interval):
+                    pass
+            finally:
+                self.scheduler.unlisten()
+        finally:
+            self._served.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever and wait until it has returned."""
+        self._stop_serving.set()
+        self._served.wait()
+
+    def _accept_ready(self) -> list[Callable[[], None]]:
+        """On a scheduler thread: accept the connections waiting, without blocking; their work."""
+        work: list[Callable[[], None]] = []
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                request, client_address = self.get_request()
+            except OSError:  # nothing more waiting (EAGAIN), or a failed accept (EMFILE: handled)
+                break
+            with self._lock:
+                full = self._active >= self.budget.max_clients
+                if not full:
+                    self._active += 1
+            if full:
+                self._refuse_busy(request)
+            else:
+                work.append(functools.partial(self.process_request_thread, request, client_address))
+        return work
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread for the connection, or answer 503 at once if there are too many."""

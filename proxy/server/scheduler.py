@@ -78,6 +78,9 @@ class Scheduler:
         self._starting = 0  # threads started that have not yet asked for work
         self._harvested = 0.0  # when the epoll's ready connections were last queued
         self._monitor: threading.Thread | None = None
+        self._monitor_waiting = False
+        self._listen_fd = -1  # the listening socket, watched in the same epoll (level-triggered)
+        self._accept: Callable[[], list[Work]] = list
         self._parking = True  # until stop()
         self._stopped = False  # close(): threads end once the queue is empty
 
@@ -91,6 +94,28 @@ class Scheduler:
             self._ready.append(work)
             spawn = self._dispatch()
         self._spawn(spawn)
+
+    def listen(self, fd: int, accept: Callable[[], list[Work]]) -> None:
+        """Watch a listening socket: when it is readable a scheduler thread calls ``accept``, which
+        takes what connections it can without blocking and returns the work of serving them.
+
+        New connections are accepted by a thread that could serve them, not handed over
+        by an accept loop of its own; while every slot is busy they wait in the backlog.
+        """
+        with self._lock:
+            epoll = self._start()
+            self._listen_fd, self._accept = fd, accept
+            epoll.register(fd, select.EPOLLIN)
+            spawn = 0 if self._polling else self._dispatch()
+        self._spawn(spawn)
+
+    def unlisten(self) -> None:
+        """Stop watching the listening socket (before it is closed)."""
+        with self._lock:
+            fd, self._listen_fd = self._listen_fd, -1
+            if fd >= 0 and self._epoll is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._epoll.unregister(fd)
 
     def requeue(self, handler: Parked) -> None:
         """Serve ``handler`` (whose input is already here) after the work queued before it."""
@@ -126,15 +151,29 @@ class Scheduler:
             return True
         if self._polling or self._epoll is None or time.monotonic() - self._harvested < _HARVEST_SECONDS:
             return False
+        self._harvest()
+        return bool(self._ready)
+
+    def _harvest(self) -> None:
+        """Queue what is ready in the epoll without waiting, new connections included (lock not held)."""
         with self._lock:
-            if not self._polling and self._epoll is not None:
-                self._harvested = time.monotonic()
-                try:
-                    events = self._epoll.poll(0)
-                except (OSError, ValueError):
-                    events = []
-                self._queue_events(events)
-            return bool(self._ready)
+            if self._polling or self._epoll is None:
+                return
+            self._harvested = time.monotonic()
+            try:
+                events = self._epoll.poll(0)
+            except (OSError, ValueError):
+                events = []
+            accepting = self._queue_events(events)
+        if accepting:
+            self._queue_accepted()
+
+    def _queue_accepted(self) -> None:
+        """Accept what connections are waiting, and queue serving them (lock not held)."""
+        work = self._accept()  # may back off for a while when out of descriptors
+        if work:
+            with self._lock:
+                self._ready.extend(work)
 
     @contextlib.contextmanager
     def detached(self) -> Iterator[None]:
@@ -202,9 +241,7 @@ class Scheduler:
         """Queued work (or an unwatched epoll) needs a thread: wake one, or say how many to start
         (-1: interrupt the leader, who then serves the queue) (lock held)."""
         if not self._free_slot():
-            if self._ready:
-                self._watch.notify()  # the monitor frees a slot if the work holding it is waiting
-            return 0
+            return 0  # the monitor, awake while work runs, frees a slot if that work is waiting
         if self._idle:
             self._followers.notify()
             return 0
@@ -270,10 +307,9 @@ class Scheduler:
             if self._ready and self._free_slot():
                 self._running[me] = time.monotonic()
                 work = self._ready.popleft()
-                if not self._free_slot():
-                    if self._ready or self._parked:  # nobody may watch them now: the monitor does
-                        self._watch.notify()
-                elif self._ready and self._idle:
+                if self._monitor_waiting:  # work runs: the monitor watches over it
+                    self._watch.notify()
+                if self._ready and self._idle and self._free_slot():
                     self._followers.notify()
                 return work
             if self._stopped and not self._ready:
@@ -303,6 +339,8 @@ class Scheduler:
                 events = epoll.poll()
             except (OSError, ValueError):  # closed by stop()
                 events = []
+        if any(fd == self._listen_fd for fd, _ in events):
+            self._queue_accepted()  # still leading: nobody else waits in the epoll meanwhile
         spawn = 0
         with self._lock:
             self._polling = False
@@ -322,38 +360,45 @@ class Scheduler:
                 self._starting += spawn
         self._spawn(spawn)
 
-    def _queue_events(self, events: list[tuple[int, int]]) -> None:
-        """Queue the parked connections that turned readable (lock held)."""
+    def _queue_events(self, events: list[tuple[int, int]]) -> bool:
+        """Queue the parked connections that turned readable; whether new connections wait (lock held)."""
+        accepting = False
         for fd, _ in events:
             if fd == self._eventfd:
                 with contextlib.suppress(OSError):
                     os.eventfd_read(fd)
-                continue
-            handler = self._parked.pop(fd, None)
-            if handler is not None:
-                self._ready.append(_Wake(self._wake, handler))
+            elif fd == self._listen_fd:
+                accepting = True
+            else:
+                handler = self._parked.pop(fd, None)
+                if handler is not None:
+                    self._ready.append(_Wake(self._wake, handler))
+        return accepting
 
     def _monitor_run(self) -> None:
-        """While work is queued and every slot is taken, treat work running longer than ``long`` as
-        waiting, and let another thread take the queue's head in its place."""
+        """While work runs: gather what turns ready when nobody waits in the epoll, and treat
+        work running longer than ``long`` as waiting, letting another thread take the queue."""
         while True:
-            spawn = 0
             with self._lock:
                 if self._stopped:
                     return
-                now = time.monotonic()
-                unwatched = not self._polling and bool(self._parked)
-                if unwatched and not self._ready and self._epoll is not None:
-                    self._harvested = now
-                    with contextlib.suppress(OSError, ValueError):
-                        self._queue_events(self._epoll.poll(0))
-                if not self._ready and not unwatched:
-                    self._watch.wait()  # until work waits with every slot taken (see _next)
+                if not self._running:  # a leader watches the epoll; nothing runs that could block
+                    self._monitor_waiting = True
+                    self._watch.wait()
+                    self._monitor_waiting = False
                     continue
-                for ident, began in self._running.items():
-                    if now - began >= self._long:
-                        self._waiting.add(ident)
-                if self._free_slot():
+                harvest = (not self._polling and self._epoll is not None
+                           and time.monotonic() - self._harvested >= _HARVEST_SECONDS)
+            if harvest:
+                self._harvest()
+            spawn = 0
+            with self._lock:
+                if self._ready and not self._free_slot():
+                    now = time.monotonic()
+                    for ident, began in self._running.items():
+                        if now - began >= self._long:
+                            self._waiting.add(ident)
+                if self._ready and self._free_slot():
                     spawn = self._dispatch()
             if spawn:
                 self._spawn(spawn)
