@@ -43,6 +43,7 @@ log = logging.getLogger("fwdproxy")
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP | select.EPOLLONESHOT
 _IDLE_EXIT_SECONDS = 30.0  # an idle thread (beyond one) ends after this long
 _HARVEST_SECONDS = 0.001  # how stale the queue may be while no thread waits in the epoll
+_GLANCE_SECONDS = 0.01  # how often the monitor looks while only short work runs
 
 
 class Parked(Protocol):
@@ -377,32 +378,46 @@ class Scheduler:
 
     def _monitor_run(self) -> None:
         """While work runs: gather what turns ready when nobody waits in the epoll, and treat
-        work running longer than ``long`` as waiting, letting another thread take the queue."""
+        work running longer than ``long`` as waiting, letting another thread take the queue.
+
+        It looks every ``long / 2`` while work is queued or has run long, every
+        ``_GLANCE_SECONDS`` while short work runs, and sleeps once nothing has run
+        for a second (the next work to start wakes it).
+        """
+        quiet_since = time.monotonic()
         while True:
             with self._lock:
                 if self._stopped:
                     return
-                if not self._running:  # a leader watches the epoll; nothing runs that could block
-                    self._monitor_waiting = True
-                    self._watch.wait()
-                    self._monitor_waiting = False
+                now = time.monotonic()
+                if not self._running:
+                    if now - quiet_since >= 1.0:
+                        self._monitor_waiting = True
+                        self._watch.wait()
+                        self._monitor_waiting = False
+                        quiet_since = time.monotonic()
+                    else:
+                        self._watch.wait(_GLANCE_SECONDS)
                     continue
+                quiet_since = now
                 harvest = (not self._polling and self._epoll is not None
-                           and time.monotonic() - self._harvested >= _HARVEST_SECONDS)
+                           and now - self._harvested >= _HARVEST_SECONDS)
             if harvest:
                 self._harvest()
             spawn = 0
             with self._lock:
+                now = time.monotonic()
+                oldest = min(self._running.values(), default=now)
                 if self._ready and not self._free_slot():
-                    now = time.monotonic()
                     for ident, began in self._running.items():
                         if now - began >= self._long:
                             self._waiting.add(ident)
                 if self._ready and self._free_slot():
                     spawn = self._dispatch()
+                busy = bool(self._ready) or now - oldest >= self._long
             if spawn:
                 self._spawn(spawn)
-            time.sleep(self._long / 2)
+            time.sleep(self._long / 2 if busy else _GLANCE_SECONDS)
 
 
 class _Wake:
