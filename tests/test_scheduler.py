@@ -141,6 +141,11 @@ def test_connections_that_send_nothing_hold_no_thread(proxy_factory: Callable[..
     try:
         assert wait_until(lambda: proxy.server.status()["parked_clients"] == 200)
         assert scheduler_threads(proxy) < 20  # a thread each would be 200
+        with socket.create_connection(proxy.address, timeout=10) as scraper:
+            scraper.sendall(b"GET /metrics HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+            metrics = read_response(scraper)[1].decode()
+        threads = next(line for line in metrics.splitlines() if line.startswith("fwdproxy_threads "))
+        assert 1 <= float(threads.split()[1]) < 20
         for sock in socks[::20]:
             assert ask(sock, origin.url("/bytes/3")) == (200, b"012")
     finally:

@@ -36,6 +36,8 @@ _STATUS = (
     ("parked_clients", "fwdproxy_parked_client_connections", "gauge",
      "Client connections idle between requests, held without a thread (counted in client connections)."),
     ("tunnels", "fwdproxy_tunnels", "gauge", "CONNECT tunnels open now."),
+    ("threads", "fwdproxy_threads", "gauge",
+     "Threads serving client connections in this process, idle ones included."),
     ("upstream_idle", "fwdproxy_upstream_idle_connections", "gauge",
      "Idle upstream connections in the pool."),
     ("upstream_opened", "fwdproxy_upstream_connections_opened_total", "counter",
