@@ -95,6 +95,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.phase = Phase.IDLE
         self.parked = False  # handed to the server's scheduler between requests
         self.requeued = False  # ... with its next request here, to be served in turn
+        self.tracked = False  # in the server's set of live clients
         self._start = 0.0
         # Set once a CONNECT is intercepted: requests then come over TLS, all for this origin.
         self.intercepted: Origin | None = None
@@ -109,19 +110,25 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def handle(self) -> None:
         """Serve requests until the connection closes, or park it while it waits for the next one."""
-        self.server.track(self)
+        if not self.tracked:
+            self.server.track(self)
+            self.tracked = True
         self.parked = False
         try:
             self.close_connection = False
-            turn_taken = False  # one request per turn at least: a requeued connection is served first
+            waiting = self.requeued  # requeued: its next request is here, and is served first
+            self.requeued = False
+            turn_taken = False  # one request per turn at least
             while not self.close_connection:
-                if self._park(yield_turn=turn_taken):
+                if not waiting and self._park(yield_turn=turn_taken):
                     return  # the server's scheduler holds it now, and calls resume() when it is readable
+                waiting = False
                 self.handle_one_request()
                 turn_taken = True
         finally:
             if not self.parked:
                 self.server.untrack(self)
+                self.tracked = False
 
     def resume(self) -> None:
         """Continue a parked connection on this thread (its socket is readable, or cut)."""

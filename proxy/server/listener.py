@@ -248,7 +248,6 @@ class ProxyServer(ServerBase):
             handler = self._parking.pop(request, None)
         if handler is not None:
             if handler.requeued:
-                handler.requeued = False
                 self.scheduler.requeue(handler)  # its next request is here: served in turn
                 return
             if self.scheduler.park(handler):

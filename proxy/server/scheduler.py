@@ -43,7 +43,7 @@ log = logging.getLogger("fwdproxy")
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP | select.EPOLLONESHOT
 _IDLE_EXIT_SECONDS = 30.0  # an idle thread (beyond one) ends after this long
 _HARVEST_SECONDS = 0.001  # how stale the queue may be while no thread waits in the epoll
-_GLANCE_SECONDS = 0.01  # how often the monitor looks while only short work runs
+_GLANCE_SECONDS = 0.01  # how often the monitor looks while work runs and nothing is queued
 
 
 class Parked(Protocol):
@@ -380,9 +380,9 @@ class Scheduler:
         """While work runs: gather what turns ready when nobody waits in the epoll, and treat
         work running longer than ``long`` as waiting, letting another thread take the queue.
 
-        It looks every ``long / 2`` while work is queued or has run long, every
-        ``_GLANCE_SECONDS`` while short work runs, and sleeps once nothing has run
-        for a second (the next work to start wakes it).
+        It looks every ``long / 2`` while work is queued, every ``_GLANCE_SECONDS``
+        while work runs with nothing queued (a long download, say), and sleeps once
+        nothing has run for a second (the next work to start wakes it).
         """
         quiet_since = time.monotonic()
         while True:
@@ -407,17 +407,16 @@ class Scheduler:
             spawn = 0
             with self._lock:
                 now = time.monotonic()
-                oldest = min(self._running.values(), default=now)
                 if self._ready and not self._free_slot():
                     for ident, began in self._running.items():
                         if now - began >= self._long:
                             self._waiting.add(ident)
                 if self._ready and self._free_slot():
                     spawn = self._dispatch()
-                busy = bool(self._ready) or now - oldest >= self._long
+                queued = bool(self._ready)
             if spawn:
                 self._spawn(spawn)
-            time.sleep(self._long / 2 if busy else _GLANCE_SECONDS)
+            time.sleep(self._long / 2 if queued else _GLANCE_SECONDS)
 
 
 class _Wake:
