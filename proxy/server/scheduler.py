@@ -82,6 +82,7 @@ class Scheduler:
         self._monitor_waiting = False
         self._listen_fd = -1  # the listening socket, watched in the same epoll (level-triggered)
         self._accept: Callable[[], list[Work]] = list
+        self._accepting = threading.Lock()  # one thread accepts at a time
         self._parking = True  # until stop()
         self._stopped = False  # close(): threads end once the queue is empty
 
@@ -132,11 +133,14 @@ class Scheduler:
             if not self._parking:
                 return False
             epoll = self._start()
-            self._parked[fd] = handler
             try:
-                epoll.modify(fd, _EVENTS)  # parked before, and disarmed by its one-shot event
-            except FileNotFoundError:
-                epoll.register(fd, _EVENTS)
+                try:
+                    epoll.modify(fd, _EVENTS)  # parked before, and disarmed by its one-shot event
+                except FileNotFoundError:
+                    epoll.register(fd, _EVENTS)
+            except (OSError, ValueError):
+                return False  # the socket is closed already
+            self._parked[fd] = handler
             spawn = 0 if self._polling else self._dispatch()
         self._spawn(spawn)
         return True
@@ -171,7 +175,15 @@ class Scheduler:
 
     def _queue_accepted(self) -> None:
         """Accept what connections are waiting, and queue serving them (lock not held)."""
-        work = self._accept()  # may back off for a while when out of descriptors
+        if not self._accepting.acquire(blocking=False):
+            return  # another thread is accepting them now
+        try:
+            work = self._accept()  # may back off for a while when out of descriptors
+        except Exception:
+            log.exception("unhandled error accepting connections")
+            work = []
+        finally:
+            self._accepting.release()
         if work:
             with self._lock:
                 self._ready.extend(work)
