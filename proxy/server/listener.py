@@ -197,26 +197,25 @@ class ProxyServer(ServerBase):
                 request, client_address = self.get_request()
             except OSError:  # nothing more waiting (EAGAIN), or a failed accept (EMFILE: handled)
                 break
-            with self._lock:
-                full = self._active >= self.budget.max_clients
-                if not full:
-                    self._active += 1
-            if full:
-                self._refuse_busy(request)
-            else:
-                work.append(functools.partial(self.process_request_thread, request, client_address))
+            if (serve := self._admitted(request, client_address)) is not None:
+                work.append(serve)
         return work
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Start a thread for the connection, or answer 503 at once if there are too many."""
+        """socketserver's entry (handle_request): serve the connection on the scheduler."""
+        if (serve := self._admitted(request, client_address)) is not None:
+            self.scheduler.submit(serve)
+
+    def _admitted(self, request: Any, client_address: Any) -> Callable[[], None] | None:
+        """The work of serving a new connection, or None once it is answered 503 (too many)."""
         with self._lock:
             full = self._active >= self.budget.max_clients
             if not full:
                 self._active += 1
         if full:
             self._refuse_busy(request)
-            return
-        self.scheduler.submit(functools.partial(self.process_request_thread, request, client_address))
+            return None
+        return functools.partial(self.process_request_thread, request, client_address)
 
     def park(self, handler: Any) -> bool:
         """Called by a handler between requests; its socket goes to the scheduler once its thread lets go."""
