@@ -152,3 +152,24 @@ def test_connections_that_send_nothing_hold_no_thread(proxy_factory: Callable[..
         for sock in socks:
             sock.close()
     assert wait_until(lambda: proxy.server.status()["client_connections"] == 0)
+
+
+def test_a_slow_request_head_does_not_hold_the_only_slot(proxy_factory: Callable[..., RunningProxy],
+                                                         origin: OriginServer) -> None:
+    """Reading a head that is not all here may wait on the client: it runs outside the slot at once,
+    not after the monitor's 2 ms (turned off here, so holding the slot would hold everyone up)."""
+    proxy = proxy_factory(threads=1)
+    proxy.server.scheduler.long = 3600.0  # no rescue by the monitor: only the handler's own care
+    slow = [socket.create_connection(proxy.address, timeout=10) for _ in range(20)]
+    try:
+        for sock in slow:
+            sock.sendall(f"GET {origin.url('/bytes/4')} HTTP/1.1\r\nHo".encode())
+        assert wait_until(lambda: proxy.server.status()["threads"] > 20)  # each waits on its own thread
+        with socket.create_connection(proxy.address, timeout=10) as fast:
+            assert ask(fast, origin.url("/bytes/5")) == (200, b"01234")
+        for sock in slow:  # the slow heads complete, and are answered
+            sock.sendall(b"st: x\r\n\r\n")
+            assert read_response(sock)[0].status == 200
+    finally:
+        for sock in slow:
+            sock.close()

@@ -96,6 +96,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.parked = False  # handed to the server's scheduler between requests
         self.requeued = False  # ... with its next request here, to be served in turn
         self.tracked = False  # in the server's set of live clients
+        self.head_buffered = False  # the next request's whole head is in the read buffer
         self._start = 0.0
         # Set once a CONNECT is intercepted: requests then come over TLS, all for this origin.
         self.intercepted: Origin | None = None
@@ -123,7 +124,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 if not waiting and self._park(yield_turn=turn_taken):
                     return  # the server's scheduler holds it now, and calls resume() when it is readable
                 waiting = False
-                self.handle_one_request()
+                if self.head_buffered:
+                    self.handle_one_request()
+                else:  # reading the head may wait on the client (a slow one, or slowloris):
+                    with self.server.detached():  # it must not hold the scheduler's slot meanwhile
+                        self.handle_one_request()
                 turn_taken = True
         finally:
             if not self.parked:
@@ -147,6 +152,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         by this handler: a readable socket then means a request is arriving (or
         the client left, or the watchdog cut the read side at the idle timeout).
         """
+        self.head_buffered = False
         if self.server.stopping:
             return False
         self.deadline.arm_read(self.server.config.client_idle_timeout)  # a waiting client's idle timeout
@@ -158,7 +164,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         sock = self.connection
         sock.setblocking(False)
         try:
-            if self.downstream.rfile.peek(1):  # the buffer, else one non-blocking read into it
+            buffered = self.downstream.rfile.peek(1)  # the buffer, else one non-blocking read into it
+            if buffered:
+                self.head_buffered = b"\r\n\r\n" in buffered
                 return yield_turn and self._take_turn()
             # Nothing read: either nothing has come yet, or the client has closed.
             sock.recv(1, socket.MSG_PEEK)

@@ -63,7 +63,7 @@ class Scheduler:
         self._wake = wake  # called on a scheduler thread with a parked connection that turned readable
         self._target = max(1, target)
         self._name = name
-        self._long = long
+        self.long = long
         self._lock = threading.Lock()
         self._followers = threading.Condition(self._lock)  # idle threads wait here
         self._watch = threading.Condition(self._lock)  # the monitor waits here
@@ -421,14 +421,14 @@ class Scheduler:
                 now = time.monotonic()
                 if self._ready and not self._free_slot():
                     for ident, began in self._running.items():
-                        if now - began >= self._long:
+                        if now - began >= self.long:
                             self._waiting.add(ident)
                 if self._ready and self._free_slot():
                     spawn = self._dispatch()
                 queued = bool(self._ready)
             if spawn:
                 self._spawn(spawn)
-            time.sleep(self._long / 2 if queued else _GLANCE_SECONDS)
+            time.sleep(self.long / 2 if queued else _GLANCE_SECONDS)
 
 
 class _Wake:

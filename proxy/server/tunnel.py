@@ -111,10 +111,19 @@ class Relay:
         upstream.setblocking(False)
         tunnel = Tunnel(client, upstream, early, on_close, early_down)
         with self._lock:
-            self._incoming.append(tunnel)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fwdproxy-relay", daemon=True)
-                self._thread.start()
+            stopping = self._stopping
+            if not stopping:
+                self._incoming.append(tunnel)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="fwdproxy-relay", daemon=True)
+                    self._thread.start()
+        if stopping:  # the server is shutting down: the tunnel ends before it starts
+            tunnel.error = "proxy shutting down"
+            tunnel.state = State.CLOSED
+            client.close()
+            upstream.close()
+            on_close(tunnel)
+            return tunnel
         self._wake()
         return tunnel
 
@@ -124,9 +133,10 @@ class Relay:
 
     def stop(self) -> None:
         """Close every tunnel and end the thread."""
-        self._stopping = True
+        with self._lock:  # add() starts the thread under this lock: seen here, it has started
+            self._stopping = True
+            thread = self._thread
         self._wake()
-        thread = self._thread
         if thread is not None:
             thread.join(5)
         if thread is None or not thread.is_alive():
