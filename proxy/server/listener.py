@@ -257,7 +257,7 @@ class ProxyServer(ServerBase):
                 return  # a tunnel: the relay closes it, and counts it out, when it ends
             self._active -= 1
         half_close(request)  # so a response sent while the client was still uploading is read
-        super().shutdown_request(request)
+        self.close_request(request)  # socketserver's shutdown_request would send the FIN again
 
     def others_waiting(self) -> bool:
         return self.scheduler.others_waiting()
