@@ -323,6 +323,41 @@ def cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
+def system_seconds(root: int) -> float:
+    """stime alone (time in the kernel) of a process and its live descendants."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / CLK_TCK
+
+
+def voluntary_switches(root: int) -> int:
+    """Voluntary context switches of every thread of a process tree (live threads only)."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def _cpu_reading(pid: int | None) -> tuple[float, float, int]:
+    """(CPU seconds, of which system, voluntary context switches) of a target's process tree."""
+    return (cpu_seconds(pid), system_seconds(pid), voluntary_switches(pid)) if pid else (0.0, 0.0, 0)
+
+
 def rss_kib(root: int) -> int:
     """VmRSS summed over a process tree (shared pages counted per process)."""
     total = 0
@@ -561,9 +596,10 @@ def wrk_run(target: Target, origin: Origin, conns: int, close: bool,
            f"http://{HOST}:{target.port}/1k"]
     accepts0 = origin.accepts()
     opens0 = tcp_active_opens()
-    cpu0 = cpu_seconds(target.proc.pid) if target.proc else 0.0
+    pid = target.proc.pid if target.proc else None
+    cpu0, sys0, switches0 = _cpu_reading(pid)
     done = run(cmd, timeout=args.duration + 60, env=env)
-    cpu1 = cpu_seconds(target.proc.pid) if target.proc else 0.0
+    cpu1, sys1, switches1 = _cpu_reading(pid)
     opens1 = tcp_active_opens()
     accepts1 = origin.accepts() - 1  # the query itself was one accept
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), "")
@@ -579,6 +615,10 @@ def wrk_run(target: Target, origin: Origin, conns: int, close: bool,
             "non2xx": res["status_errors"],
             "socket_errors": sum(res[k] for k in res if k.endswith("_errors") and k != "status_errors"),
             "cpu_per_10k": (cpu1 - cpu0) * 10000 / reqs if target.proc else None,
+            # The kernel's share of that CPU, and voluntary context switches (a thread blocking,
+            # or handing the GIL over) per request: threads that outlive the run only.
+            "sys_share": (sys1 - sys0) / (cpu1 - cpu0) if target.proc and cpu1 > cpu0 else None,
+            "switches_per_req": (switches1 - switches0) / reqs if target.proc else None,
             "upstream_per_req": upstream / reqs, "client_conns_per_req": client_opens / reqs}
 
 
@@ -935,6 +975,10 @@ def main_rows(summary: dict[str, Any], args: argparse.Namespace, names: list[str
     cpu_key = f"ka{64 if 64 in args.ka_conns else args.ka_conns[-1]}"
     rows.append([f"proxy CPU seconds per 10k requests (keep-alive, c{cpu_key[2:]})"] +
                 [_num(_get(summary, cpu_key, n, "cpu_per_10k"), ".2f") for n in names])
+    rows.append([f"of which in the kernel (keep-alive, c{cpu_key[2:]})"] +
+                [_num(_get(summary, cpu_key, n, "sys_share"), ".0%") for n in names])
+    rows.append([f"voluntary context switches per request (keep-alive, c{cpu_key[2:]})"] +
+                [_num(_get(summary, cpu_key, n, "switches_per_req"), ".1f") for n in names])
     for key, label in ((f"ka{args.ka_conns[min(1, len(args.ka_conns) - 1)]}", "keep-alive"),
                        (f"nc{args.nc_conns[min(1, len(args.nc_conns) - 1)]}", "new connection")):
         rows.append([f"upstream connections per request ({label}, c{key[2:]})"] +
@@ -1057,6 +1101,9 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], targets: list[Target
         "## fwdproxy against issue 6's targets", table(["target", "fwdproxy", "needed", "met"],
                                                        checks(summary, targets, args)),
         "Notes: CPU and RSS cover the proxy's whole process tree (proxy.py runs workers). "
+        "Voluntary context switches count a thread blocking or handing over (the GIL, a lock), "
+        "summed over the threads alive at the end of the run; an event loop that finds work "
+        "waiting in each epoll_wait makes almost none. "
         "Idle tunnels are CONNECTs to the origin's plain-HTTP port, held without traffic, then "
         "probed with a GET each; they are measured in the first round only. Peers run with their "
         "defaults for timeouts (proxy.py drops connections idle for 10 s). \"sock err\" counts "
