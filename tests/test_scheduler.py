@@ -173,3 +173,25 @@ def test_a_slow_request_head_does_not_hold_the_only_slot(proxy_factory: Callable
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_a_slow_upload_does_not_hold_the_only_slot(proxy_factory: Callable[..., RunningProxy],
+                                                   origin: OriginServer) -> None:
+    """Reading a body that is not all here may wait on the client, like a slow head."""
+    proxy = proxy_factory(threads=1)
+    proxy.server.scheduler.long = 3600.0  # no rescue by the monitor
+    head = f"POST {origin.url('/echo')} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n".encode()
+    slow = [socket.create_connection(proxy.address, timeout=10) for _ in range(20)]
+    try:
+        for sock in slow:
+            sock.sendall(head + b"01234")  # half the body
+        assert wait_until(lambda: proxy.server.status()["threads"] > 20)  # each waits on its own thread
+        with socket.create_connection(proxy.address, timeout=10) as fast:
+            assert ask(fast, origin.url("/bytes/5")) == (200, b"01234")
+        for sock in slow:  # the rest of each body comes, and each upload is answered
+            sock.sendall(b"56789")
+            resp, body = read_response(sock)
+            assert resp.status == 200 and b'"body": "0123456789"' in body
+    finally:
+        for sock in slow:
+            sock.close()

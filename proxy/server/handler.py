@@ -97,6 +97,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.requeued = False  # ... with its next request here, to be served in turn
         self.tracked = False  # in the server's set of live clients
         self.head_buffered = False  # the next request's whole head is in the read buffer
+        self.body_buffered = 0  # ... and this many bytes after it (the start of a body, say)
         self._start = 0.0
         # Set once a CONNECT is intercepted: requests then come over TLS, all for this origin.
         self.intercepted: Origin | None = None
@@ -152,7 +153,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         by this handler: a readable socket then means a request is arriving (or
         the client left, or the watchdog cut the read side at the idle timeout).
         """
-        self.head_buffered = False
+        self.head_buffered, self.body_buffered = False, 0
         if self.server.stopping:
             return False
         self.deadline.arm_read(self.server.config.client_idle_timeout)  # a waiting client's idle timeout
@@ -166,7 +167,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         try:
             buffered = self.downstream.rfile.peek(1)  # the buffer, else one non-blocking read into it
             if buffered:
-                self.head_buffered = b"\r\n\r\n" in buffered
+                end = buffered.find(b"\r\n\r\n")
+                self.head_buffered = end >= 0
+                self.body_buffered = len(buffered) - end - 4 if end >= 0 else 0
                 return yield_turn and self._take_turn()
             # Nothing read: either nothing has come yet, or the client has closed.
             sock.recv(1, socket.MSG_PEEK)
@@ -324,7 +327,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
         # Plain HTTP goes to the parent in absolute-form; an https:// origin (TLS with the
         # origin itself) is reached through a CONNECT to the parent, by the pool's dialler.
         req.parent = parent if req.origin.scheme == "http" else None
-        result = forward(req, downstream, self.server.pool, flow)
+        if req.body_length == 0 or (req.body_length is not None and req.body_length <= self.body_buffered):
+            result = forward(req, downstream, self.server.pool, flow)
+        else:  # reading the body may wait on the client (a slow upload): not in the scheduler's slot
+            with self.server.detached():
+                result = forward(req, downstream, self.server.pool, flow)
         if isinstance(result, Upgraded):
             self._relay(result.upstream, result.early, flow)
             return False
